@@ -1,0 +1,80 @@
+"""Atomic, pickle-free artifact files: a folder with one JSON config and one safetensors file.
+
+Used by interventions, lenses and steering vectors alike. Tensors always load
+on the CPU whatever device saved them; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import InputError
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it replaces ``path`` in one rename.
+
+    If the body raises, ``path`` is left exactly as it was and the temporary folder is removed.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file through a temporary file and a rename."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_artifact(path: str | os.PathLike[str], config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  config_name: str = "config.json", tensors_name: str = "tensors.safetensors") -> Path:
+    """Write ``config`` as JSON and ``tensors`` as safetensors into the folder ``path``, atomically."""
+    with atomic_dir(path) as tmp:
+        (tmp / config_name).write_text(json.dumps(config, indent=2, sort_keys=True))
+        cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(cpu, str(tmp / tensors_name))
+    return Path(path)
+
+
+def load_artifact(path: str | os.PathLike[str], config_name: str = "config.json",
+                  tensors_name: str = "tensors.safetensors") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a folder written by :func:`save_artifact`; tensors land on the CPU."""
+    folder = Path(path)
+    cfg = folder / config_name
+    if not cfg.is_file():
+        raise InputError(f"{folder} is not an lmscope artifact: {config_name} is missing.")
+    config = json.loads(cfg.read_text())
+    tfile = folder / tensors_name
+    tensors = load_file(str(tfile), device="cpu") if tfile.is_file() else {}
+    return config, tensors

@@ -1,0 +1,152 @@
+"""The Intervention protocol: what every intervention object is, how they compose and serialise.
+
+An intervention is a pure function of (site value, forward context): it never
+touches modules, so any execution backend that can read and write a site's
+tensor can run it (``hooks.py`` is the PyTorch-hooks backend; an nnsight
+backend would call the same ``__call__``). Several interventions compose in list
+order; on one site they apply in that order, each seeing the previous result.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from .artifacts import load_artifact, save_artifact
+from .errors import InputError
+from .positions import ForwardContext, PositionSpec, validate_positions
+from .sites import Site
+
+if TYPE_CHECKING:
+    from .model import HookedModel
+
+_REGISTRY: dict[str, type[Intervention]] = {}
+
+
+def encode_positions(spec: PositionSpec) -> Any:
+    """JSON form of a position spec (slices become ``{"slice": [start, stop, step]}``)."""
+    if isinstance(spec, slice):
+        return {"slice": [spec.start, spec.stop, spec.step]}
+    if isinstance(spec, (list, tuple)):
+        return [encode_positions(s) for s in spec]
+    return spec
+
+
+def decode_positions(data: Any) -> PositionSpec:
+    if isinstance(data, dict) and "slice" in data:
+        return slice(*data["slice"])
+    if isinstance(data, list):
+        return [decode_positions(d) for d in data]
+    return data
+
+
+class Intervention:
+    """Base class. Subclasses set ``site_spec``/``positions`` and implement ``__call__``.
+
+    Life cycle inside one ``model.run``/``model.apply`` session:
+    ``bind(model)`` validates against the model and may run preparatory forwards
+    (before any hook exists), ``start()`` resets per-session state, then
+    ``__call__(value, site, ctx)`` runs on every forward that reaches a site.
+    """
+
+    kind: ClassVar[str] = "intervention"
+    #: The sites kinds this intervention may write (None = any).
+    writes: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    def __init__(self, site: str | list[str], positions: PositionSpec = None) -> None:
+        if isinstance(site, (list, tuple)):
+            if not site:
+                raise InputError(f"{type(self).__name__} needs at least one site.")
+            site = list(site)
+        elif not isinstance(site, str):
+            raise InputError(f"site must be a name like 'resid_post.3' or a list of names, got {type(site).__name__}.")
+        self.site_spec: str | list[str] = site
+        self.positions: PositionSpec = validate_positions(positions)
+
+    # -- binding ---------------------------------------------------------------------------------
+    def sites(self, model: HookedModel) -> list[Site]:
+        """The concrete sites this intervention attaches to on ``model``."""
+        return model.resolve(self.site_spec)
+
+    def bind(self, model: HookedModel) -> None:
+        """Validate against ``model`` (shapes, head indices...) before any hook is attached."""
+        self.sites(model)
+
+    def start(self) -> None:
+        """Reset per-session state (called once per run/apply session, after bind)."""
+
+    def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor | None:
+        """Return the new value of ``site`` (same shape), or None to leave it unchanged."""
+        raise NotImplementedError
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-able description (without tensors)."""
+        return {"site": self.site_spec, "positions": encode_positions(self.positions)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors that go to safetensors."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Intervention:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "config": self.config()}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``intervention.json`` + ``tensors.safetensors`` into the folder ``path`` (atomically)."""
+        save_artifact(path, self.to_dict(), self.tensors(), config_name="intervention.json")
+
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> Intervention:
+        config, tensors = load_artifact(path, config_name="intervention.json")
+        return intervention_from_dict(config, tensors)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Intervention)
+        if self.config() != other.config():
+            return False
+        a, b = self.tensors(), other.tensors()
+        return a.keys() == b.keys() and all(
+            a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if v is not None)
+        return f"{type(self).__name__}({cfg})"
+
+
+def intervention_from_dict(data: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Intervention:
+    """Rebuild an intervention from :meth:`Intervention.to_dict` output plus its tensors."""
+    name = data.get("type")
+    if name not in _REGISTRY:
+        raise InputError(f"Unknown intervention type {name!r}; known: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name].from_config(data["config"], tensors)
+
+
+def save_interventions(interventions: list[Intervention], path: str | os.PathLike[str]) -> None:
+    """Save an ordered list of interventions into one folder."""
+    config = {"interventions": [iv.to_dict() for iv in interventions]}
+    tensors = {f"{i}.{k}": v for i, iv in enumerate(interventions) for k, v in iv.tensors().items()}
+    save_artifact(path, config, tensors, config_name="interventions.json")
+
+
+def load_interventions(path: str | os.PathLike[str]) -> list[Intervention]:
+    config, tensors = load_artifact(path, config_name="interventions.json")
+    out = []
+    for i, data in enumerate(config["interventions"]):
+        prefix = f"{i}."
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        out.append(intervention_from_dict(data, own))
+    return out

@@ -1,0 +1,147 @@
+"""``Cache``: record site values during a forward; ``ActivationCache``: read them back by name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import torch
+
+from .base import Intervention, decode_positions
+from .errors import InputError, SiteError
+from .positions import ForwardContext, PositionSpec, position_mask
+from .sites import Site
+
+if TYPE_CHECKING:
+    from .model import HookedModel
+
+
+class Cache(Intervention):
+    """Record the value of every site in ``sites`` (wildcards allowed).
+
+    ``positions`` keeps only the selected tokens (each row must select the same
+    number, e.g. ``-1`` for the last prompt token); the default keeps the padded
+    ``[batch, pos, ...]`` tensor as the model computed it. ``device``/``dtype``
+    move values as they are recorded (e.g. ``device="cpu"`` to spare GPU memory).
+    Values are detached unless ``detach=False``. Records from several forwards
+    (generation with a KV cache) are concatenated along the position axis.
+    """
+
+    writes = False
+
+    def __init__(self, sites: str | list[str], positions: PositionSpec = None, *, device: str | None = None,
+                 dtype: torch.dtype | None = None, detach: bool = True) -> None:
+        super().__init__(sites, positions)
+        self.device, self.dtype, self.detach = device, dtype, detach
+        self._chunks: dict[Site, list[torch.Tensor]] = {}
+        self._model: HookedModel | None = None
+
+    def bind(self, model: HookedModel) -> None:
+        super().bind(model)
+        self._model = model
+
+    def start(self) -> None:
+        self._chunks = {}
+        self._mask: torch.Tensor | None = None
+
+    def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> None:
+        v = value.detach() if self.detach else value
+        if self.positions is not None:
+            mask = position_mask(self.positions, ctx)
+            counts = mask.sum(1)
+            if counts.numel() and bool((counts != counts[0]).any()):
+                raise InputError(f"Cache positions {self.positions!r} select {counts.tolist()} tokens per row; "
+                                 "a cache needs the same number in every row (or positions=None).")
+            if site.kind == "attn_pattern":  # [b, h, q, k]: select query positions
+                v = v.transpose(1, 2)[mask].reshape(mask.shape[0], -1, *v.shape[1:2], v.shape[-1]).transpose(1, 2)
+            else:
+                v = v[mask].reshape(mask.shape[0], -1, *v.shape[2:])
+        if self.device is not None or self.dtype is not None:
+            v = v.to(device=self.device, dtype=self.dtype)
+        self._chunks.setdefault(site, []).append(v)
+        return None
+
+    def values(self) -> dict[Site, torch.Tensor | list[torch.Tensor]]:
+        out: dict[Site, torch.Tensor | list[torch.Tensor]] = {}
+        for site, chunks in self._chunks.items():
+            if len(chunks) == 1:
+                out[site] = chunks[0]
+            elif site.kind == "attn_pattern":
+                out[site] = chunks  # key length grows step by step: keep one tensor per forward
+            else:
+                out[site] = torch.cat(chunks, dim=1)
+        return out
+
+    @property
+    def cache(self) -> ActivationCache:
+        if self._model is None:
+            raise InputError("This Cache has not been run yet.")
+        return ActivationCache(self._model, self.values())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.cache[name]
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        cfg["sites"] = cfg.pop("site")
+        cfg.update(device=self.device, dtype=str(self.dtype).removeprefix("torch.") if self.dtype else None,
+                   detach=self.detach)
+        return cfg
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Cache:
+        dtype = getattr(torch, config["dtype"]) if config.get("dtype") else None
+        return cls(config["sites"], decode_positions(config.get("positions")), device=config.get("device"),
+                   dtype=dtype, detach=config.get("detach", True))
+
+
+class ActivationCache(Mapping[str, Any]):
+    """Recorded activations, indexed by site name (negative layers work: ``cache["resid_post.-1"]``).
+
+    ``attention_mask`` (when known) is the padded batch's mask so ``unpad`` can
+    return one prompt's real tokens.
+    """
+
+    def __init__(self, model: HookedModel, values: Mapping[Site, Any],
+                 attention_mask: torch.Tensor | None = None) -> None:
+        self._model = model
+        self._values = dict(values)
+        self.attention_mask = attention_mask
+
+    def _site(self, name: str | Site) -> Site:
+        site = self._model.resolve(name)
+        if len(site) != 1:
+            raise SiteError(f"{name!r} names several sites; use cache.stack({name!r}) to get them together.")
+        if site[0] not in self._values:
+            have = ", ".join(s.name for s in sorted(self._values)) or "nothing"
+            raise SiteError(f"Site {site[0].name!r} was not cached; this cache holds: {have}.")
+        return site[0]
+
+    def __getitem__(self, name: str | Site) -> Any:
+        return self._values[self._site(name)]
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self._site(name)  # type: ignore[arg-type]
+        except (SiteError, InputError):
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(s.name for s in sorted(self._values))
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def stack(self, spec: str) -> torch.Tensor:
+        """Stack several sites (e.g. ``"resid_post.*"``) into one tensor ``[n_sites, ...]``."""
+        return torch.stack([self._values[self._site(s)] for s in self._model.resolve(spec)])
+
+    def unpad(self, name: str | Site, row: int) -> torch.Tensor:
+        """The value of one prompt at its real tokens only: ``[len_row, ...]``."""
+        value = self[name]
+        if self.attention_mask is None:
+            return value[row]
+        keep = self.attention_mask[row].bool().to(value.device)
+        if value.shape[1] != keep.shape[0]:
+            raise InputError("unpad needs an uncropped [batch, pos, ...] cache (positions=None).")
+        return value[row][keep]

@@ -1,0 +1,26 @@
+"""Exceptions raised by lmscope. Every message says what was wrong and what is allowed."""
+
+from __future__ import annotations
+
+
+class LmscopeError(Exception):
+    """Base class of every error lmscope raises on purpose."""
+
+
+class SiteError(LmscopeError, KeyError):
+    """An unknown site name, a malformed one, or a layer out of range."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedArchitectureError(LmscopeError):
+    """The wrapped model's architecture has no adapter."""
+
+
+class InputError(LmscopeError, ValueError):
+    """Bad prompts, token ids, positions, shapes or values."""
+
+
+class ModelMismatchError(LmscopeError, ValueError):
+    """An artifact (lens, steering vector) was made for a different model."""

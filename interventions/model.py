@@ -1,0 +1,256 @@
+"""``HookedModel``: a HuggingFace causal LM with named sites and composable interventions.
+
+The wrapped model runs its own forward, unchanged (SDPA stays on; only a session
+that reads or writes ``attn_pattern`` switches to an eager attention that
+exposes the probabilities). ``run`` pads prompts and returns logits plus caches;
+``apply`` attaches interventions for any forward in its body, ``generate`` included.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .architectures import Architecture, detect_architecture, dimensions, get_module, output_projection
+from .base import Intervention
+from .cache import ActivationCache, Cache
+from .errors import InputError, SiteError
+from .hooks import Session, attach
+from .inputs import Batch, encode
+from .sites import Site, all_site_names, resolve_sites
+
+
+@dataclass
+class RunResult:
+    """Output of :meth:`HookedModel.run`: logits ``[batch, pos, vocab]``, caches and the padded batch."""
+
+    logits: torch.Tensor
+    cache: ActivationCache
+    batch: Batch
+
+    def last_logits(self) -> torch.Tensor:
+        """Logits at each prompt's last real token: ``[batch, vocab]``."""
+        idx = self.batch.last_index.to(self.logits.device)
+        return self.logits[torch.arange(self.logits.shape[0], device=idx.device), idx]
+
+
+@dataclass
+class Generation:
+    """Output of :meth:`HookedModel.generate`."""
+
+    tokens: torch.Tensor  # [batch, prompt + new] (prompt left-padded)
+    new_tokens: torch.Tensor  # [batch, new]
+    texts: list[str] | None  # decoded new tokens
+
+
+class HookedModel:
+    """Wrap ``hf_model`` (a causal LM) and optionally its tokenizer; neither is modified."""
+
+    def __init__(self, hf_model: nn.Module, tokenizer: Any = None) -> None:
+        self.hf_model = hf_model
+        self.tokenizer = tokenizer
+        self.arch: Architecture = detect_architecture(hf_model)
+        config = hf_model.config
+        self._dims = dimensions(config, int(self.module(self.arch.unembed).weight.shape[0]))
+        self.available_kinds = self.arch.available_sites(config)
+        self._layers = self.module(self.arch.layers)
+        hf_model.eval()
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | str = torch.float32,
+                        device: str | torch.device = "cpu", **hf_kwargs: Any) -> HookedModel:
+        """Load with ``AutoModelForCausalLM.from_pretrained`` (hub names need a network; local folders and
+        ``gguf_file=`` work offline). ``name_or_path="default"`` gives :meth:`default`."""
+        if str(name_or_path) == "default":
+            return cls.default(dtype=dtype, device=device)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = str(name_or_path)
+        gguf = hf_kwargs.get("gguf_file")
+        if path.endswith(".gguf") and gguf is None and os.path.isfile(path):
+            path, hf_kwargs["gguf_file"] = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+        elif gguf is not None and os.path.isdir(path) and not os.path.isfile(os.path.join(path, gguf)):
+            raise InputError(f"GGUF file {gguf!r} not found in {path}.")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hf_kwargs).to(device)
+        tok_kwargs = {"gguf_file": hf_kwargs["gguf_file"]} if "gguf_file" in hf_kwargs else {}
+        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
+        return cls(model, tokenizer)
+
+    @classmethod
+    def default(cls, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu") -> HookedModel:
+        """The embedded SmolLM2-135M-Instruct (see :mod:`interventions.defaults`)."""
+        from .defaults import load_default
+
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        model, tok = load_default(dtype=dtype, device=device)
+        return cls(model, tok)
+
+    # -- sizes and sites -----------------------------------------------------------------------
+    n_layers = property(lambda self: self._dims.n_layers)
+    n_heads = property(lambda self: self._dims.n_heads)
+    n_kv_heads = property(lambda self: self._dims.n_kv_heads)
+    d_model = property(lambda self: self._dims.d_model)
+    d_head = property(lambda self: self._dims.d_head)
+    d_vocab = property(lambda self: self._dims.d_vocab)
+    n_ctx = property(lambda self: self._dims.n_ctx)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    def sites(self, pattern: str | None = None) -> list[str]:
+        """Every site name in forward order, or those matching ``pattern`` (e.g. ``"resid_post.*"``)."""
+        if pattern is None:
+            return all_site_names(self.n_layers, self.available_kinds)
+        return [s.name for s in self.resolve(pattern)]
+
+    def resolve(self, spec: str | Site | Sequence[str | Site]) -> list[Site]:
+        """Parse site name(s) into concrete sites; raises :class:`SiteError` with suggestions."""
+        return resolve_sites(spec if not isinstance(spec, Sequence) or isinstance(spec, str) else list(spec),
+                             self.n_layers, self.available_kinds)
+
+    def site_shape(self, site: Site | str) -> tuple[int, ...]:
+        """Trailing shape of a site's value after ``[batch, pos]`` (``attn_pattern`` has query/key dims)."""
+        s = site if isinstance(site, Site) else self.resolve(site)[0]
+        if s.kind == "head_z":
+            return (self.n_heads, self.d_head)
+        if s.kind == "logits":
+            return (self.d_vocab,)
+        if s.kind == "attn_pattern":
+            return (self.n_heads,)
+        return (self.d_model,)
+
+    def module(self, path: str) -> nn.Module:
+        """The HF submodule at a dotted path of the adapter table."""
+        try:
+            return get_module(self.hf_model, path)
+        except (AttributeError, IndexError) as err:
+            raise SiteError(f"The {self.arch.name} adapter points at {path!r}, which this model lacks "
+                            f"({err}); the adapter table does not fit this checkpoint.") from None
+
+    def layer_module(self, layer: int) -> nn.Module:
+        return self._layers[layer]
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.module(self.arch.final_norm)
+
+    @property
+    def unembed(self) -> nn.Module:
+        return self.module(self.arch.unembed)
+
+    @property
+    def unembed_weight(self) -> torch.Tensor:
+        return self.unembed.weight
+
+    def decode_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Residual-stream vectors to logits through the model's own final norm and unembedding."""
+        logits = self.unembed(self.final_norm(hidden))
+        cap = getattr(self.hf_model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def output_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W_O [n_heads, d_head, d_model], b_O)`` of a layer: ``attn_out = Σ_h head_z[h] @ W_O[h] + b_O``."""
+        layer = self.resolve(f"head_z.{layer}")[0].layer
+        o_proj = self.module(f"{self.arch.layers}.{layer}.{self.arch.attn}.{self.arch.o_proj}")
+        return output_projection(o_proj, self.arch.o_proj_layout, self.n_heads, self.d_head)
+
+    def fingerprint(self) -> dict[str, Any]:
+        from .fingerprint import model_fingerprint
+
+        return model_fingerprint(self)
+
+    # -- tokens --------------------------------------------------------------------------------
+    def tokenize(self, inputs: Any, padding_side: str = "left") -> Batch:
+        """Prompts or token ids to a padded :class:`Batch` on the model's device."""
+        return encode(inputs, self.tokenizer, padding_side=padding_side, max_length=self.n_ctx).to(self.device)
+
+    def to_str_tokens(self, text: str) -> list[str]:
+        if self.tokenizer is None:
+            raise InputError("This model has no tokenizer.")
+        ids = self.tokenizer(text)["input_ids"]
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def token_id(self, token: str) -> int:
+        """The id of a string that must be exactly one token (e.g. ``" Paris"``)."""
+        if self.tokenizer is None:
+            raise InputError("This model has no tokenizer.")
+        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+            raise InputError(f"{token!r} is {len(ids)} tokens {pieces}, not one; pass a single token.")
+        return int(ids[0])
+
+    # -- running -------------------------------------------------------------------------------
+    @contextmanager
+    def apply(self, *interventions: Intervention | Sequence[Intervention]) -> Iterator[Session]:
+        """Attach interventions for every forward in the body (``generate`` included); always detach.
+
+        Yields the session; ``session.cache`` reads what any ``Cache`` recorded.
+        """
+        flat: list[Intervention] = []
+        for iv in interventions:
+            flat.extend(iv if isinstance(iv, (list, tuple)) else [iv])
+        with attach(self, flat) as session:
+            yield session
+
+    def run(self, inputs: Any, interventions: Sequence[Intervention] = (), *, padding_side: str = "left",
+            grad: bool = False) -> RunResult:
+        """One forward over ``inputs`` (padded; per-prompt results equal unbatched runs).
+
+        ``interventions`` run in list order; the result's ``cache`` merges every ``Cache``.
+        Gradients are off unless ``grad=True``.
+        """
+        if isinstance(interventions, Intervention):
+            interventions = [interventions]
+        batch = self.tokenize(inputs, padding_side)
+        with self.apply(list(interventions)) as session, (nullcontext() if grad else torch.no_grad()):
+            out = self.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                position_ids=batch.position_ids, use_cache=False)
+        return RunResult(out.logits, session_cache(self, session, batch.attention_mask), batch)
+
+    def generate(self, inputs: Any, max_new_tokens: int = 32, *, interventions: Sequence[Intervention] = (),
+                 do_sample: bool = False, **generate_kwargs: Any) -> Generation:
+        """Greedy (default) or sampled continuation of left-padded prompts under ``interventions``."""
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        batch = self.tokenize(inputs, "left")
+        if self.n_ctx is not None and batch.input_ids.shape[1] + max_new_tokens > self.n_ctx:
+            raise InputError(f"Prompt ({batch.input_ids.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) "
+                             f"exceeds the context window of {self.n_ctx}.")
+        pad_id = 0
+        if self.tokenizer is not None:
+            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+                (self.tokenizer.eos_token_id or 0)
+        with self.apply(list(interventions)), torch.no_grad():
+            out = self.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                         max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
+                                         **generate_kwargs)
+        new = out[:, batch.input_ids.shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True) if self.tokenizer is not None else None
+        return Generation(out, new, texts)
+
+    def __repr__(self) -> str:
+        return (f"HookedModel({self.arch.name}, layers={self.n_layers}, d_model={self.d_model}, "
+                f"heads={self.n_heads}, d_head={self.d_head}, vocab={self.d_vocab})")
+
+
+def session_cache(model: HookedModel, session: Session, attention_mask: torch.Tensor | None = None) -> ActivationCache:
+    """Merge the records of every ``Cache`` of a session (a later Cache wins on a shared site)."""
+    values: dict[Site, Any] = {}
+    for iv in session.interventions:
+        if isinstance(iv, Cache):
+            values.update(iv.values())
+    return ActivationCache(model, values, attention_mask)
+

@@ -1,0 +1,155 @@
+"""Which token positions an intervention touches, and the per-forward context that decides it.
+
+Positions are *token indices of each prompt without padding*: 0 is a prompt's
+first real token, -1 its last prompt token, whatever the padding side. During
+generation with a KV cache each forward only sees new tokens; the
+:class:`ForwardContext` maps them back to token indices so a position means the
+same thing on the prompt pass and on every single-token step.
+
+Accepted specs:
+
+- ``None`` or ``"all"``: every real (non-padding) token, prompt and generated;
+- ``"prompt"`` / ``"generated"``: only prompt tokens / only generated tokens;
+- an ``int`` (negative counts from the end of the prompt), a list of ints, or a
+  ``slice`` over the prompt (``slice(3, 6)`` is the token span 3..5);
+- a list with one such spec per batch row (for spans that differ per prompt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+from .errors import InputError
+
+PositionSpec = Union[None, str, int, slice, Sequence[int], Sequence[Union[int, slice, Sequence[int]]]]
+_NAMED = ("all", "prompt", "generated")
+
+
+@dataclass
+class ForwardContext:
+    """What a hook needs to know about the forward pass it runs in.
+
+    ``attention_mask`` covers every column seen so far (past + current), ``offset``
+    is the number of cached columns before this forward, ``pad_left`` the first
+    real column of each row and ``prompt_len`` the real prompt length of each row
+    (both fixed at the session's first, cache-free forward).
+    """
+
+    attention_mask: torch.Tensor  # [batch, offset + seq] (1 = real token)
+    offset: int
+    seq_len: int
+    pad_left: torch.Tensor  # [batch]
+    prompt_len: torch.Tensor  # [batch]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.attention_mask.shape[0])
+
+    @property
+    def token_index(self) -> torch.Tensor:
+        """[batch, seq] token index of each column of this forward (negative on left padding)."""
+        cols = torch.arange(self.offset, self.offset + self.seq_len, device=self.pad_left.device)
+        return cols[None, :] - self.pad_left[:, None]
+
+    @property
+    def real(self) -> torch.Tensor:
+        """[batch, seq] True on real tokens, False on padding."""
+        return self.attention_mask[:, self.offset:self.offset + self.seq_len].bool()
+
+    @staticmethod
+    def from_mask(attention_mask: torch.Tensor, offset: int, seq_len: int,
+                  previous: ForwardContext | None = None) -> ForwardContext:
+        """Build the context of one forward; a cache-free forward (offset 0) starts a new sequence."""
+        mask = attention_mask.long()
+        if offset == 0 or previous is None or previous.batch_size != mask.shape[0]:
+            real_prompt = mask[:, :offset + seq_len]
+            pad_left = torch.argmax(real_prompt, dim=1)  # first 1 (0 when the row has no padding)
+            prompt_len = real_prompt.sum(dim=1)
+        else:
+            pad_left, prompt_len = previous.pad_left, previous.prompt_len
+        return ForwardContext(mask, offset, seq_len, pad_left.to(mask.device), prompt_len.to(mask.device))
+
+
+def _is_per_row(spec: object) -> bool:
+    return isinstance(spec, (list, tuple)) and len(spec) > 0 and any(
+        isinstance(s, (list, tuple, slice)) for s in spec)
+
+
+def _row_indices(spec: object, prompt_len: int, row: int) -> list[int]:
+    """Explicit token indices of one row (negative ints count back from the prompt end)."""
+    if isinstance(spec, bool):
+        raise InputError(f"positions must be ints, slices or one of {_NAMED}, got a bool.")
+    if isinstance(spec, int):
+        idx = spec + prompt_len if spec < 0 else spec
+        if not 0 <= idx < prompt_len:
+            raise InputError(f"Position {spec} is outside prompt {row}, which has {prompt_len} tokens "
+                             f"(valid: 0..{prompt_len - 1} or -{prompt_len}..-1).")
+        return [idx]
+    if isinstance(spec, slice):
+        idx = list(range(prompt_len))[spec]
+        if not idx:
+            raise InputError(f"Position slice {spec} selects no token of prompt {row} ({prompt_len} tokens).")
+        return idx
+    if isinstance(spec, (list, tuple)):
+        out: list[int] = []
+        for s in spec:
+            out += _row_indices(s, prompt_len, row)
+        return out
+    raise InputError(f"Cannot read positions {spec!r}: use None, {', '.join(map(repr, _NAMED))}, "
+                     "an int, a list of ints, a slice, or one such spec per batch row.")
+
+
+def validate_positions(spec: PositionSpec) -> PositionSpec:
+    """Reject malformed specs when an intervention is built, not mid-forward."""
+    if spec is None or isinstance(spec, slice) or (isinstance(spec, int) and not isinstance(spec, bool)):
+        return spec
+    if isinstance(spec, str):
+        if spec not in _NAMED:
+            raise InputError(f"Unknown positions {spec!r}; named positions are {', '.join(map(repr, _NAMED))}.")
+        return spec
+    if isinstance(spec, (list, tuple)):
+        if len(spec) == 0:
+            raise InputError("positions is an empty list; pass None for every position.")
+        for s in spec:
+            if isinstance(s, (list, tuple)):
+                validate_positions(list(s)) if len(s) else None
+            elif not isinstance(s, (int, slice)) or isinstance(s, bool):
+                raise InputError(f"positions entry {s!r} is not an int, slice or list.")
+        return list(spec)
+    raise InputError(f"Cannot read positions {spec!r}: use None, {', '.join(map(repr, _NAMED))}, "
+                     "an int, a list of ints, a slice, or one such spec per batch row.")
+
+
+def token_indices(spec: PositionSpec, ctx: ForwardContext) -> list[list[int]] | None:
+    """Explicit per-row token indices, or None for the named specs (which need no list)."""
+    if spec is None or isinstance(spec, str):
+        return None
+    prompt_len = ctx.prompt_len.tolist()
+    if _is_per_row(spec):
+        if len(spec) != ctx.batch_size:  # type: ignore[arg-type]
+            raise InputError(f"Per-row positions have {len(spec)} entries but the batch has "  # type: ignore[arg-type]
+                             f"{ctx.batch_size} prompts.")
+        return [_row_indices(s, prompt_len[i], i) for i, s in enumerate(spec)]  # type: ignore[arg-type]
+    return [_row_indices(spec, prompt_len[i], i) for i in range(ctx.batch_size)]
+
+
+def position_mask(spec: PositionSpec, ctx: ForwardContext) -> torch.Tensor:
+    """[batch, seq] bool: the cells of this forward that ``spec`` selects (never padding)."""
+    real = ctx.real
+    if spec is None or spec == "all":
+        return real
+    tok = ctx.token_index
+    if spec == "prompt":
+        return real & (tok < ctx.prompt_len[:, None])
+    if spec == "generated":
+        return real & (tok >= ctx.prompt_len[:, None])
+    rows = token_indices(spec, ctx)
+    assert rows is not None
+    mask = torch.zeros_like(real)
+    for i, idx in enumerate(rows):
+        wanted = torch.tensor(idx, device=tok.device)
+        mask[i] = (tok[i, :, None] == wanted[None, :]).any(-1)
+    return mask & real

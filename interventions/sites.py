@@ -1,0 +1,134 @@
+"""Site grammar: parsing, validation, wildcard expansion and "did you mean".
+
+A site names one activation of the model: ``kind.layer`` for per-layer sites
+(``resid_post.3``, ``head_z.-1``, ``attn_out.*``) or a bare ``kind`` for the
+model-wide ones (``embed``, ``final_norm``, ``logits``). Layers are integers,
+negative ones count from the end, ``*`` means every layer. This module is the
+only place site names are parsed; everything else receives :class:`Site`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from .errors import SiteError
+
+#: Sites that exist once per layer, in the order they occur inside a layer.
+LAYER_SITES: tuple[str, ...] = (
+    "resid_pre",
+    "head_z",
+    "attn_pattern",
+    "attn_out",
+    "resid_mid",
+    "mlp_out",
+    "resid_post",
+)
+#: Sites that exist once per model.
+MODEL_SITES: tuple[str, ...] = ("embed", "final_norm", "logits")
+
+SITE_DOCS: dict[str, str] = {
+    "embed": "token embedding output [batch, pos, d_model] (before any embedding scale or position embedding)",
+    "resid_pre": "residual stream entering layer L [batch, pos, d_model]",
+    "head_z": "per-head attention outputs before the output projection [batch, pos, n_heads, d_head]",
+    "attn_pattern": "attention probabilities [batch, n_heads, query_pos, key_pos] (runs eager attention)",
+    "attn_out": "attention block output added to the residual stream [batch, pos, d_model]",
+    "resid_mid": "residual stream after attention, before the MLP [batch, pos, d_model] (sequential-residual models)",
+    "mlp_out": "MLP block output added to the residual stream [batch, pos, d_model]",
+    "resid_post": "residual stream leaving layer L [batch, pos, d_model]",
+    "final_norm": "final normalisation output [batch, pos, d_model]",
+    "logits": "unembedding output [batch, pos, vocab]",
+}
+
+_PATTERN = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+|\*))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """A resolved site: a kind and, for per-layer kinds, a non-negative layer index."""
+
+    kind: str
+    layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.layer is None else f"{self.kind}.{self.layer}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def resolve_sites(
+    spec: str | Site | list[str | Site] | tuple[str | Site, ...],
+    n_layers: int,
+    available: frozenset[str] | None = None,
+) -> list[Site]:
+    """Parse one site name (or several) into concrete :class:`Site` objects.
+
+    ``available`` is the set of kinds the architecture supports (``resid_mid``
+    is missing on parallel-residual models); wildcards expand in layer order.
+    Raises :class:`SiteError` naming the closest valid names or the valid layer range.
+    """
+    if isinstance(spec, (list, tuple)):
+        out: list[Site] = []
+        for s in spec:
+            for site in resolve_sites(s, n_layers, available):
+                if site not in out:
+                    out.append(site)
+        return out
+    if isinstance(spec, Site):
+        spec = spec.name
+    if not isinstance(spec, str):
+        raise SiteError(f"A site must be a string like 'resid_post.3', got {type(spec).__name__}.")
+    kinds = set(available) if available is not None else set(LAYER_SITES) | set(MODEL_SITES)
+    m = _PATTERN.match(spec.strip())
+    valid_examples = [f"{k}.0" for k in LAYER_SITES if k in kinds] + [k for k in MODEL_SITES if k in kinds]
+    if m is None:
+        raise SiteError(f"Malformed site name {spec!r}.{_suggest(spec, valid_examples)} "
+                        "Sites look like 'resid_post.3', 'head_z.-1', 'attn_out.*' or 'logits'.")
+    kind, layer = m.group("kind"), m.group("layer")
+    if kind not in LAYER_SITES and kind not in MODEL_SITES:
+        raise SiteError(f"Unknown site kind {kind!r} in {spec!r}.{_suggest(kind, sorted(kinds))} "
+                        f"Valid kinds: {', '.join(k for k in LAYER_SITES + MODEL_SITES if k in kinds)}.")
+    if kind not in kinds:
+        why = (" This model uses a parallel residual (attention and MLP read the same input), so there is no "
+               "residual stream between them; use 'resid_pre', 'attn_out' and 'mlp_out' instead."
+               if kind == "resid_mid" else "")
+        raise SiteError(f"Site kind {kind!r} is not available for this architecture.{why}")
+    if kind in MODEL_SITES:
+        if layer is not None:
+            raise SiteError(f"Site {kind!r} is model-wide and takes no layer; write {kind!r}, not {spec!r}.")
+        return [Site(kind)]
+    if layer is None:
+        raise SiteError(f"Site kind {kind!r} needs a layer: '{kind}.0' .. '{kind}.{n_layers - 1}', "
+                        f"negative indices from the end, or '{kind}.*' for every layer.")
+    if layer == "*":
+        return [Site(kind, i) for i in range(n_layers)]
+    idx = int(layer)
+    if not -n_layers <= idx < n_layers:
+        raise SiteError(f"Layer {idx} is out of range in {spec!r}: this model has {n_layers} layers, "
+                        f"valid layers are 0..{n_layers - 1} (or -{n_layers}..-1 from the end).")
+    return [Site(kind, idx % n_layers)]
+
+
+def resolve_site(spec: str | Site, n_layers: int, available: frozenset[str] | None = None) -> Site:
+    """Resolve a name that must denote exactly one site (no wildcard)."""
+    sites = resolve_sites(spec, n_layers, available)
+    if len(sites) != 1:
+        raise SiteError(f"{spec!r} names {len(sites)} sites; this needs exactly one (no '*').")
+    return sites[0]
+
+
+def all_site_names(n_layers: int, available: frozenset[str]) -> list[str]:
+    """Every concrete site name in forward order."""
+    names = ["embed"] if "embed" in available else []
+    for layer in range(n_layers):
+        names += [f"{k}.{layer}" for k in LAYER_SITES if k in available]
+    names += [k for k in ("final_norm", "logits") if k in available]
+    return names
