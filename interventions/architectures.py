@@ -136,7 +136,8 @@ def dimensions(config: Any, d_vocab: int) -> Dimensions:
     )
 
 
-def output_projection(o_proj: nn.Module, layout: str, n_heads: int, d_head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def output_projection(o_proj: nn.Module, layout: str, n_heads: int,
+                      d_head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention output projection as per-head matrices ``W_O[h]: d_head -> d_model`` plus bias.
 
     Returns ``(W_O [n_heads, d_head, d_model], b_O [d_model] or None)`` so that

@@ -19,7 +19,6 @@ from .positions import ForwardContext, PositionSpec, _row_indices, position_mask
 from .sites import Site
 
 if TYPE_CHECKING:
-    from .cache import ActivationCache
     from .model import HookedModel
 
 def to_token_coordinates(value: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -61,7 +60,8 @@ class Patch(Intervention):
         v = values_or_source
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             if v.dim() < 2:
-                raise InputError(f"Patch values need shape [tokens, ...] or [batch, tokens, ...], got {tuple(v.shape)}.")
+                raise InputError(f"Patch values need shape [tokens, ...] or [batch, tokens, ...], "
+                                 f"got {tuple(v.shape)}.")
             self._given = v.detach()
         elif isinstance(v, dict):
             if not v:
