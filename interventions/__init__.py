@@ -25,3 +25,7 @@ __all__ = [
     "RunResult", "Site", "SiteError", "Steer", "UnsupportedArchitectureError", "load_interventions",
     "register_architecture", "save_interventions", "supported_model_types",
 ]
+
+from .steering import SteeringVector  # noqa: E402
+
+__all__ += ["SteeringVector"]

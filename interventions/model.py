@@ -9,6 +9,7 @@ exposes the probabilities). ``run`` pads prompts and returns logits plus caches;
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -79,7 +80,14 @@ class HookedModel:
             raise InputError(f"GGUF file {gguf!r} not found in {path}.")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hf_kwargs).to(device)
         tok_kwargs = {"gguf_file": hf_kwargs["gguf_file"]} if "gguf_file" in hf_kwargs else {}
-        tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
+        tokenizer = None
+        files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+        if os.path.isdir(path) and not tok_kwargs and not any(os.path.isfile(os.path.join(path, f)) for f in files):
+            # transformers would build an empty placeholder tokenizer here; better none than a wrong one
+            warnings.warn(f"No tokenizer files in {path}; pass token ids, or wrap with "
+                          "HookedModel(model, tokenizer).", stacklevel=2)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, **tok_kwargs)
         return cls(model, tokenizer)
 
     @classmethod

@@ -21,8 +21,9 @@ from interventions.errors import InputError
 if TYPE_CHECKING:
     from .logit import Lens
 
-#: Upper bound on elements of one [cells, vocab] block during decoding (float32: 128 MiB).
-CHUNK_ELEMENTS = 1 << 25
+#: Upper bound on elements of one [cells, vocab] block during decoding (float32: 4 MiB), so decoding
+#: adds a few such blocks on top of the plain forward whatever the prompt length.
+CHUNK_ELEMENTS = 1 << 20
 
 
 def show_token(tok: str, width: int | None = None) -> str:
@@ -126,9 +127,8 @@ class Trajectory:
                 val = float(self.top_probs[r, c, 0]) if show == "prob" else float(self.kl[r, c])
                 cells.append(f"{show_token(self.top_tokens[r][c][0], width - 5)} {val:.2f}")
             rows.append(cells)
-        out_row = ["(output)"] + [f"{show_token(self._final_token(c), width - 5)} {float(self.final_top_probs[c, 0]):.2f}"
-                                  for c in range(len(self.positions))]
-        rows.append(out_row)
+        rows.append(["(output)"] + [f"{show_token(self._final_token(c), width - 5)} "
+                                    f"{float(self.final_top_probs[c, 0]):.2f}" for c in range(len(self.positions))])
         widths = [max(len(row[j]) for row in rows) for j in range(len(head))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "-" * len(lines[0]))
@@ -282,9 +282,14 @@ def decode_trajectories(lens: Lens, prompts: Any, top_k: int = 5, targets: Any =
         c_idx = torch.tensor([width - lengths[b] + p for b, ps in enumerate(rows) for p in ps], dtype=torch.long)
     col_out = torch.tensor([width - lengths[b] + p for b, ps in enumerate(rows) for p in ps], dtype=torch.long)
     dev = model.device
-    final_logits = result.logits[b_idx.to(dev), col_out.to(dev)]  # [N, V]
-    del result  # the full [B, T, V] logits
-    hidden = {name: cache.cache[name][b_idx.to(dev), c_idx.to(dev)] for name in sites}  # each [N, d]
+    acts = cache.cache
+    if len(rows) == 1 and (positions == "all" or positions is None):  # every column of one row: views, no copies
+        final_logits = result.logits[0]
+        hidden = {name: acts[name][0] for name in sites}
+    else:
+        final_logits = result.logits[b_idx.to(dev), col_out.to(dev)]  # [N, V]
+        hidden = {name: acts[name][b_idx.to(dev), c_idx.to(dev)] for name in sites}  # each [N, d]
+    del result, acts  # drop references to the full [B, T, V] logits / unselected cells
 
     n_cells, n_r, n_t, vocab = len(b_idx), len(idx), len(target_ids), model.d_vocab
     top_ids = torch.zeros(n_r, n_cells, top_k, dtype=torch.long)

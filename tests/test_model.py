@@ -92,3 +92,15 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path) -> None:
             raise RuntimeError
     assert (target / "a.txt").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
+
+
+def test_from_pretrained_local_folder(tmp_path) -> None:
+    from tiny_models import build_tiny
+
+    hf = build_tiny("gpt_neox")
+    hf.save_pretrained(tmp_path / "tiny")
+    with pytest.warns(UserWarning, match="No tokenizer"):
+        model = HookedModel.from_pretrained(tmp_path / "tiny")
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    assert model.arch.name == "gpt_neox" and model.tokenizer is None
+    assert torch.allclose(model.run(tokens).logits, HookedModel(hf).run(tokens).logits, atol=1e-6)

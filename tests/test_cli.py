@@ -1,0 +1,86 @@
+"""``lmscope`` CLI: argument handling, decode output (table/JSON/plots), plug-in subcommands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lens import cli
+
+
+def test_parse_layers() -> None:
+    assert cli.parse_layers(None) is None and cli.parse_layers("all") is None
+    assert cli.parse_layers("0,5,10") == [0, 5, 10]
+    assert cli.parse_layers("0-3,8,-1") == [0, 1, 2, 3, 8, -1]
+    for bad in ("a", "3-1", "1-x"):
+        with pytest.raises(cli.CliError):
+            cli.parse_layers(bad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["decode", "hi", "--lens", "nope"], "Unknown --lens"),
+    (["decode", ""], "empty"),
+    (["decode", "hi", "--plot", "x.jpg"], ".png or .html"),
+    (["decode", "hi", "--layers", "1-x"], "--layers"),
+    (["decode", "hi", "--top-k", "0"], "--top-k"),
+])
+def test_user_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+def test_plugins_register_subcommands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    pkg = tmp_path / "fakeplug"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cli_mod.py").write_text(
+        "def register(sub):\n"
+        "    p = sub.add_parser('hello')\n"
+        "    p.set_defaults(func=lambda args: print('hello from plugin') or 0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "PLUGINS", ("fakeplug.cli_mod", "fakeplug.absent", "absentpkg.cli"))
+    assert cli.main(["hello"]) == 0
+    assert capsys.readouterr().out.strip() == "hello from plugin"
+
+
+@pytest.fixture
+def use_smollm(smollm, monkeypatch: pytest.MonkeyPatch):
+    """Serve the session's SmolLM2 instead of loading it again inside main()."""
+    from interventions import HookedModel
+
+    monkeypatch.setattr(HookedModel, "from_pretrained", classmethod(lambda cls, *a, **k: smollm))
+    return smollm
+
+
+@pytest.mark.slow
+def test_decode_json_table_and_plots(use_smollm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["decode", "The capital of France is", "--json", "--positions", "last",
+                     "--layers", "0,-1", "--target", " Paris", "--plot", str(tmp_path / "h.png")]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out)
+    assert data["readings"] == ["resid_post.0", "resid_post.29"] and data["top_tokens"][-1][0][0] == " Paris"
+    assert data["target_rank"][-1][0][0] == 1 and (tmp_path / "h.png").is_file()
+
+    assert cli.main(["decode", "The capital of France is", "--layers", "28-29", "--mid", "--top-k", "2",
+                     "--plot", str(tmp_path / "h.html"), "--color", "kl"]) == 0
+    table = capsys.readouterr().out
+    assert "resid_mid.28" in table and '" Paris"' in table and (tmp_path / "h.html").is_file()
+
+    assert cli.main(["decode", "hi", "--layers", "30"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_decode_subprocess_default_model(smollm) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lens.cli", "decode", "The capital of France is", "--json",
+                           "--positions", "last", "--timings"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["top_tokens"][-1][0][0] == " Paris" and len(data["readings"]) == 30
+    assert "timings:" in proc.stderr
