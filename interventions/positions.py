@@ -17,7 +17,6 @@ Accepted specs:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence, Union
 
 import torch
@@ -28,21 +27,48 @@ PositionSpec = Union[None, str, int, slice, Sequence[int], Sequence[Union[int, s
 _NAMED = ("all", "prompt", "generated")
 
 
-@dataclass
 class ForwardContext:
     """What a hook needs to know about the forward pass it runs in.
 
     ``attention_mask`` covers every column seen so far (past + current), ``offset``
     is the number of cached columns before this forward, ``pad_left`` the first
     real column of each row and ``prompt_len`` the real prompt length of each row
-    (both fixed at the session's first, cache-free forward).
+    (both fixed at the session's first, cache-free forward). Derived tensors are
+    computed on first use and memoised, so a forward whose interventions never
+    look at positions pays nothing for them.
     """
 
-    attention_mask: torch.Tensor  # [batch, offset + seq] (1 = real token)
-    offset: int
-    seq_len: int
-    pad_left: torch.Tensor  # [batch]
-    prompt_len: torch.Tensor  # [batch]
+    def __init__(self, attention_mask: torch.Tensor, offset: int, seq_len: int,
+                 pad_left: torch.Tensor | None = None, prompt_len: torch.Tensor | None = None) -> None:
+        self.attention_mask = attention_mask  # [batch, offset + seq] (1 = real token)
+        self.offset = offset
+        self.seq_len = seq_len
+        self._pad_left = pad_left
+        self._prompt_len = prompt_len
+        self._token_index: torch.Tensor | None = None
+        self._real: torch.Tensor | None = None
+        self.masks: dict[str, torch.Tensor] = {}  # memo of position_mask per spec
+
+    def _prompt_stats(self) -> None:
+        real_prompt = self.attention_mask[:, : self.offset + self.seq_len].long()
+        self._pad_left = torch.argmax(real_prompt, dim=1)  # first 1 (0 when the row has no padding)
+        self._prompt_len = real_prompt.sum(dim=1)
+
+    @property
+    def pad_left(self) -> torch.Tensor:
+        """[batch] first real column of each row."""
+        if self._pad_left is None:
+            self._prompt_stats()
+        assert self._pad_left is not None
+        return self._pad_left
+
+    @property
+    def prompt_len(self) -> torch.Tensor:
+        """[batch] number of real prompt tokens of each row."""
+        if self._prompt_len is None:
+            self._prompt_stats()
+        assert self._prompt_len is not None
+        return self._prompt_len
 
     @property
     def batch_size(self) -> int:
@@ -51,26 +77,30 @@ class ForwardContext:
     @property
     def token_index(self) -> torch.Tensor:
         """[batch, seq] token index of each column of this forward (negative on left padding)."""
-        cols = torch.arange(self.offset, self.offset + self.seq_len, device=self.pad_left.device)
-        return cols[None, :] - self.pad_left[:, None]
+        if self._token_index is None:
+            cols = torch.arange(self.offset, self.offset + self.seq_len, device=self.attention_mask.device)
+            self._token_index = cols[None, :] - self.pad_left[:, None]
+        return self._token_index
 
     @property
     def real(self) -> torch.Tensor:
         """[batch, seq] True on real tokens, False on padding."""
-        return self.attention_mask[:, self.offset:self.offset + self.seq_len].bool()
+        if self._real is None:
+            self._real = self.attention_mask[:, self.offset:self.offset + self.seq_len].bool()
+        return self._real
+
+    @property
+    def all_real(self) -> bool:
+        """True when this forward has no padding at all (the common unbatched case)."""
+        return bool(self.real.all())
 
     @staticmethod
     def from_mask(attention_mask: torch.Tensor, offset: int, seq_len: int,
                   previous: ForwardContext | None = None) -> ForwardContext:
         """Build the context of one forward; a cache-free forward (offset 0) starts a new sequence."""
-        mask = attention_mask.long()
-        if offset == 0 or previous is None or previous.batch_size != mask.shape[0]:
-            real_prompt = mask[:, :offset + seq_len]
-            pad_left = torch.argmax(real_prompt, dim=1)  # first 1 (0 when the row has no padding)
-            prompt_len = real_prompt.sum(dim=1)
-        else:
-            pad_left, prompt_len = previous.pad_left, previous.prompt_len
-        return ForwardContext(mask, offset, seq_len, pad_left.to(mask.device), prompt_len.to(mask.device))
+        if offset == 0 or previous is None or previous.batch_size != attention_mask.shape[0]:
+            return ForwardContext(attention_mask, offset, seq_len)
+        return ForwardContext(attention_mask, offset, seq_len, previous.pad_left, previous.prompt_len)
 
 
 def _is_per_row(spec: object) -> bool:
@@ -137,7 +167,15 @@ def token_indices(spec: PositionSpec, ctx: ForwardContext) -> list[list[int]] | 
 
 
 def position_mask(spec: PositionSpec, ctx: ForwardContext) -> torch.Tensor:
-    """[batch, seq] bool: the cells of this forward that ``spec`` selects (never padding)."""
+    """[batch, seq] bool: the cells of this forward that ``spec`` selects (never padding); memoised per forward."""
+    key = repr(spec)
+    mask = ctx.masks.get(key)
+    if mask is None:
+        mask = ctx.masks[key] = _position_mask(spec, ctx)
+    return mask
+
+
+def _position_mask(spec: PositionSpec, ctx: ForwardContext) -> torch.Tensor:
     real = ctx.real
     if spec is None or spec == "all":
         return real

@@ -10,6 +10,7 @@ only place site names are parsed; everything else receives :class:`Site`.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 
@@ -76,14 +77,21 @@ def resolve_sites(
     Raises :class:`SiteError` naming the closest valid names or the valid layer range.
     """
     if isinstance(spec, (list, tuple)):
-        out: list[Site] = []
+        out: dict[Site, None] = {}
         for s in spec:
-            for site in resolve_sites(s, n_layers, available):
-                if site not in out:
-                    out.append(site)
-        return out
+            out.update(dict.fromkeys(_resolve_cached(s.name if isinstance(s, Site) else s, n_layers, available)))
+        return list(out)
     if isinstance(spec, Site):
         spec = spec.name
+    return list(_resolve_cached(spec, n_layers, available))
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve_cached(spec: str, n_layers: int, available: frozenset[str] | None) -> tuple[Site, ...]:
+    return tuple(_resolve_one(spec, n_layers, available))
+
+
+def _resolve_one(spec: str, n_layers: int, available: frozenset[str] | None) -> list[Site]:
     if not isinstance(spec, str):
         raise SiteError(f"A site must be a string like 'resid_post.3', got {type(spec).__name__}.")
     kinds = set(available) if available is not None else set(LAYER_SITES) | set(MODEL_SITES)

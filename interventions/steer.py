@@ -57,7 +57,7 @@ class Steer(Intervention):
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
         if self._cast is None or self._cast.device != value.device or self._cast.dtype != value.dtype:
             self._cast = (self.scale * self.vector).to(device=value.device, dtype=value.dtype)
-        if self.positions is None and bool(ctx.real.all()):
+        if self.positions is None and ctx.all_real:
             return value + self._cast
         mask = position_mask(self.positions, ctx).to(value.dtype)
         mask = mask.reshape(*mask.shape, *([1] * (value.dim() - 2)))

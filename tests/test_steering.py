@@ -207,7 +207,7 @@ def test_errors(llama_tiny: HookedModel) -> None:
     with pytest.raises(InputError, match="outside positive prompt 1"):
         SteeringVector.from_pairs(m, POS, NEG, token=3)
     with pytest.raises(InputError, match="outside negative prompt 1"):
-        SteeringVector.from_pairs(m, NEG[1:2] * 2, [[1, 2, 3, 4]] + NEG[1:2], token=-4)
+        SteeringVector.from_pairs(m, [[1, 2, 3, 4, 5]] * 2, [[1, 2, 3, 4], [5, 7, 8]], token=-4)
     with pytest.raises(InputError, match="Unknown steering method"):
         SteeringVector.from_pairs(m, POS, NEG, method="magic")
     with pytest.raises(InputError, match="exactly one prompt pair"):
