@@ -214,15 +214,22 @@ class HookedModel:
             yield session
 
     def run(self, inputs: Any, interventions: Sequence[Intervention] = (), *, padding_side: str = "left",
-            grad: bool = False) -> RunResult:
+            grad: bool = False, position_ids: torch.Tensor | None = None) -> RunResult:
         """One forward over ``inputs`` (padded; per-prompt results equal unbatched runs).
 
         ``interventions`` run in list order; the result's ``cache`` merges every ``Cache``.
-        Gradients are off unless ``grad=True``.
+        Gradients are off unless ``grad=True``. ``position_ids`` ([batch, pos], same layout as the
+        padded batch) overrides the positions the model sees, e.g. to shift a span's positions
+        (position-independence experiments); by default they count real tokens from 0.
         """
         if isinstance(interventions, Intervention):
             interventions = [interventions]
         batch = self.tokenize(inputs, padding_side)
+        if position_ids is not None:
+            if tuple(position_ids.shape) != tuple(batch.input_ids.shape):
+                raise InputError(f"position_ids has shape {tuple(position_ids.shape)}; the padded batch has "
+                                 f"{tuple(batch.input_ids.shape)}.")
+            batch = Batch(batch.input_ids, batch.attention_mask, position_ids.to(self.device), batch.texts)
         with self.apply(list(interventions)) as session, (nullcontext() if grad else torch.no_grad()):
             out = self.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False)

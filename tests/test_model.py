@@ -104,3 +104,17 @@ def test_from_pretrained_local_folder(tmp_path) -> None:
     tokens = torch.tensor([[1, 2, 3, 4]])
     assert model.arch.name == "gpt_neox" and model.tokenizer is None
     assert torch.allclose(model.run(tokens).logits, HookedModel(hf).run(tokens).logits, atol=1e-6)
+
+
+def test_position_ids_override(llama_tiny: HookedModel) -> None:
+    tokens = torch.tensor([[5, 6, 7, 8]])
+    base = llama_tiny.run(tokens)
+    same = llama_tiny.run(tokens, position_ids=torch.arange(4)[None])
+    assert torch.equal(base.logits, same.logits)
+    uniform = llama_tiny.run(tokens, position_ids=torch.arange(4)[None] + 10)
+    assert torch.allclose(base.logits, uniform.logits, atol=1e-5)  # RoPE only sees relative positions
+    gap = llama_tiny.run(tokens, position_ids=torch.tensor([[0, 1, 12, 13]]))
+    assert torch.allclose(base.logits[:, :2], gap.logits[:, :2], atol=1e-6)
+    assert not torch.allclose(base.logits[:, 2:], gap.logits[:, 2:], atol=1e-4)
+    with pytest.raises(InputError, match="position_ids has shape"):
+        llama_tiny.run(tokens, position_ids=torch.arange(3)[None])
