@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--one-by-one", type=int, default=64, help="pairs timed one at a time (per-pair cost)")
     ap.add_argument("--scales", default="-32:32:4", help="start:stop:step (inclusive) for the trade-off sweep")
     ap.add_argument("--layers", default="15,16,17")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/lmscope-bench-steering"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

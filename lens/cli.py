@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -130,6 +131,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers)
     if args.lens not in ("logit", "tuned") and not os.path.isdir(args.lens):
         raise CliError(f"Unknown --lens {args.lens!r}: use 'logit', 'tuned', or an existing lens folder.")
+    if args.model != "default" and (os.sep in args.model or args.model.startswith(".")) \
+            and not os.path.exists(args.model):
+        raise CliError(f"No model at {args.model!r}: give 'default', an HF model name, or an existing folder/.gguf.")
     import torch
 
     from interventions import HookedModel
@@ -143,7 +147,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     t1 = time.time()
     dtype = getattr(torch, args.dtype)
     is_default = args.model == "default"
-    model = HookedModel.from_pretrained(args.model, dtype=dtype, device=args.device)
+    try:
+        model = HookedModel.from_pretrained(args.model, dtype=dtype, device=args.device)
+    except OSError as err:  # missing folder / hub name without a network
+        raise CliError(f"Cannot load model {args.model!r}: {err}") from None
     lens = _load_lens(args.lens, model, is_default, "all" if args.mid else "resid_post")
     t2 = time.time()
     traj = lens.decode(args.prompt, top_k=args.top_k, targets=args.target, positions=args.positions, layers=layers)
@@ -174,10 +181,24 @@ def _process_start() -> float:
         return time.time()
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """Let ``--layers -2,-1`` through (argparse would take ``-2,-1`` for an option): join it to ``--layers=``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--layers" and i + 1 < len(argv) and re.fullmatch(r"-\d[\d,\s-]*", argv[i + 1]):
+            out.append(f"--layers={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lmscope``; returns the exit status (0 ok, 2 user error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2

@@ -89,14 +89,18 @@ class LstsqStats:
         self.n_tokens = 0
 
     def update(self, hs: Sequence[torch.Tensor], target: torch.Tensor) -> None:
-        """Add one batch: ``hs[i]`` [N, d] readings, ``target`` [N, d] final hidden state (pre-norm)."""
-        y = target.double()
+        """Add one batch: ``hs[i]`` [N, d] readings, ``target`` [N, d] final hidden state (pre-norm).
+
+        Per-batch products run in float32 (one batched matmul); the running sums are float64.
+        """
+        y = target.float()
         y = y / y.pow(2).mean(-1, keepdim=True).clamp_min(1e-30).sqrt()
-        for i, h in enumerate(hs):
-            z = torch.cat([h.double(), torch.ones_like(h[:, :1], dtype=torch.float64)], dim=1)
-            z = z / h.double().pow(2).mean(-1, keepdim=True).clamp_min(1e-30).sqrt()
-            self.zz[i] += z.T @ z
-            self.zy[i] += z.T @ y
+        h = torch.stack([x.float() for x in hs])  # [R, N, d]
+        z = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
+        z = z / h.pow(2).mean(-1, keepdim=True).clamp_min(1e-30).sqrt()
+        zt = z.transpose(1, 2)
+        self.zz += torch.bmm(zt, z).double()
+        self.zy += torch.matmul(zt, y).double()
         self.n_tokens += int(target.shape[0])
 
     def solve(self, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,7 +411,7 @@ def train_tuned_lens(
 # -- the default lens -------------------------------------------------------------------------------
 #: Recipe of the embedded default lens (SmolLM2 on the offline corpus); a few minutes on 2 CPU cores.
 DEFAULT_RECIPE: dict[str, Any] = {"steps": 0, "tokens_per_step": 512, "seq_len": 512, "lr": 1e-3,
-                                  "init": "lstsq", "init_tokens": 32768, "ridge": 1e-3}
+                                  "init": "lstsq", "init_tokens": 16384, "ridge": 1e-3}
 
 
 def _recipe_key(recipe: dict[str, Any], corpus: Corpus, model: HookedModel) -> str:

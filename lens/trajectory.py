@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 #: Upper bound on elements of one [cells, vocab] block during decoding (float32: 4 MiB), so decoding
 #: adds a few such blocks on top of the plain forward whatever the prompt length.
 CHUNK_ELEMENTS = 1 << 20
+#: With fewer cells than this, several readings share one projection of at least this many rows
+#: (speed: each projection reads the whole unembedding, and short prompts make few rows per reading).
+MIN_ROWS = 64
 
 
 def show_token(tok: str, width: int | None = None) -> str:
@@ -251,6 +254,11 @@ class _TokenNames:
         return s
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sum over the vocabulary of ``a * b`` (same shapes) as a batched matmul: no [.., V] temporary."""
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1))[..., 0, 0]
+
+
 @torch.no_grad()
 def decode_trajectories(lens: Lens, prompts: Any, top_k: int = 5, targets: Any = None, positions: Any = "all",
                         layers: Any = None) -> Trajectory | TrajectoryBatch:
@@ -300,25 +308,37 @@ def decode_trajectories(lens: Lens, prompts: Any, top_k: int = 5, targets: Any =
     final_ids = torch.zeros(n_cells, top_k, dtype=torch.long)
     final_probs = torch.zeros(n_cells, top_k)
     tgt = torch.tensor(target_ids, dtype=torch.long, device=dev)
-    chunk = max(1, CHUNK_ELEMENTS // vocab)
+    # Rows of one vocabulary projection: short prompts decode several readings in one pass over the
+    # unembedding (a pass is memory-bound); long prompts take small cell chunks of one reading at a time.
+    budget = max(1, CHUNK_ELEMENTS // vocab)
+    if n_cells < MIN_ROWS:  # few cells: the blocks stay small, batch readings for speed
+        budget = max(budget, MIN_ROWS)
+    chunk = min(n_cells, budget)
+    group = max(1, budget // chunk)
     for s in range(0, n_cells, chunk):
         sl = slice(s, min(s + chunk, n_cells))
         logp_final = torch.log_softmax(final_logits[sl].float(), dim=-1)
+        v, ids = logp_final.topk(top_k, dim=-1)
+        final_ids[sl], final_probs[sl] = ids.cpu(), v.exp().cpu()
         p_final = logp_final.exp()
-        v, ids = p_final.topk(top_k, dim=-1)
-        final_ids[sl], final_probs[sl] = ids.cpu(), v.cpu()
-        for r, i in enumerate(idx):
-            logp = torch.log_softmax(lens.logits(hidden[lens.readings[i]][sl], i).float(), dim=-1)
+        neg_h_final = _dot(p_final, logp_final)  # [n]; KL = -H(final) - <p_final, logp_lens>
+        del logp_final
+        for g in range(0, n_r, group):
+            rs = list(range(g, min(g + group, n_r)))
+            h = torch.cat([lens.translate(hidden[lens.readings[idx[r]]][sl], idx[r]) for r in rs])
+            logp = torch.log_softmax(model.decode_hidden(h.to(model.dtype)).float(), dim=-1)
+            logp = logp.view(len(rs), -1, vocab)  # [G, n, V]
+            v, ids = logp.topk(top_k, dim=-1)
+            top_ids[g:g + len(rs), sl], top_probs[g:g + len(rs), sl] = ids.cpu(), v.exp().cpu()
+            cross = torch.stack([_dot(p_final, logp[j]) for j in range(len(rs))])  # <p_final, logp_lens>
+            kl[g:g + len(rs), sl] = (neg_h_final - cross).clamp_min(0).cpu()
             p = logp.exp()
-            v, ids = p.topk(top_k, dim=-1)
-            top_ids[r, sl], top_probs[r, sl] = ids.cpu(), v.cpu()
-            entropy[r, sl] = -(p * logp).sum(-1).cpu()
-            kl[r, sl] = (p_final * (logp_final - logp)).sum(-1).clamp_min(0).cpu()
+            entropy[g:g + len(rs), sl] = (-_dot(p, logp)).clamp_min(0).cpu()
             if n_t:
-                lt = logp[:, tgt]  # [n, T]
-                t_prob[r, sl] = lt.exp().cpu()
-                t_rank[r, sl] = ((logp[:, None, :] > lt[:, :, None]).sum(-1) + 1).cpu()
-            del logp, p
+                lt = logp[:, :, tgt]  # [G, n, T]
+                t_prob[g:g + len(rs), sl] = lt.exp().cpu()
+                t_rank[g:g + len(rs), sl] = ((logp[:, :, None, :] > lt[..., None]).sum(-1) + 1).cpu()
+            del logp, p, h
     names = _TokenNames(model.tokenizer)
     texts = batch.texts
     out: list[Trajectory] = []

@@ -27,6 +27,7 @@ def test_parse_layers() -> None:
     (["decode", "hi", "--plot", "x.jpg"], ".png or .html"),
     (["decode", "hi", "--layers", "1-x"], "--layers"),
     (["decode", "hi", "--top-k", "0"], "--top-k"),
+    (["decode", "hi", "--model", "/nonexistent/model"], "No model at"),
 ])
 def test_user_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == 2
@@ -74,6 +75,8 @@ def test_decode_json_table_and_plots(use_smollm, tmp_path: Path, capsys: pytest.
 
     assert cli.main(["decode", "hi", "--layers", "30"]) == 2
     assert "out of range" in capsys.readouterr().err
+    assert cli.main(["decode", "hi", "--layers", "-1", "--positions", "last", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["readings"] == ["resid_post.29"]
 
 
 @pytest.mark.slow
@@ -84,3 +87,9 @@ def test_decode_subprocess_default_model(smollm) -> None:
     data = json.loads(proc.stdout)
     assert data["top_tokens"][-1][0][0] == " Paris" and len(data["readings"]) == 30
     assert "timings:" in proc.stderr
+
+
+def test_negative_layers_reach_the_parser() -> None:
+    assert cli._join_negative_values(["decode", "x", "--layers", "-2,-1"]) == ["decode", "x", "--layers=-2,-1"]
+    assert cli._join_negative_values(["decode", "x", "--layers", "3", "--json"]) == \
+        ["decode", "x", "--layers", "3", "--json"]
