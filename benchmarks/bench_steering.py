@@ -92,6 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=["overhead", "extract", "tradeoff", "all"], default="all")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--one-by-one", type=int, default=64, help="pairs timed one at a time (per-pair cost)")
@@ -106,7 +107,7 @@ def main() -> None:
     model = HookedModel.default()
     results = {}
     if args.part in ("overhead", "all"):
-        results["overhead"] = bench_overhead(model, args.repeats)
+        results["overhead"] = bench_overhead(model, args.repeats, args.new_tokens)
         print(json.dumps(results["overhead"], indent=2))
     if args.part in ("extract", "all"):
         results["extract"] = bench_extract(model, args.pairs, args.batch_size, args.one_by_one)
