@@ -233,13 +233,14 @@ def test_sentiment_steering_moves_concept_tokens(smollm: HookedModel) -> None:
     pos, neg = load_pairs()
     sv = SteeringVector.from_pairs(smollm, pos[:16], neg[:16], layers=[15, 16, 17], method="mean", batch_size=16)
     prompts = ["I went to the new restaurant last night. The food was", "The hotel we stayed at was"]
-    good = [smollm.token_id(t) for t in (" great", " wonderful", " good")]
-    bad = [smollm.token_id(t) for t in (" terrible", " awful", " bad")]
+    good = [smollm.token_id(t) for t in (" great", " wonderful", " good", " excellent", " lovely")]
+    bad = [smollm.token_id(t) for t in (" terrible", " awful", " bad", " horrible", " poor")]
 
-    def margin(ivs) -> torch.Tensor:
+    def margin(ivs) -> torch.Tensor:  # sentiment of the next word, renormalised over the two sets
         p = smollm.run(prompts, ivs).last_logits().softmax(-1)
-        return p[:, good].sum(-1) - p[:, bad].sum(-1)
+        pg, pb = p[:, good].sum(-1), p[:, bad].sum(-1)
+        return (pg - pb) / (pg + pb)
 
     base, up, down = margin([]), margin(sv.to_steer(8.0, normalize=True)), margin(sv.to_steer(-8.0, normalize=True))
-    assert bool((up > base).all()) and bool((down < base).all())
-    assert float((base - down).min()) > 0.05
+    assert bool((up > base).all()) and bool((down < base).all()), (down, base, up)
+    assert float((base - down).min()) > 0.1
