@@ -4,9 +4,10 @@ Run: python benchmarks/bench_overhead.py [--repeats 30]
      (with TransformerLens importable, e.g. .venv-tl/bin/python, its TransformerBridge is measured too)
 
 Every configuration is timed in the same process on the same inputs, interleaved round-robin so machine
-noise hits all of them alike; the reported number is median(time) / median(plain HF forward).
-Memory (--memory): each configuration runs in a fresh subprocess; peak RSS growth over the loaded model
-is compared with the plain forward plus the bytes of the cached tensors.
+noise hits all of them alike (the order rotates each round); reported: median(time) / median(plain HF forward)
+and the median over rounds of the paired ratio time / plain time of the same round.
+Memory (--memory): each configuration runs in a fresh subprocess; its peak RSS (model included) is compared
+with the plain forward's peak plus the bytes of the cached tensors, +10%; growth over the loaded model is shown too.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from interventions import Cache, HookedModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memory import peak_mb  # noqa: E402
 
 SHAPES = [(1, 16), (8, 128)]
 
@@ -43,6 +48,11 @@ def runners(model: HookedModel, batch) -> dict[str, Callable[[], object]]:
         with torch.no_grad():
             return hf(**kw).logits
     out["hf_plain"] = plain
+
+    def hidden_states() -> object:  # HF's own way of keeping every layer's output: the cost of retention
+        with torch.no_grad():
+            return hf(**kw, output_hidden_states=True).hidden_states
+    out["hf_hidden_states"] = hidden_states
 
     def ours() -> object:
         return model.run(batch, [Cache(sites)]).cache
@@ -88,61 +98,53 @@ def runners(model: HookedModel, batch) -> dict[str, Callable[[], object]]:
     return out
 
 
-def time_all(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
+def time_all(fns: dict[str, Callable[[], object]], repeats: int,
+             warmup: int = 3) -> tuple[dict[str, float], dict[str, float]]:
+    """Median time of each function, and the median over rounds of its time / the plain forward's time
+    in the same round (paired ratios cancel slow drifts of the machine). The order rotates each round."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    names = list(fns)
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
             t = time.perf_counter()
-            fn()
+            fns[name]()
             samples[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    paired = {k: statistics.median(a / b for a, b in zip(v, samples["hf_plain"])) for k, v in samples.items()}
+    return medians, paired
 
 
 def peak_rss_child(which: str, batch: int, seq: int) -> None:
-    """Child process: load, measure RSS, run one configuration twice, print the peak growth."""
+    """Child process: load the model, print the peak RSS growth of one configuration."""
     model = HookedModel.default()
     inputs = make_inputs(model, batch, seq)
-    fn = runners(model, inputs)[which] if which != "lmscope" else (
-        lambda: model.run(inputs, [Cache(model.sites("resid_post.*"))]).cache)
-    fn()  # warm-up: allocator pools, lazy initialisation
-    import gc
+    sites = model.sites("resid_post.*")
 
-    gc.collect()
-    before = _rss_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (Linux)
-        f.write("5")
-    keep = fn()
-    after = _rss_kb("VmHWM")
-    del keep
-    print(json.dumps({"peak_growth_kb": after - before}))
+    def plain() -> object:
+        with torch.no_grad():
+            return model.hf_model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                                  position_ids=inputs.position_ids, use_cache=False).logits
+    fn = plain if which == "hf_plain" else (lambda: model.run(inputs, [Cache(sites)]).cache)
+    print(json.dumps(peak_mb(fn)))
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def memory_report(batch: int, seq: int, d_model: int, n_layers: int) -> dict[str, float]:
+def memory_report(batch: int, seq: int, d_model: int, n_layers: int) -> dict[str, dict[str, float]]:
     res = {}
     for which in ("hf_plain", "lmscope"):
         out = subprocess.run([sys.executable, __file__, "--child", which, str(batch), str(seq)],
                              capture_output=True, text=True, check=True)
-        res[which] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_kb"] / 1024
-    cached_mb = n_layers * batch * seq * d_model * 4 / 2**20
-    res["cached_tensors_mb"] = cached_mb
-    res["budget_mb"] = (res["hf_plain"] + cached_mb) * 1.10
+        res[which] = json.loads(out.stdout.strip().splitlines()[-1])
+    res["cached_tensors_mb"] = {"size": n_layers * batch * seq * d_model * 4 / 2**20}
     return res
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--shapes", nargs="*", default=None, help="subset of shapes, e.g. 1x16 8x128")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS in subprocesses")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -153,20 +155,26 @@ def main() -> None:
     model = HookedModel.default()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {model}")
     for batch, seq in SHAPES:
+        if args.shapes and f"{batch}x{seq}" not in args.shapes:
+            continue
         inputs = make_inputs(model, batch, seq)
         fns = runners(model, inputs)
         reps = args.repeats if batch * seq <= 64 else max(5, args.repeats // 3)
-        med = time_all(fns, reps)
+        med, paired = time_all(fns, reps)
         base = med["hf_plain"]
         print(f"\n{batch} x {seq} tokens  (median of {reps}, plain forward {base * 1e3:.2f} ms)")
         for name, t in med.items():
-            print(f"  {name:18s} {t * 1e3:9.2f} ms   ratio {t / base:.3f}")
+            print(f"  {name:18s} {t * 1e3:9.2f} ms   ratio of medians {t / base:.3f}   "
+                  f"median paired ratio {paired[name]:.3f}")
         if args.memory:
             mem = memory_report(batch, seq, model.d_model, model.n_layers)
-            print(f"  peak RSS growth: plain {mem['hf_plain']:.1f} MB, lmscope {mem['lmscope']:.1f} MB, "
-                  f"cached tensors {mem['cached_tensors_mb']:.1f} MB, budget (plain + cache) x 1.1 = "
-                  f"{mem['budget_mb']:.1f} MB -> {'OK' if mem['lmscope'] <= mem['budget_mb'] else 'OVER'}")
-
+            plain, ours, cached = mem["hf_plain"], mem["lmscope"], mem["cached_tensors_mb"]["size"]
+            budget = (plain["peak"] + cached) * 1.10
+            print(f"  peak RSS: plain forward {plain['peak']:.0f} MB (+{plain['growth']:.0f} MB over the loaded "
+                  f"model), lmscope {ours['peak']:.0f} MB (+{ours['growth']:.0f} MB), cached tensors "
+                  f"{cached:.1f} MB; budget (plain + cache) x 1.1 = {budget:.0f} MB -> "
+                  f"{'OK' if ours['peak'] <= budget else 'OVER'}; growth alone: "
+                  f"{ours['growth']:.0f} vs (plain growth + cache) x 1.1 = {(plain['growth'] + cached) * 1.1:.0f} MB")
 
 if __name__ == "__main__":
     main()

@@ -30,28 +30,43 @@ def _signature(weight: torch.Tensor) -> list[float]:
     return (rows @ (w @ probe)).diagonal().tolist()
 
 
-def model_fingerprint(model: HookedModel) -> dict[str, Any]:
+def _sizes(model: HookedModel) -> dict[str, Any]:
+    return {"architecture": model.arch.name, "model_type": getattr(model.hf_model.config, "model_type", None),
+            "n_layers": model.n_layers, "d_model": model.d_model, "n_heads": model.n_heads,
+            "d_vocab": model.d_vocab}
+
+
+def _memo(model: HookedModel, name: str, fn: Any) -> Any:
+    """Memoise per model and unembedding version (hashing 100+ MB is not free on every load)."""
     w = model.unembed_weight
-    return {
-        "architecture": model.arch.name,
-        "model_type": getattr(model.hf_model.config, "model_type", None),
-        "n_layers": model.n_layers, "d_model": model.d_model, "n_heads": model.n_heads, "d_vocab": model.d_vocab,
-        "unembed_sha256": hashlib.sha256(w.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest(),
-        "unembed_signature": _signature(w),
-    }
+    key = (name, w.data_ptr(), w._version, w.dtype, w.device)
+    memo = model.__dict__.setdefault("_fingerprint_memo", {})
+    if key not in memo:
+        memo[key] = fn(w)
+    return memo[key]
+
+
+def model_fingerprint(model: HookedModel) -> dict[str, Any]:
+    """Sizes, SHA-256 of the float32 unembedding and its numeric signature."""
+    def sha(w: torch.Tensor) -> str:
+        return hashlib.sha256(w.detach().float().cpu().contiguous().numpy().data).hexdigest()
+    return {**_sizes(model), "unembed_sha256": _memo(model, "sha", sha),
+            "unembed_signature": _memo(model, "signature", _signature)}
 
 
 def check_fingerprint(saved: dict[str, Any], model: HookedModel, what: str = "artifact") -> None:
-    """Raise :class:`ModelMismatchError` if ``saved`` was not made for ``model``."""
-    current = model_fingerprint(model)
+    """Raise :class:`ModelMismatchError` if ``saved`` was not made for ``model``.
+
+    Sizes must match exactly; the unembedding must match its saved signature within a tolerance
+    that admits the same checkpoint in another floating-point dtype.
+    """
+    current = _sizes(model)
     for key in ("architecture", "n_layers", "d_model", "n_heads", "d_vocab"):
         if saved.get(key) != current[key]:
             raise ModelMismatchError(f"This {what} was made for a different model: {key}={saved.get(key)!r}, "
                                      f"but the model has {key}={current[key]!r}.")
-    if saved.get("unembed_sha256") == current["unembed_sha256"]:
-        return
     a = torch.tensor(saved.get("unembed_signature", []))
-    b = torch.tensor(current["unembed_signature"])
+    b = torch.tensor(_memo(model, "signature", _signature))
     if a.shape != b.shape or not torch.allclose(a, b, rtol=2e-2, atol=2e-2 * float(b.abs().max())):
         raise ModelMismatchError(f"This {what} was made for a model with the same sizes but different weights "
                                  "(the unembedding differs); load it on the model it was made for.")

@@ -215,5 +215,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> None:
+    """Console-script entry: run :func:`main`, flush, and leave without interpreter teardown.
+
+    Tearing down torch and transformers takes over a second on a small CPU and does nothing useful for a
+    one-shot command (every file is written and closed by then), so the process exits straight away.
+    """
+    try:
+        code = main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -415,8 +415,9 @@ DEFAULT_RECIPE: dict[str, Any] = {"steps": 0, "tokens_per_step": 512, "seq_len":
 
 
 def _recipe_key(recipe: dict[str, Any], corpus: Corpus, model: HookedModel) -> str:
+    # the model itself is checked (tolerantly, across dtypes) by TunedLens.load's fingerprint check
     blob = json.dumps({"recipe": recipe, "corpus": [os.path.basename(s) for s in corpus.sources],
-                       "unembed": model.fingerprint()["unembed_sha256"]}, sort_keys=True)
+                       "model": [model.arch.name, model.n_layers, model.d_model, model.d_vocab]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

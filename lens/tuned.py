@@ -133,7 +133,7 @@ class TunedLens(Lens, nn.Module):
         return lens
 
     def describe(self) -> str:
-        return f"tuned ({self.path})" if self.path is not None else "tuned"
+        return f"tuned ({self.path.name})" if self.path is not None else "tuned"
 
     def __repr__(self) -> str:
         return Lens.__repr__(self)

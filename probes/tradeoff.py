@@ -16,13 +16,12 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from interventions.artifacts import atomic_write_bytes
 from interventions.errors import InputError
 from interventions.steering import LayerSpec, SteeringVector
 
@@ -224,24 +223,12 @@ class TradeoffResult:
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=110)
             plt.close(fig)
-            _atomic_write_bytes(Path(path), buf.getvalue())
+            atomic_write_bytes(path, buf.getvalue())
         return fig
 
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "layers": self.layers, "normalize": self.normalize,
                 "fits": {k: f.as_dict() for k, f in self.fits.items()}}
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def steering_tradeoff(model: HookedModel, vector: SteeringVector, scales: Sequence[float], alignment_eval: Any,

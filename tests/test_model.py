@@ -118,3 +118,18 @@ def test_position_ids_override(llama_tiny: HookedModel) -> None:
     assert not torch.allclose(base.logits[:, 2:], gap.logits[:, 2:], atol=1e-4)
     with pytest.raises(InputError, match="position_ids has shape"):
         llama_tiny.run(tokens, position_ids=torch.arange(3)[None])
+
+
+def test_lazy_package_exports_resolve() -> None:
+    import subprocess
+    import sys
+
+    import interventions
+
+    assert sorted(interventions.__all__) == sorted(interventions._LAZY)
+    for name in interventions.__all__:
+        assert getattr(interventions, name) is not None
+    # importing a CLI plug-in must not pull in torch (keeps `lmscope --help` instant)
+    code = "import sys, interventions.steering_cli, lens.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
