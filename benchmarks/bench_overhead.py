@@ -145,6 +145,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--shapes", nargs="*", default=None, help="subset of shapes, e.g. 1x16 8x128")
+    p.add_argument("--only", nargs="*", default=None, help="subset of configurations (hf_plain always runs)")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS in subprocesses")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -159,6 +160,8 @@ def main() -> None:
             continue
         inputs = make_inputs(model, batch, seq)
         fns = runners(model, inputs)
+        if args.only:
+            fns = {k: v for k, v in fns.items() if k in args.only or k == "hf_plain"}
         reps = args.repeats if batch * seq <= 64 else max(5, args.repeats // 3)
         med, paired = time_all(fns, reps)
         base = med["hf_plain"]

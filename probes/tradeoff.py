@@ -104,7 +104,7 @@ def fit_tanh(r: Sequence[float], y: Sequence[float], amplitude: bool = True) -> 
     best: tuple[float, np.ndarray] | None = None
     for p0 in guesses:
         try:
-            popt, _ = curve_fit(f, x, yy, p0=p0, maxfev=20000)
+            popt = _curve_fit(curve_fit, f, x, yy, p0)
         except (RuntimeError, ValueError):
             continue
         sse = float(((f(x, *popt) - yy) ** 2).sum())
@@ -118,6 +118,20 @@ def fit_tanh(r: Sequence[float], y: Sequence[float], amplitude: bool = True) -> 
     names = ["A", "a", "b"] if amplitude else ["a", "b"]
     fn = lambda t, p=popt: f(t, *p)
     return Fit("tanh", {k: float(v) for k, v in zip(names, popt)}, r_squared(yy, fn(x)), fn)
+
+
+def _curve_fit(curve_fit: Callable[..., Any], f: Callable[..., Any], x: np.ndarray, y: np.ndarray,
+               p0: Sequence[float]) -> np.ndarray:
+    """``scipy.optimize.curve_fit`` parameters only: the covariance (and its warning when a few points
+    pin the parameters exactly) is not used here."""
+    import warnings
+
+    from scipy.optimize import OptimizeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)
+        popt, _ = curve_fit(f, x, y, p0=p0, maxfev=20000)
+    return popt
 
 
 def fit_wolf_helpfulness(r: Sequence[float], y: Sequence[float]) -> Fit:
@@ -136,7 +150,7 @@ def fit_wolf_helpfulness(r: Sequence[float], y: Sequence[float]) -> Fit:
     a0 = max(c - 1.0, 1e-3)
     b0 = math.sqrt(max(2.0 * k / a0, 1e-6))
     try:
-        popt, _ = curve_fit(f, x, yy, p0=(a0, b0), maxfev=20000)
+        popt = _curve_fit(curve_fit, f, x, yy, (a0, b0))
     except (RuntimeError, ValueError):
         popt = np.array([a0, b0])
     popt = np.array([popt[0], abs(popt[1])])
