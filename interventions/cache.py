@@ -8,7 +8,7 @@ import torch
 
 from .base import Intervention, decode_positions
 from .errors import InputError, SiteError
-from .positions import ForwardContext, PositionSpec, position_mask
+from .positions import ForwardContext, PositionSpec, gather_positions
 from .sites import Site
 
 if TYPE_CHECKING:
@@ -46,15 +46,10 @@ class Cache(Intervention):
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> None:
         v = value.detach() if self.detach else value
         if self.positions is not None:
-            mask = position_mask(self.positions, ctx)
-            counts = mask.sum(1)
-            if counts.numel() and bool((counts != counts[0]).any()):
-                raise InputError(f"Cache positions {self.positions!r} select {counts.tolist()} tokens per row; "
-                                 "a cache needs the same number in every row (or positions=None).")
             if site.kind == "attn_pattern":  # [b, h, q, k]: select query positions
-                v = v.transpose(1, 2)[mask].reshape(mask.shape[0], -1, *v.shape[1:2], v.shape[-1]).transpose(1, 2)
+                v = gather_positions(v.transpose(1, 2), self.positions, ctx, "Cache").transpose(1, 2)
             else:
-                v = v[mask].reshape(mask.shape[0], -1, *v.shape[2:])
+                v = gather_positions(v, self.positions, ctx, "Cache")
         if self.device is not None or self.dtype is not None:
             v = v.to(device=self.device, dtype=self.dtype)
         self._chunks.setdefault(site, []).append(v)

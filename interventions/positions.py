@@ -191,3 +191,17 @@ def _position_mask(spec: PositionSpec, ctx: ForwardContext) -> torch.Tensor:
         wanted = torch.tensor(idx, device=tok.device)
         mask[i] = (tok[i, :, None] == wanted[None, :]).any(-1)
     return mask & real
+
+
+def gather_positions(value: torch.Tensor, spec: PositionSpec, ctx: ForwardContext, what: str) -> torch.Tensor:
+    """``value [batch, pos, ...]`` -> ``[batch, k, ...]``: the ``k`` cells ``spec`` selects in every row.
+
+    Recorders (``Cache``, lens readouts) need a rectangular result, so every row must select the
+    same number of tokens; ``what`` names the caller in the error.
+    """
+    mask = position_mask(spec, ctx)
+    counts = mask.sum(1)
+    if counts.numel() and bool((counts != counts[0]).any()):
+        raise InputError(f"{what} positions {spec!r} select {counts.tolist()} tokens per row; it needs the same "
+                         "number in every row (or positions=None).")
+    return value[mask].reshape(mask.shape[0], -1, *value.shape[2:])

@@ -15,7 +15,7 @@ import torch
 
 from interventions.base import Intervention, decode_positions
 from interventions.errors import InputError
-from interventions.positions import ForwardContext, PositionSpec, position_mask
+from interventions.positions import ForwardContext, PositionSpec, gather_positions
 from interventions.sites import Site
 
 from .logit import Lens, LogitLens
@@ -89,12 +89,7 @@ class LensReadout(Intervention):
         name = site.name
         v = value.detach()
         if self.positions is not None:
-            mask = position_mask(self.positions, ctx)
-            counts = mask.sum(1)
-            if counts.numel() and bool((counts != counts[0]).any()):
-                raise InputError(f"LensReadout positions {self.positions!r} select {counts.tolist()} tokens per "
-                                 "row; it needs the same number in every row (or positions=None).")
-            v = v[mask].reshape(mask.shape[0], -1, v.shape[-1])
+            v = gather_positions(v, self.positions, ctx, "LensReadout")
         elif self._first_site in (None, name):  # one real-token mask per forward
             self._first_site = name
             self._masks.append(ctx.real.cpu())
