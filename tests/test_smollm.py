@@ -50,3 +50,11 @@ def test_interventions_move_the_answer(smollm: HookedModel) -> None:
     v = torch.zeros(smollm.d_model)
     same = smollm.run("The capital of France is", [Steer("resid_pre.5", v)]).last_logits().log_softmax(-1)[0, paris]
     assert torch.allclose(same, base, atol=1e-5)
+
+
+def test_bfloat16_default_model_runs_and_caches() -> None:
+    model = HookedModel.default(dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    result = model.run("The capital of France is", [Cache("head_z.-1"), Steer("resid_pre.3", torch.zeros(576))])
+    assert result.cache["head_z.-1"].dtype == torch.bfloat16
+    assert result.last_logits()[0].argmax().item() == model.token_id(" Paris")
