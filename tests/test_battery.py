@@ -157,3 +157,11 @@ def test_padded_batch_equals_unbatched(tiny: HookedModel, side: str) -> None:
         assert torch.allclose(batched.logits[i][keep], single.logits[0], atol=ATOL, rtol=0)
         for name in ("resid_post.1", "head_z.0"):
             assert torch.allclose(batched.cache.unpad(name, i), single.cache[name][0], atol=ATOL, rtol=0)
+
+
+def test_attn_pattern_is_writable(tiny: HookedModel) -> None:
+    """z = pattern @ V per head, so scaling the written pattern scales head_z of that layer exactly."""
+    tokens = ids()
+    base = tiny.run(tokens, [Cache("head_z.0")]).cache["head_z.0"]
+    doubled = tiny.run(tokens, [Edit("attn_pattern.0", lambda p: p * 2), Cache("head_z.0")]).cache["head_z.0"]
+    assert torch.allclose(doubled, 2 * base, atol=ATOL, rtol=1e-5)
