@@ -117,7 +117,6 @@ def _context_prehook(session: Session) -> Callable[..., None]:
 
 def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
     model, arch = session.model, session.model.arch
-    hf = model.hf_model
 
     def out_hook(module: nn.Module, args: Any, output: Any) -> Any:
         new = session.run_site(site, _first(output))
@@ -185,7 +184,6 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
         handles.append(attn_mod.register_forward_hook(mid_hook))
     else:  # pragma: no cover - sites.py rejects unknown kinds first
         raise AssertionError(kind)
-    del hf
 
 
 _ORDER = {k: i for i, k in enumerate(("embed", *LAYER_SITES, "final_norm", "logits"))}

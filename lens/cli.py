@@ -134,23 +134,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.model != "default" and (os.sep in args.model or args.model.startswith(".")) \
             and not os.path.exists(args.model):
         raise CliError(f"No model at {args.model!r}: give 'default', an HF model name, or an existing folder/.gguf.")
-    import torch
-
-    from interventions import HookedModel
-
-    try:  # the weight-loading progress bar is noise on a CLI
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
     t1 = time.time()
-    dtype = getattr(torch, args.dtype)
     is_default = args.model == "default"
-    try:
-        model = HookedModel.from_pretrained(args.model, dtype=dtype, device=args.device)
-    except OSError as err:  # missing folder / hub name without a network
-        raise CliError(f"Cannot load model {args.model!r}: {err}") from None
+    model = load_model(args.model, args.dtype, args.device)
     lens = _load_lens(args.lens, model, is_default, "all" if args.mid else "resid_post")
     t2 = time.time()
     traj = lens.decode(args.prompt, top_k=args.top_k, targets=args.target, positions=args.positions, layers=layers)
@@ -193,6 +179,29 @@ def _join_negative_values(argv: list[str]) -> list[str]:
         out.append(argv[i])
         i += 1
     return out
+
+
+def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: int | None = None) -> Any:
+    """The model behind ``--model`` ('default', an HF name, a folder or a .gguf), progress bars off.
+
+    Shared by every lens sub-command; a model that cannot be loaded becomes a :class:`CliError`.
+    """
+    import torch
+
+    from interventions import HookedModel
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:  # the weight-loading progress bar is noise on a CLI
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return HookedModel.from_pretrained(name, dtype=getattr(torch, dtype), device=device)
+    except OSError as err:  # missing folder / hub name without a network
+        raise CliError(f"Cannot load model {name!r}: {err}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,12 +65,8 @@ def collect(model: HookedModel, ids: torch.Tensor, readings: Sequence[str]) -> t
     (in order) and the model's own logits ``[B*T, V]`` (float32)."""
     from interventions import Cache
 
-    cache = Cache(list(readings))
-    ids = ids.to(model.device)
-    with model.apply(cache), torch.no_grad():
-        out = model.hf_model(input_ids=ids, use_cache=False)
-    c = cache.cache
-    hs = [c[name].reshape(-1, model.d_model).float() for name in readings]
+    out = model.run(ids, [Cache(list(readings))])
+    hs = [out.cache[name].reshape(-1, model.d_model).float() for name in readings]
     return hs, out.logits.reshape(-1, out.logits.shape[-1]).float()
 
 

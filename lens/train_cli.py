@@ -64,29 +64,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    """The model named by ``--model``; a local folder without a tokenizer loads with none (byte tokens)."""
-    import torch
+    """The model named by ``--model`` (a local folder without tokenizer files loads with none)."""
+    from .cli import load_model
 
-    from interventions import HookedModel
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-    dtype = getattr(torch, args.dtype)
-    if args.model == "default":
-        return HookedModel.default(dtype=dtype, device=args.device)
-    if os.path.isdir(args.model) and not any(os.path.isfile(os.path.join(args.model, f)) for f in
-                                             ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        from transformers import AutoModelForCausalLM
-
-        hf = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device)
-        return HookedModel(hf)
-    return HookedModel.from_pretrained(args.model, dtype=dtype, device=args.device)
+    return load_model(args.model, args.dtype, args.device, args.threads)
 
 
 def _corpus(args: argparse.Namespace, default_split: str) -> Any:
