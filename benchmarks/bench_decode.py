@@ -49,10 +49,9 @@ def cli_runs(runs: int, lens: str) -> None:
 
 def memory_child(which: str, n_tokens: int, lens_kind: str) -> None:
     import torch
-
-    from interventions import HookedModel
-    from lens import LogitLens
-    from lens.train import default_lens
+    from lmscope.interventions import HookedModel
+    from lmscope.lens import LogitLens
+    from lmscope.lens.training.fit import default_lens
 
     model = HookedModel.default()
     text = (" ".join(["The quick brown fox jumps over the lazy dog."] * 200))

@@ -12,7 +12,7 @@ split: whole documents the training never saw).
     projection + backward per layer, one chunk per step. Run in float32 (its bf16 autocast
     is ~4x slower on CPUs without bf16 matrix units). Its translators read the same
     ``resid_post.L`` states ours do, so the per-layer numbers line up.
-(b) ours: :func:`lens.train.train_tuned_lens` (closed-form least squares on the same tokens,
+(b) ours: :func:`lmscope.lens.training.fit.train_tuned_lens` (closed-form least squares on the same tokens,
     optionally followed by fused-KL steps that use part of the same budget).
 
 Usage: ``.venv/bin/python benchmarks/bench_lens_training.py [--tokens 4096] [--eval-tokens 1024] [--json OUT]``
@@ -36,9 +36,8 @@ def train_reference(model, chunks, lr: float = 0.1, momentum: float = 0.9, weigh
     import torch
 
     sys.path.insert(0, str(ROOT / ".venv-bench"))
+    from lmscope.lens.training.fit import collect
     from tuned_lens.nn import TunedLens as RefTunedLens
-
-    from lens.train import collect
 
     readings = [f"resid_post.{i}" for i in range(model.n_layers)]
     t0 = time.perf_counter()
@@ -77,11 +76,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from interventions import HookedModel
-    from lens.corpus import default_corpus, model_tokenizer
-    from lens.evaluate import evaluate_lens
-    from lens.train import train_tuned_lens
-    from lens.tuned import TunedLens
+    from lmscope.interventions import HookedModel
+    from lmscope.lens.lenses import TunedLens
+    from lmscope.lens.training.corpus import default_corpus, model_tokenizer
+    from lmscope.lens.training.evaluate import evaluate_lens
+    from lmscope.lens.training.fit import train_tuned_lens
 
     model = HookedModel.default()
     train_corpus, held = default_corpus("train"), default_corpus("heldout")

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
-from interventions import Cache, HookedModel
+from lmscope.interventions import Cache, HookedModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from memory import peak_mb  # noqa: E402
@@ -77,9 +76,8 @@ def runners(model: HookedModel, batch) -> dict[str, Callable[[], object]]:
         print(f"[nnsight skipped: {type(err).__name__}: {err}]", file=sys.stderr)
 
     try:
+        from lmscope.interventions.defaults import default_model_dir
         from transformer_lens.model_bridge import TransformerBridge
-
-        from interventions.defaults import default_model_dir
 
         bridge = TransformerBridge.boot_transformers(str(default_model_dir()), hf_model=hf,
                                                      tokenizer=model.tokenizer)

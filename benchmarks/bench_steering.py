@@ -24,7 +24,7 @@ import torch
 
 
 def bench_overhead(model, repeats: int, new_tokens: int = 64) -> dict:
-    from interventions import SteeringVector
+    from lmscope.probes.steering import SteeringVector
 
     torch.manual_seed(0)
     layers = [10, 20]
@@ -55,8 +55,7 @@ def bench_overhead(model, repeats: int, new_tokens: int = 64) -> dict:
 
 
 def bench_extract(model, n_pairs: int, batch_size: int, one_by_one: int) -> dict:
-    from interventions import SteeringVector
-    from probes import load_pairs
+    from lmscope.probes.steering import SteeringVector, load_pairs
 
     pos, neg = load_pairs()
     pos = (pos * (n_pairs // len(pos) + 1))[:n_pairs]
@@ -75,8 +74,7 @@ def bench_extract(model, n_pairs: int, batch_size: int, one_by_one: int) -> dict
 
 
 def bench_tradeoff(model, out: Path, scales: list[float], layers: list[int]) -> dict:
-    from interventions import SteeringVector
-    from probes import load_pairs, mcq_eval, sentiment_eval, steering_tradeoff
+    from lmscope.probes.steering import SteeringVector, load_pairs, mcq_eval, sentiment_eval, steering_tradeoff
 
     pos, neg = load_pairs()
     sv = SteeringVector.from_pairs(model, pos, neg, layers=layers, method="pca")
@@ -102,7 +100,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from interventions import HookedModel
+    from lmscope.interventions import HookedModel
 
     model = HookedModel.default()
     results = {}

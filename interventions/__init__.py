@@ -7,20 +7,22 @@ module per intervention kind (``cache``, ``steer``, ``patch``, ``ablate``, ``edi
 ``steering.py`` builds steering vectors from contrast pairs.
 
 Names are imported lazily (PEP 562) so that command-line tools can import a
-submodule such as ``interventions.steering_cli`` without loading torch and
-transformers first; ``from interventions import HookedModel`` works as usual.
+submodule such as ``lmscope.interventions.steering_cli`` without loading torch and
+transformers first; ``from lmscope.interventions import HookedModel`` works as usual.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .ablate import Ablate
     from .architectures import ARCHITECTURES, Architecture, register_architecture, supported_model_types
     from .base import Intervention, load_interventions, save_interventions
     from .cache import ActivationCache, Cache
+    from .collect import collect_activations
     from .edit import Edit
     from .errors import InputError, LmscopeError, ModelMismatchError, SiteError, UnsupportedArchitectureError
     from .inputs import Batch
@@ -28,34 +30,27 @@ if TYPE_CHECKING:
     from .patch import Patch
     from .positions import ForwardContext
     from .sites import Site
+    from .specs import parse_layers, resolve_layers
     from .steer import Steer
-    from .steering import SteeringVector
 
 _LAZY = {
-    "Ablate": "ablate", "ARCHITECTURES": "architectures", "Architecture": "architectures",
-    "register_architecture": "architectures", "supported_model_types": "architectures",
-    "Intervention": "base", "load_interventions": "base", "save_interventions": "base",
-    "ActivationCache": "cache", "Cache": "cache", "Edit": "edit",
-    "InputError": "errors", "LmscopeError": "errors", "ModelMismatchError": "errors", "SiteError": "errors",
-    "UnsupportedArchitectureError": "errors", "Batch": "inputs",
-    "Generation": "model", "HookedModel": "model", "RunResult": "model", "Patch": "patch",
-    "ForwardContext": "positions", "Site": "sites", "Steer": "steer", "SteeringVector": "steering",
+    "Ablate": ".ablate", "ARCHITECTURES": ".architectures", "Architecture": ".architectures",
+    "register_architecture": ".architectures", "supported_model_types": ".architectures",
+    "Intervention": ".base", "load_interventions": ".base", "save_interventions": ".base",
+    "ActivationCache": ".cache", "Cache": ".cache", "Edit": ".edit",
+    "InputError": ".errors", "LmscopeError": ".errors", "ModelMismatchError": ".errors", "SiteError": ".errors",
+    "UnsupportedArchitectureError": ".errors", "Batch": ".inputs",
+    "Generation": ".model", "HookedModel": ".model", "RunResult": ".model", "Patch": ".patch",
+    "ForwardContext": ".positions", "Site": ".sites", "Steer": ".steer",
+    "collect_activations": ".collect", "parse_layers": ".specs", "resolve_layers": ".specs",
 }
 __all__ = [
     "ARCHITECTURES", "Ablate", "ActivationCache", "Architecture", "Batch", "Cache", "Edit", "ForwardContext",
     "Generation", "HookedModel", "InputError", "Intervention", "LmscopeError", "ModelMismatchError", "Patch",
-    "RunResult", "Site", "SiteError", "Steer", "SteeringVector", "UnsupportedArchitectureError",
-    "load_interventions", "register_architecture", "save_interventions", "supported_model_types",
+    "RunResult", "Site", "SiteError", "Steer", "UnsupportedArchitectureError", "collect_activations",
+    "load_interventions", "parse_layers", "register_architecture", "resolve_layers", "save_interventions",
+    "supported_model_types",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

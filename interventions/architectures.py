@@ -91,8 +91,8 @@ def detect_architecture(hf_model: nn.Module) -> Architecture:
     raise UnsupportedArchitectureError(
         f"No lmscope adapter for model_type={model_type!r} ({type(hf_model).__name__}). "
         f"Supported: {', '.join(supported_model_types())}. To add one, describe its module paths with "
-        "interventions.Architecture(name=..., model_types=(...,), layers=..., embed=..., final_norm=..., "
-        "unembed=..., attn=..., mlp=..., o_proj=...) and call interventions.register_architecture(...)."
+        "lmscope.interventions.Architecture(name=..., model_types=(...,), layers=..., embed=..., final_norm=..., "
+        "unembed=..., attn=..., mlp=..., o_proj=...) and call lmscope.interventions.register_architecture(...)."
     )
 
 

@@ -140,3 +140,13 @@ class ActivationCache(Mapping[str, Any]):
         if value.shape[1] != keep.shape[0]:
             raise InputError("unpad needs an uncropped [batch, pos, ...] cache (positions=None).")
         return value[row][keep]
+
+
+def session_cache(model: HookedModel, session: Any, attention_mask: torch.Tensor | None = None) -> ActivationCache:
+    """Merge the records of every ``Cache`` of a session (a later Cache wins on a shared site)."""
+    values: dict[Site, Any] = {}
+    for iv in session.interventions:
+        if isinstance(iv, Cache):
+            values.update(iv.values())
+    return ActivationCache(model, values, attention_mask)
+

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .architectures import Architecture, detect_architecture, dimensions, get_module, output_projection
+from .backends.hooks import Session, attach
 from .base import Intervention
-from .cache import ActivationCache, Cache
+from .cache import ActivationCache, session_cache
 from .errors import InputError, SiteError
-from .hooks import Session, attach
 from .inputs import Batch, encode
 from .sites import Site, all_site_names, resolve_sites
 
@@ -92,7 +92,7 @@ class HookedModel:
 
     @classmethod
     def default(cls, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu") -> HookedModel:
-        """The embedded SmolLM2-135M-Instruct (see :mod:`interventions.defaults`)."""
+        """The embedded SmolLM2-135M-Instruct (see :mod:`lmscope.interventions.defaults`)."""
         from .defaults import load_default
 
         if isinstance(dtype, str):
@@ -259,13 +259,3 @@ class HookedModel:
     def __repr__(self) -> str:
         return (f"HookedModel({self.arch.name}, layers={self.n_layers}, d_model={self.d_model}, "
                 f"heads={self.n_heads}, d_head={self.d_head}, vocab={self.d_vocab})")
-
-
-def session_cache(model: HookedModel, session: Session, attention_mask: torch.Tensor | None = None) -> ActivationCache:
-    """Merge the records of every ``Cache`` of a session (a later Cache wins on a shared site)."""
-    values: dict[Site, Any] = {}
-    for iv in session.interventions:
-        if isinstance(iv, Cache):
-            values.update(iv.values())
-    return ActivationCache(model, values, attention_mask)
-

@@ -1,37 +1,31 @@
 """lmscope lenses: decode the residual stream of every layer into next-token predictions.
 
 ``LogitLens`` decodes with the model's own final norm + unembedding; ``TunedLens`` first applies a
-learned affine translator per reading. ``lens.decode(prompt)`` gives a :class:`Trajectory` (tables,
-JSON, heatmaps); :class:`LensReadout` records lens predictions inside any intervention session.
+learned affine translator per reading (both in ``lenses.py``). ``lens.decode(prompt)`` gives a
+:class:`Trajectory` (tables, JSON, heatmaps); :class:`LensReadout` records lens predictions inside any
+intervention session. Training, evaluation and the text corpus live in :mod:`lmscope.lens.training`.
+Depends on the core (:mod:`lmscope.interventions`) only.
 
-Everything is imported lazily so that ``lens.cli`` starts without importing torch/transformers;
-``train_tuned_lens``/``default_lens``/``evaluate_lens`` resolve once ``lens.train``/``lens.evaluate`` exist.
+Everything is imported lazily so that ``lmscope.lens.cli`` starts without importing torch/transformers.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lmscope.interventions.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .logit import LogitLens
+    from .lenses import Lens, LogitLens, TunedLens
     from .readout import LensReadout
     from .trajectory import Trajectory, TrajectoryBatch
-    from .tuned import TunedLens
 
-__all__ = ["LensReadout", "LogitLens", "Trajectory", "TrajectoryBatch", "TunedLens"]
+__all__ = ["Lens", "LensReadout", "LogitLens", "Trajectory", "TrajectoryBatch", "TunedLens"]
 
 _LAZY = {
-    "LogitLens": "logit", "TunedLens": "tuned", "Trajectory": "trajectory", "TrajectoryBatch": "trajectory",
-    "LensReadout": "readout", "train_tuned_lens": "train", "default_lens": "train", "evaluate_lens": "evaluate",
+    "Lens": ".lenses", "LogitLens": ".lenses", "TunedLens": ".lenses", "Trajectory": ".trajectory",
+    "TrajectoryBatch": ".trajectory", "LensReadout": ".readout",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from interventions.errors import InputError
+from lmscope.interventions.errors import InputError
 
 if TYPE_CHECKING:
     from .trajectory import Trajectory
@@ -93,6 +93,6 @@ def _plotly(traj: Trajectory, out: Path, values: Any, cbar: str, color: str, tit
         zmin=0.0, zmax=1.0 if color == "prob" else None, colorbar={"title": {"text": cbar}}))
     fig.update_layout(title=title, height=max(400, 22 * len(traj.readings) + 150),
                       yaxis={"type": "category"}, xaxis={"type": "category"})
-    from interventions.artifacts import atomic_write_text
+    from lmscope.interventions.artifacts import atomic_write_text
 
     atomic_write_text(out, fig.to_html(include_plotlyjs=True, full_html=True))  # js embedded: works offline

@@ -1,6 +1,6 @@
 """``LensReadout``: record lens predictions inside any run or generation, next to Steer/Patch/Ablate.
 
-It is an :class:`~interventions.Intervention` that only reads (``writes=False``): it attaches to every
+It is an :class:`~lmscope.interventions.Intervention` that only reads (``writes=False``): it attaches to every
 reading site of its lens and, on each forward, stores the lens top-k (or full log-probs) at the selected
 positions. Because it sees each site *as the forward computed it*, it shows the effect of interventions
 placed before it in the list (or at earlier layers) on what later layers predict.
@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lmscope.interventions.base import Intervention, decode_positions
+from lmscope.interventions.errors import InputError
+from lmscope.interventions.positions import ForwardContext, PositionSpec, gather_positions
+from lmscope.interventions.sites import Site
 
-from interventions.base import Intervention, decode_positions
-from interventions.errors import InputError
-from interventions.positions import ForwardContext, PositionSpec, gather_positions
-from interventions.sites import Site
-
-from .logit import Lens, LogitLens
+from .lenses import Lens, LogitLens, TunedLens
 
 if TYPE_CHECKING:
-    from interventions import HookedModel
+    from lmscope.interventions import HookedModel
 
 
 class LensReadout(Intervention):
@@ -67,8 +66,6 @@ class LensReadout(Intervention):
             if self.lens_ref == "logit":
                 self.lens = LogitLens(model, sites=self.site_kinds)
             else:
-                from .tuned import TunedLens
-
                 self.lens = TunedLens.load(str(self.lens_ref), model)
             self.site_spec = list(self.lens.readings)
         if self.lens.model is not model:

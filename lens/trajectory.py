@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
-
-from interventions.errors import InputError
+from lmscope.interventions.errors import InputError
 
 if TYPE_CHECKING:
-    from .logit import Lens
+    from .lenses import Lens
 
 #: Upper bound on elements of one [cells, vocab] block during decoding (float32: 4 MiB), so decoding
 #: adds a few such blocks on top of the plain forward whatever the prompt length.
@@ -110,7 +109,7 @@ class Trajectory:
         """The trajectory as JSON text; also written (atomically) to ``path`` if given."""
         text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
         if path is not None:
-            from interventions.artifacts import atomic_write_text
+            from lmscope.interventions.artifacts import atomic_write_text
 
             atomic_write_text(path, text)
         return text
@@ -176,7 +175,7 @@ class TrajectoryBatch(Sequence[Trajectory]):
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
         if path is not None:
-            from interventions.artifacts import atomic_write_text
+            from lmscope.interventions.artifacts import atomic_write_text
 
             atomic_write_text(path, text)
         return text
@@ -263,7 +262,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def decode_trajectories(lens: Lens, prompts: Any, top_k: int = 5, targets: Any = None, positions: Any = "all",
                         layers: Any = None) -> Trajectory | TrajectoryBatch:
     """Implementation of :meth:`Lens.decode` (see there)."""
-    from interventions import Cache
+    from lmscope.interventions import Cache
 
     model = lens.model
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= model.d_vocab:

@@ -24,14 +24,14 @@ def tiny_hf(request: pytest.FixtureRequest) -> torch.nn.Module:
 
 @pytest.fixture
 def tiny(tiny_hf: torch.nn.Module):
-    from interventions import HookedModel
+    from lmscope.interventions import HookedModel
 
     return HookedModel(tiny_hf)
 
 
 @pytest.fixture
 def llama_tiny():
-    from interventions import HookedModel
+    from lmscope.interventions import HookedModel
 
     return HookedModel(build_tiny("llama"))
 
@@ -39,8 +39,8 @@ def llama_tiny():
 @pytest.fixture(scope="session")
 def smollm():
     """The embedded default model (SmolLM2-135M-Instruct, float32, CPU); skipped only if not installed."""
-    from interventions import HookedModel
-    from interventions.defaults import default_gguf_path
+    from lmscope.interventions import HookedModel
+    from lmscope.interventions.defaults import default_gguf_path
 
     try:
         default_gguf_path()

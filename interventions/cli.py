@@ -1,0 +1,178 @@
+"""The ``lmscope`` command line: one dispatcher, commands registered through an entry-point group.
+
+Each command lives in the package of its method (``lmscope.lens.cli`` has ``decode``,
+``lmscope.lens.training.cli`` has ``train-lens``/``eval-lens``, ``lmscope.probes.steering.cli``
+has ``steer``...) and is declared in ``pyproject.toml`` under ``[project.entry-points."lmscope.commands"]``
+as ``name = "module:register"``. ``register(subparsers)`` adds the command's parser and sets
+``func``; nothing heavier than argparse may run at import, so ``lmscope --help`` is instant
+(torch and transformers load inside the command). Another installed package can add commands the
+same way.
+
+One exit-code rule: 0 on success, 2 on bad input (a :class:`CliError` or any
+:class:`~lmscope.interventions.errors.LmscopeError`), printed as ``lmscope: error: ...`` without a
+traceback; anything else is a bug and keeps its traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import InputError
+
+ENTRY_POINT_GROUP = "lmscope.commands"
+
+
+class CliError(InputError):
+    """A user error the CLI reports as ``lmscope: error: ...`` with exit status 2."""
+
+
+def command_registrars() -> dict[str, Callable[[Any], Any]]:
+    """Every installed command's ``register`` function, by command name (sorted)."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Callable[[Any], Any]] = {}
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in found:
+            continue
+        try:
+            found[ep.name] = ep.load()
+        except ImportError as err:
+            print(f"lmscope: warning: command {ep.name!r} ({ep.value}) failed to import ({err}); "
+                  "it is unavailable.", file=sys.stderr)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``lmscope`` parser: every registered command."""
+    parser = argparse.ArgumentParser(prog="lmscope", description="Activation analysis for causal language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    registrars = command_registrars()
+    if not registrars:
+        print("lmscope: warning: no commands are registered; is lmscope installed (pip install -e .)?",
+              file=sys.stderr)
+    for register in registrars.values():
+        register(sub)
+    return parser
+
+
+def add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
+    """The options every model-loading command shares: ``--model``, ``--dtype``, ``--device`` (``--threads``)."""
+    p.add_argument("--model", default="default",
+                   help="'default' (SmolLM2-135M-Instruct), an HF name (needs a network), a folder or a .gguf file")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    if threads:
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def check_model_arg(name: str) -> None:
+    """Refuse a ``--model`` path that does not exist before anything heavy is imported."""
+    if name != "default" and (os.sep in name or name.startswith(".") or name.endswith(".gguf")) \
+            and not os.path.exists(name):
+        raise CliError(f"No model at {name!r}: give 'default', an HF model name, or an existing folder/.gguf.")
+
+
+def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: int | None = None) -> Any:
+    """The model behind ``--model`` ('default', an HF name, a folder or a .gguf), progress bars off.
+
+    The one model loader of every command; a model that cannot be loaded becomes a :class:`CliError`.
+    """
+    check_model_arg(name)
+    import torch
+
+    from .model import HookedModel
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:  # the weight-loading progress bar is noise on a CLI
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return HookedModel.from_pretrained(name, dtype=getattr(torch, dtype), device=device)
+    except OSError as err:  # missing folder / hub name without a network
+        raise CliError(f"Cannot load model {name!r}: {err}") from None
+
+
+def model_from_args(args: argparse.Namespace) -> Any:
+    """:func:`load_model` with the options of :func:`add_model_args`."""
+    return load_model(args.model, args.dtype, args.device, getattr(args, "threads", None))
+
+
+def process_start() -> float:
+    """Wall-clock start of this process (Linux /proc; falls back to now)."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - start)
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+_NEGATIVE_VALUE_OPTIONS = ("--layers",)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """Let ``--layers -2,-1`` through (argparse would take ``-2,-1`` for an option): join it to ``--layers=``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and re.fullmatch(r"-\d[\d,\s-]*", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lmscope``; returns the exit status (0 ok, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except Exception as err:
+        from .errors import LmscopeError
+
+        if not isinstance(err, LmscopeError):
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError repr-quotes its text
+        print(f"lmscope: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def console_main() -> None:
+    """Console-script entry: run :func:`main`, flush, and leave without interpreter teardown.
+
+    Tearing down torch and transformers takes over a second on a small CPU and does nothing useful for a
+    one-shot command (every file is written and closed by then), so the process exits straight away.
+    """
+    try:
+        code = main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,77 @@
+"""Batched activation collection: the one way clients read activations of many prompts.
+
+Steering vectors, reading vectors, lens training and probes all read activations through
+:func:`collect_activations` (one token per prompt, batched, progress bar) or :func:`run_readings`
+(every token of fixed-length chunks plus the model's logits).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence, Union
+
+import torch
+
+from .cache import Cache
+from .errors import InputError
+from .specs import Prompts, as_prompt_list
+
+if TYPE_CHECKING:
+    from .model import HookedModel
+
+#: Which token of each prompt: an index (negative from the end), ``"mean"`` over real tokens, or None.
+TokenSpec = Union[None, int, str]
+
+
+def validate_token(token: TokenSpec, lengths: list[int], label: str) -> None:
+    """Raise a clear error when an int token index falls outside one of the prompts."""
+    if token is None or token == "mean":
+        return
+    if isinstance(token, bool) or not isinstance(token, int):
+        raise InputError(f"token must be an int index (negative counts from the end) or 'mean', got {token!r}.")
+    for i, n in enumerate(lengths):
+        if not -n <= token < n:
+            raise InputError(f"token={token} is outside {label} prompt {i}, which has {n} tokens "
+                             f"(valid: 0..{n - 1} or -{n}..-1).")
+
+
+def collect_activations(model: HookedModel, prompts: Prompts, sites: list[str], token: int | str = -1,
+                        batch_size: int = 16, progress: bool | None = None, desc: str = "activations",
+                        ) -> dict[str, torch.Tensor]:
+    """Activations of ``prompts`` at one token (or averaged over real tokens with ``token="mean"``).
+
+    One ``model.run`` with a ``Cache(sites, positions=token)`` per batch; returns
+    site -> ``[n_prompts, d]`` float32 on the CPU. ``progress`` shows a tqdm bar
+    (default: when there is more than one batch).
+    """
+    items = as_prompt_list(prompts, "prompts")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
+    n_batches = (len(items) + batch_size - 1) // batch_size
+    show = n_batches > 4 if progress is None else progress
+    from tqdm.auto import tqdm
+
+    chunks: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    for start in tqdm(range(0, len(items), batch_size), total=n_batches, desc=desc, disable=not show, leave=False):
+        batch = model.tokenize(items[start:start + batch_size])
+        lengths = batch.lengths.tolist()
+        validate_token(token, lengths, f"the batch starting at {start}:")
+        if token == "mean":
+            res = model.run(batch, [Cache(sites)])
+            mask = batch.attention_mask.to(res.logits.device, torch.float32)[..., None]
+            for s in sites:
+                v = res.cache[s].float()
+                chunks[s].append(((v * mask).sum(1) / mask.sum(1)).cpu())
+        else:
+            res = model.run(batch, [Cache(sites, positions=token)])
+            for s in sites:
+                chunks[s].append(res.cache[s][:, 0].float().cpu())
+    return {s: torch.cat(c) for s, c in chunks.items()}
+
+
+def run_readings(model: HookedModel, ids: torch.Tensor, sites: Sequence[str],
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One frozen forward over unpadded token ids ``[B, T]``: float32 values ``[B*T, d]`` of every site
+    (in order) and the model's own logits ``[B*T, V]`` (float32)."""
+    out = model.run(ids, [Cache(list(sites))])
+    hs = [out.cache[name].reshape(-1, model.d_model).float() for name in sites]
+    return hs, out.logits.reshape(-1, out.logits.shape[-1]).float()

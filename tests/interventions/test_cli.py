@@ -1,0 +1,67 @@
+"""The ``lmscope`` dispatcher: layer specs, the exit-code rule, commands registered through entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lmscope.interventions import cli
+from lmscope.interventions.specs import parse_layers
+
+
+def test_parse_layers() -> None:
+    assert parse_layers(None) is None and parse_layers("all") is None
+    assert parse_layers("0,5,10") == [0, 5, 10]
+    assert parse_layers("0-3,8,-1") == [0, 1, 2, 3, 8, -1]
+    for bad in ("a", "3-1", "1-x"):
+        with pytest.raises(cli.InputError, match="--layers"):
+            parse_layers(bad)
+
+
+def test_every_installed_command_registers() -> None:
+    names = set(cli.command_registrars())
+    assert {"decode", "train-lens", "eval-lens", "steer"} <= names
+    parser = cli.build_parser()
+    for name in names:  # every command parses its --help without importing torch (checked in test_layout)
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([name, "--help"])
+        assert exit_.value.code == 0
+
+
+def test_plugin_command_through_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A third-party package adds a command by declaring an ``lmscope.commands`` entry point."""
+    (tmp_path / "fakeplug.py").write_text(
+        "def register(sub):\n"
+        "    p = sub.add_parser('hello')\n"
+        "    p.set_defaults(func=lambda args: print('hello from plugin') or 0)\n")
+    dist = tmp_path / "fakeplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[lmscope.commands]\nhello = fakeplug:register\n"
+                                           "broken = fakeplug_absent:register\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli.main(["hello"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "hello from plugin"
+    assert "broken" in captured.err and "failed to import" in captured.err
+
+
+def test_lmscope_errors_exit_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["decode", "hi", "--layers", "x-y"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lmscope: error:") and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage errors are also status 2
+        cli.main(["no-such-command"])
+    assert exit_.value.code == 2
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "usage: lmscope" in capsys.readouterr().err
+
+
+def test_negative_layers_reach_the_parser() -> None:
+    assert cli._join_negative_values(["decode", "x", "--layers", "-2,-1"]) == ["decode", "x", "--layers=-2,-1"]
+    assert cli._join_negative_values(["decode", "x", "--layers", "3", "--json"]) == \
+        ["decode", "x", "--layers", "3", "--json"]

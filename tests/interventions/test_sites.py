@@ -1,0 +1,44 @@
+"""Site grammar: names, wildcards, negative layers, and specific errors."""
+
+from __future__ import annotations
+
+import pytest
+from lmscope.interventions import HookedModel, SiteError
+from lmscope.interventions.sites import Site, resolve_sites
+
+
+def test_resolution() -> None:
+    assert resolve_sites("resid_post.3", 5) == [Site("resid_post", 3)]
+    assert resolve_sites("resid_post.-1", 5) == [Site("resid_post", 4)]
+    assert resolve_sites("head_z.*", 3) == [Site("head_z", i) for i in range(3)]
+    assert resolve_sites(["logits", "embed", "logits"], 3) == [Site("logits"), Site("embed")]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("resid_pots.1", "Did you mean 'resid_post'"),
+    ("resid_post.7", "valid layers are 0..4"),
+    ("resid_post.-6", "valid layers are 0..4"),
+    ("resid_post", "needs a layer"),
+    ("logits.2", "takes no layer"),
+    ("resid post 3", "Malformed"),
+])
+def test_errors_are_specific(name: str, message: str) -> None:
+    with pytest.raises(SiteError, match=message):
+        resolve_sites(name, 5)
+
+
+def test_model_sites_listing(tiny: HookedModel) -> None:
+    names = tiny.sites()
+    assert names[0] == "embed" and names[-2:] == ["final_norm", "logits"]
+    assert f"resid_post.{tiny.n_layers - 1}" in names
+    assert ("resid_mid.0" in names) == ("resid_mid" in tiny.available_kinds)
+    assert tiny.sites("attn_out.*") == [f"attn_out.{i}" for i in range(tiny.n_layers)]
+
+
+def test_parallel_residual_has_no_resid_mid() -> None:
+    from tiny_models import build_tiny
+
+    model = HookedModel(build_tiny("gpt_neox"))
+    with pytest.raises(SiteError, match="parallel residual"):
+        model.resolve("resid_mid.0")
+    assert "resid_mid" in HookedModel(build_tiny("gpt_neox_sequential")).available_kinds

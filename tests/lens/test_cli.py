@@ -1,0 +1,64 @@
+"""``lmscope`` CLI: argument handling, decode output (table/JSON/plots), plug-in subcommands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lmscope.interventions import cli
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["decode", "hi", "--lens", "nope"], "Unknown --lens"),
+    (["decode", ""], "empty"),
+    (["decode", "hi", "--plot", "x.jpg"], ".png or .html"),
+    (["decode", "hi", "--layers", "1-x"], "--layers"),
+    (["decode", "hi", "--top-k", "0"], "--top-k"),
+    (["decode", "hi", "--model", "/nonexistent/model"], "No model at"),
+])
+def test_user_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+@pytest.fixture
+def use_smollm(smollm, monkeypatch: pytest.MonkeyPatch):
+    """Serve the session's SmolLM2 instead of loading it again inside main()."""
+    from lmscope.interventions import HookedModel
+
+    monkeypatch.setattr(HookedModel, "from_pretrained", classmethod(lambda cls, *a, **k: smollm))
+    return smollm
+
+
+@pytest.mark.slow
+def test_decode_json_table_and_plots(use_smollm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["decode", "The capital of France is", "--json", "--positions", "last",
+                     "--layers", "0,-1", "--target", " Paris", "--plot", str(tmp_path / "h.png")]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out)
+    assert data["readings"] == ["resid_post.0", "resid_post.29"] and data["top_tokens"][-1][0][0] == " Paris"
+    assert data["target_rank"][-1][0][0] == 1 and (tmp_path / "h.png").is_file()
+
+    assert cli.main(["decode", "The capital of France is", "--layers", "28-29", "--mid", "--top-k", "2",
+                     "--plot", str(tmp_path / "h.html"), "--color", "kl"]) == 0
+    table = capsys.readouterr().out
+    assert "resid_mid.28" in table and '" Paris"' in table and (tmp_path / "h.html").is_file()
+
+    assert cli.main(["decode", "hi", "--layers", "30"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert cli.main(["decode", "hi", "--layers", "-1", "--positions", "last", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["readings"] == ["resid_post.29"]
+
+
+@pytest.mark.slow
+def test_decode_subprocess_default_model(smollm) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lmscope.interventions.cli", "decode", "The capital of France is",
+                           "--json", "--positions", "last", "--timings"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["top_tokens"][-1][0][0] == " Paris" and len(data["readings"]) == 30
+    assert "timings:" in proc.stderr

@@ -1,0 +1,75 @@
+"""Lens evaluation (KL / CE / entropy, nats/token and bits/byte) and the train-lens / eval-lens CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+from lmscope.lens.lenses import LogitLens, TunedLens
+from lmscope.lens.training.corpus import Corpus
+from lmscope.lens.training.evaluate import evaluate_lens, plot_report, save_report
+
+SEQ = 32
+
+
+@pytest.fixture
+def text_dir(tmp_path: Path) -> Path:
+    rng = random.Random(1)
+    words = "a quick brown fox jumps over the lazy dog while seven cats watch from the old wall".split()
+    root = tmp_path / "text"
+    root.mkdir()
+    for i in range(4):
+        (root / f"d{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)))
+    return root
+
+
+def test_evaluate_finite_and_logit_exact_at_last(tiny, text_dir: Path, tmp_path: Path) -> None:
+    lens = TunedLens(tiny)
+    rep = evaluate_lens(lens, Corpus.from_sources(text_dir), max_tokens=3 * SEQ, seq_len=SEQ)
+    assert set(rep["lenses"]) == {"logit", "tuned"} and rep["tokens"] == 3 * SEQ and rep["bytes"] == 3 * SEQ
+    for name, r in rep["lenses"].items():
+        for m in ("kl", "ce", "entropy"):
+            for unit in ("nats_per_token", "bits_per_byte"):
+                vals = r[m][unit]
+                assert len(vals) == tiny.n_layers and all(math.isfinite(v) for v in vals), (name, m, unit)
+        assert abs(r["kl"]["nats_per_token"][-1]) < 1e-5  # zero tuned lens == logit lens == model at the end
+        assert abs(r["ce"]["nats_per_token"][-1] - rep["final"]["ce"]["nats_per_token"]) < 1e-4
+    # bits/byte = nats/token / ln2 for byte tokens
+    r = rep["lenses"]["logit"]["entropy"]
+    assert abs(r["bits_per_byte"][0] - r["nats_per_token"][0] / math.log(2)) < 1e-6
+    save_report(rep, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["readings"] == rep["readings"]
+    png = plot_report(rep, tmp_path / "r.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_logit_lens_alone(llama_tiny, text_dir: Path) -> None:
+    rep = evaluate_lens(LogitLens(llama_tiny), text_dir, max_tokens=SEQ, seq_len=SEQ)
+    assert list(rep["lenses"]) == ["logit"]
+
+
+def test_cli_train_and_eval(llama_tiny, text_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from lmscope.interventions.cli import main
+
+    model_dir = tmp_path / "model"
+    llama_tiny.hf_model.save_pretrained(model_dir)
+    out = tmp_path / "lens"
+    rc = main(["train-lens", str(text_dir), "--model", str(model_dir), "--out", str(out), "--steps", "2",
+               "--tokens-per-step", str(2 * SEQ), "--seq-len", str(SEQ), "--init-tokens", str(4 * SEQ),
+               "--checkpoint-every", "1", "--quiet"])
+    assert rc == 0 and (out / "config.json").is_file() and (out / "lens.safetensors").is_file()
+    assert (tmp_path / "lens.ckpt" / "state.json").is_file()
+    lens = TunedLens.load(out, llama_tiny)
+    assert lens.meta["training"]["steps"] == 2
+    rc = main(["eval-lens", str(text_dir / "d0.txt"), "--model", str(model_dir), "--lens", str(out),
+               "--max-tokens", str(2 * SEQ), "--seq-len", str(SEQ), "--json", str(tmp_path / "e.json"),
+               "--plot", str(tmp_path / "e.png"), "--quiet"])
+    assert rc == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert set(report["lenses"]) == {"logit", "tuned"} and (tmp_path / "e.png").stat().st_size > 1000
+    assert "mean KL" in capsys.readouterr().out
+    rc = main(["train-lens", str(tmp_path / "nothing*.txt"), "--model", str(model_dir), "--out", str(out)])
+    assert rc == 2
