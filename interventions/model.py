@@ -67,9 +67,20 @@ class HookedModel:
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | str = torch.float32,
                         device: str | torch.device = "cpu", **hf_kwargs: Any) -> HookedModel:
         """Load with ``AutoModelForCausalLM.from_pretrained`` (hub names need a network; local folders and
-        ``gguf_file=`` work offline). ``name_or_path="default"`` gives :meth:`default`."""
-        if str(name_or_path) == "default":
-            return cls.default(dtype=dtype, device=device)
+        ``gguf_file=`` work offline).
+
+        Embedded models load offline by name: ``"default"``/``"smollm2-135m"`` (SmolLM2-135M-Instruct) and
+        ``"gemma-3-270m"`` (Gemma 3 270M); see :mod:`lmscope.interventions.defaults`.
+        """
+        from .defaults import embedded_model, load_embedded
+
+        embedded = embedded_model(str(name_or_path)) if not os.path.exists(str(name_or_path)) else None
+        if embedded is not None:
+            if hf_kwargs:
+                raise InputError(f"{sorted(hf_kwargs)} do not apply to the embedded model {embedded.key!r}.")
+            hf, tok = load_embedded(embedded, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype,
+                                    device=device)
+            return cls(hf, tok)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = str(name_or_path)
@@ -93,12 +104,7 @@ class HookedModel:
     @classmethod
     def default(cls, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu") -> HookedModel:
         """The embedded SmolLM2-135M-Instruct (see :mod:`lmscope.interventions.defaults`)."""
-        from .defaults import load_default
-
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        model, tok = load_default(dtype=dtype, device=device)
-        return cls(model, tok)
+        return cls.from_pretrained("default", dtype=dtype, device=device)
 
     # -- sizes and sites -----------------------------------------------------------------------
     n_layers = property(lambda self: self._dims.n_layers)

@@ -40,7 +40,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_decode)
 
 
-LENS_CHOICES = "'logit', 'tuned' (the default lens of the default model), or an existing lens folder"
+LENS_CHOICES = ("'logit', 'tuned' (the default lens of the default model), or an existing lens folder "
+                "(lmscope's, or the tuned-lens package's config.json + params.pt)")
 
 
 def check_lens_arg(spec: str) -> None:
@@ -63,6 +64,10 @@ def lens_from_spec(spec: str, model: Any, is_default_model: bool, sites: Any = "
 
         return default_lens(model)
     if os.path.isdir(spec):
+        from .formats import is_tuned_lens_folder, load_tuned_lens_folder
+
+        if is_tuned_lens_folder(spec) and not os.path.isfile(os.path.join(spec, "lens.safetensors")):
+            return load_tuned_lens_folder(spec, model)  # a lens published by the tuned-lens package
         return TunedLens.load(spec, model)
     raise CliError(f"Unknown --lens {spec!r}: use {LENS_CHOICES}.")
 

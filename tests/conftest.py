@@ -47,3 +47,28 @@ def smollm():
     except Exception as err:  # pragma: no cover - make test installs it
         pytest.skip(f"default model not installed: {err}")
     return HookedModel.default()
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The second embedded real model (Gemma 3 270M base, float32, CPU); skipped only if not installed."""
+    from lmscope.interventions import HookedModel
+    from lmscope.interventions.defaults import GEMMA3_270M, gguf_path
+
+    try:
+        gguf_path(GEMMA3_270M)
+    except Exception as err:  # pragma: no cover - make test installs it
+        pytest.skip(f"Gemma 3 270M not installed: {err}")
+    return HookedModel.from_pretrained("gemma-3-270m")
+
+
+#: Each real model with a factual prompt whose answer it knows (the real-model battery runs on all of them).
+REAL_MODELS = {"smollm2": ("smollm", "The capital of France is", " Paris"),
+               "gemma3": ("gemma3", "The Eiffel Tower is in the city of", " Paris")}
+
+
+@pytest.fixture(params=sorted(REAL_MODELS))
+def real_model(request: pytest.FixtureRequest):
+    """(model, factual prompt, answer) for every real model the set-up installs."""
+    fixture, prompt, answer = REAL_MODELS[request.param]
+    return request.getfixturevalue(fixture), prompt, answer

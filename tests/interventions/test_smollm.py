@@ -1,4 +1,4 @@
-"""Integration tests on the real embedded model (SmolLM2-135M-Instruct)."""
+"""SmolLM2-specific integration tests (the checks every real model passes are in test_real_models.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import torch
 from lmscope.interventions import Ablate, Cache, HookedModel, Steer
 
 pytestmark = pytest.mark.slow
-
-PROMPTS = ["The capital of France is", "Hello", "One, two, three, four,"]
 
 
 def test_default_model_shape(smollm: HookedModel) -> None:
@@ -21,24 +19,6 @@ def test_paris_is_top1(smollm: HookedModel) -> None:
     assert result.last_logits()[0].argmax().item() == smollm.token_id(" Paris")
     gen = smollm.generate("The capital of France is", max_new_tokens=2)
     assert gen.texts[0].startswith(" Paris")
-
-
-def test_noop_run_equals_hf(smollm: HookedModel) -> None:
-    batch = smollm.tokenize("The capital of France is")
-    with torch.no_grad():
-        ref = smollm.hf_model(input_ids=batch.input_ids).logits
-    got = smollm.run("The capital of France is", [Cache("resid_post.*")]).logits
-    assert torch.allclose(got, ref, atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("side", ["left", "right"])
-def test_string_batch_equals_single(smollm: HookedModel, side: str) -> None:
-    batched = smollm.run(PROMPTS, [Cache("resid_post.10")], padding_side=side)
-    for i, p in enumerate(PROMPTS):
-        single = smollm.run(p, [Cache("resid_post.10")])
-        keep = batched.batch.attention_mask[i].bool()
-        assert torch.allclose(batched.logits[i][keep], single.logits[0], atol=1e-4, rtol=0)
-        assert torch.allclose(batched.cache.unpad("resid_post.10", i), single.cache["resid_post.10"][0], atol=1e-4)
 
 
 def test_interventions_move_the_answer(smollm: HookedModel) -> None:
