@@ -104,3 +104,29 @@ def test_export_refuses_what_the_format_cannot_hold(llama_tiny: HookedModel, tmp
     with pytest.raises(InputError, match="last reading is not the identity"):
         save_tuned_lens_folder(lens, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_lens_trained_by_the_package_on_smollm2(smollm: HookedModel, tmp_path: Path) -> None:
+    """Train a few steps with tuned-lens's own modules on SmolLM2, save with its ``save``, load ours: same logits."""
+    from tuned_lens.nn import TunedLens as TheirLens
+
+    hf = smollm.hf_model
+    theirs = TheirLens.from_model(hf).float()
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.5, momentum=0.9)
+    ids = smollm.tokenize("The quick brown fox jumps over the lazy dog.").input_ids
+    with torch.no_grad():
+        out = hf(input_ids=ids, output_hidden_states=True)
+    target = out.logits.log_softmax(-1)
+    for _ in range(2):  # a few steps of the package's objective: KL(final || lens) summed over layers
+        opt.zero_grad()
+        loss = sum(torch.nn.functional.kl_div(theirs(out.hidden_states[i], i).log_softmax(-1), target,
+                                              log_target=True, reduction="batchmean")
+                   for i in (10, 20))
+        loss.backward()
+        opt.step()
+    assert float(theirs[10].weight.detach().abs().sum()) > 0  # it did train
+    theirs.save(tmp_path / "tl")
+    ours = load_tuned_lens_folder(tmp_path / "tl", smollm)
+    check = smollm.tokenize("Paris is the capital of").input_ids
+    _assert_same_logits(ours, theirs, smollm, check)
