@@ -214,12 +214,14 @@ def default_model_dir(build: bool = True) -> Path:
 
 
 def load_embedded(model: EmbeddedModel, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """An embedded (model, tokenizer), from its cached safetensors copy."""
+                  device: str | torch.device = "cpu", **placement: Any) -> tuple[Any, Any]:
+    """An embedded (model, tokenizer), from its cached safetensors copy (``placement``: device_map etc.)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = model_dir(model)
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **placement)
+    if "device_map" not in placement:
+        hf = hf.to(device)
     tok = AutoTokenizer.from_pretrained(str(folder))
     hf.eval()
     return hf, tok

@@ -60,6 +60,12 @@ class HookedModel:
         self._dims = dimensions(config, int(self.module(self.arch.unembed).weight.shape[0]))
         self.available_kinds = self.arch.available_sites(config)
         self._layers = self.module(self.arch.layers)
+        from .placement import check_placement, input_device
+
+        hooked = {p: self.module(p) for p in (self.arch.embed, self.arch.final_norm, self.arch.unembed)}
+        hooked.update({f"{self.arch.layers}.{i}": layer for i, layer in enumerate(self._layers)})
+        check_placement(hf_model, hooked)
+        self._input_device = input_device(hf_model, self.module(self.arch.embed))
         hf_model.eval()
 
     # -- construction --------------------------------------------------------------------------
@@ -69,17 +75,24 @@ class HookedModel:
         """Load with ``AutoModelForCausalLM.from_pretrained`` (hub names need a network; local folders and
         ``gguf_file=`` work offline).
 
+        Big models: ``device_map="auto"`` or a dict, ``offload_folder=...`` and ``max_memory=...`` place modules
+        across GPUs, CPU and disk with accelerate; every intervention works there (see
+        :mod:`lmscope.interventions.placement`).
+
         Embedded models load offline by name: ``"default"``/``"smollm2-135m"`` (SmolLM2-135M-Instruct) and
         ``"gemma-3-270m"`` (Gemma 3 270M); see :mod:`lmscope.interventions.defaults`.
         """
         from .defaults import embedded_model, load_embedded
+        from .placement import split_placement
 
+        placement = split_placement(hf_kwargs)
         embedded = embedded_model(str(name_or_path)) if not os.path.exists(str(name_or_path)) else None
         if embedded is not None:
             if hf_kwargs:
-                raise InputError(f"{sorted(hf_kwargs)} do not apply to the embedded model {embedded.key!r}.")
+                raise InputError(f"{sorted(hf_kwargs)} do not apply to the embedded model {embedded.key!r} "
+                                 "(only device_map, offload_folder and max_memory do).")
             hf, tok = load_embedded(embedded, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype,
-                                    device=device)
+                                    device=device, **placement)
             return cls(hf, tok)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,7 +102,9 @@ class HookedModel:
             path, hf_kwargs["gguf_file"] = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
         elif gguf is not None and os.path.isdir(path) and not os.path.isfile(os.path.join(path, gguf)):
             raise InputError(f"GGUF file {gguf!r} not found in {path}.")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hf_kwargs).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement, **hf_kwargs)
+        if "device_map" not in placement:  # accelerate placed the modules itself otherwise
+            model = model.to(device)
         tok_kwargs = {"gguf_file": hf_kwargs["gguf_file"]} if "gguf_file" in hf_kwargs else {}
         tokenizer = None
         files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -117,6 +132,9 @@ class HookedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the embedding's (execution) device, also under an accelerate ``device_map``."""
+        if getattr(self.hf_model, "hf_device_map", None):
+            return self._input_device
         return next(self.hf_model.parameters()).device
 
     @property

@@ -59,7 +59,7 @@ class Steer(Intervention):
             self._cast = (self.scale * self.vector).to(device=value.device, dtype=value.dtype)
         if self.positions is None and ctx.all_real:
             return value + self._cast
-        mask = position_mask(self.positions, ctx).to(value.dtype)
+        mask = position_mask(self.positions, ctx).to(device=value.device, dtype=value.dtype)
         mask = mask.reshape(*mask.shape, *([1] * (value.dim() - 2)))
         return value + mask * self._cast
 
