@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import torch
-
 from lmscope.interventions import Cache, HookedModel, Steer
 
 
