@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import TINY_CONFIGS, build_tiny  # noqa: E402
+from tiny_models import TEST_DEVICE, TINY_CONFIGS, build_tiny  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -38,7 +38,8 @@ def llama_tiny():
 
 @pytest.fixture(scope="session")
 def smollm():
-    """The embedded default model (SmolLM2-135M-Instruct, float32, CPU); skipped only if not installed."""
+    """The embedded default model (SmolLM2-135M-Instruct, float32, on ``LMSCOPE_TEST_DEVICE``, default CPU);
+    skipped only if not installed."""
     from lmscope.interventions import HookedModel
     from lmscope.interventions.defaults import default_gguf_path
 
@@ -46,7 +47,7 @@ def smollm():
         default_gguf_path()
     except Exception as err:  # pragma: no cover - make test installs it
         pytest.skip(f"default model not installed: {err}")
-    return HookedModel.default()
+    return HookedModel.default(device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ download is involved. Add an architecture here and every battery covers it.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -35,8 +36,12 @@ TINY_CONFIGS: dict[str, Callable[[], Any]] = {
 }
 
 
+#: Where test models run: ``LMSCOPE_TEST_DEVICE=cuda make test`` runs the suite on a GPU (default: CPU).
+TEST_DEVICE = os.environ.get("LMSCOPE_TEST_DEVICE", "cpu")
+
+
 def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A tiny random model of architecture ``name`` in eval mode."""
+    """A tiny random model of architecture ``name`` in eval mode, on ``TEST_DEVICE`` (same weights everywhere)."""
     from transformers import AutoModelForCausalLM
 
     config = TINY_CONFIGS[name]()
@@ -46,4 +51,4 @@ def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    return model.eval()
+    return model.eval().to(TEST_DEVICE)
