@@ -60,7 +60,7 @@ def gemma3():
         gguf_path(GEMMA3_270M)
     except Exception as err:  # pragma: no cover - make test installs it
         pytest.skip(f"Gemma 3 270M not installed: {err}")
-    return HookedModel.from_pretrained("gemma-3-270m")
+    return HookedModel.from_pretrained("gemma-3-270m", device=TEST_DEVICE)
 
 
 #: Each real model with a factual prompt whose answer it knows (the real-model battery runs on all of them).
