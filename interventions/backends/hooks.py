@@ -114,6 +114,28 @@ def _context_prehook(session: Session) -> Callable[..., None]:
     return hook
 
 
+def _logits_hook(session: Session, site: Site) -> Callable[..., Any]:
+    """Forward hook on the causal-LM module: run the ``logits`` site on the logits it returns."""
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            new = session.run_site(site, output[0])
+            return None if new is None else (new, *output[1:])
+        new = session.run_site(site, output.logits)
+        if new is not None:
+            output.logits = new
+        return output
+    return hook
+
+
+def _copying(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an output hook so HF receives a copy (for modules whose output HF then updates in place)."""
+    def wrapped(module: nn.Module, args: Any, output: Any) -> Any:
+        new = hook(module, args, output)
+        out = output if new is None else new
+        return _replace_first(out, _first(out).clone())
+    return wrapped
+
+
 def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
     model, arch = session.model, session.model.arch
 
@@ -122,8 +144,11 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
         return None if new is None else _replace_first(output, new)
 
     kind, layer = site.kind, site.layer
+    if kind == "logits":  # what the model returns: after any logit scale / soft-cap of its head
+        handles.append(model.hf_model.register_forward_hook(_logits_hook(session, site)))
+        return
     if kind in MODEL_SITES:
-        path = {"embed": arch.embed, "final_norm": arch.final_norm, "logits": arch.unembed}[kind]
+        path = {"embed": arch.embed, "final_norm": arch.final_norm}[kind]
         handles.append(model.module(path).register_forward_hook(out_hook))
         return
     assert layer is not None
@@ -140,10 +165,11 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
         handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
     elif kind == "resid_post":
         handles.append(block.register_forward_hook(out_hook))
-    elif kind == "attn_out":
-        handles.append(model.module(f"{arch.layers}.{layer}.{arch.attn}").register_forward_hook(out_hook))
+    elif kind == "attn_out":  # the contribution to the residual: after a post-attention norm if there is one
+        handles.append(model.module(arch.attn_out_path(layer)).register_forward_hook(out_hook))
     elif kind == "mlp_out":
-        handles.append(model.module(f"{arch.layers}.{layer}.{arch.mlp}").register_forward_hook(out_hook))
+        hook = _copying(out_hook) if arch.mlp_output_mutated else out_hook
+        handles.append(model.module(arch.mlp_out_path(layer)).register_forward_hook(hook))
     elif kind == "head_z":
         o_proj = model.module(f"{arch.layers}.{layer}.{arch.attn}.{arch.o_proj}")
 
@@ -179,8 +205,7 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
             attn = _first(output)
             new = session.run_site(site, base + attn)
             return None if new is None else _replace_first(output, new - base)
-        attn_mod = model.module(f"{arch.layers}.{layer}.{arch.attn}")
-        handles.append(attn_mod.register_forward_hook(mid_hook))
+        handles.append(model.module(arch.attn_out_path(layer)).register_forward_hook(mid_hook))
     else:  # pragma: no cover - sites.py rejects unknown kinds first
         raise AssertionError(kind)
 
