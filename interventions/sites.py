@@ -107,7 +107,10 @@ def _resolve_one(spec: str, n_layers: int, available: frozenset[str] | None) -> 
     if kind not in kinds:
         why = (" This model uses a parallel residual (attention and MLP read the same input), so there is no "
                "residual stream between them; use 'resid_pre', 'attn_out' and 'mlp_out' instead."
-               if kind == "resid_mid" else "")
+               if kind == "resid_mid" else
+               " This model's attention computes its probabilities inline instead of calling transformers' "
+               "attention interface (e.g. Falcon), so lmscope cannot expose them; 'head_z' is available."
+               if kind == "attn_pattern" else "")
         raise SiteError(f"Site kind {kind!r} is not available for this architecture.{why}")
     if kind in MODEL_SITES:
         if layer is not None:

@@ -91,4 +91,5 @@ def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
+    model.generation_config.eos_token_id = None  # random weights: stopping at an "end" token would cut comparisons
     return model.eval()
