@@ -78,7 +78,8 @@ def closest_families(hf_model: nn.Module, n: int = 3) -> list[str]:
         layer0 = f"{arch.layers}.0"
         paths = [arch.layers, arch.embed, arch.final_norm, arch.unembed, f"{layer0}.{arch.attn}",
                  f"{layer0}.{arch.mlp}", f"{layer0}.{arch.attn}.{arch.o_proj}"]
-        hits = sum(_has(hf_model, p) for p in paths)
+        post = [f"{layer0}.{p}" for p in (arch.attn_post_norm, arch.mlp_post_norm) if p]
+        hits = sum(_has(hf_model, p) for p in paths) - 2 * sum(not _has(hf_model, p) for p in post)
         return hits, difflib.SequenceMatcher(None, model_type, arch.name).ratio()
     ranked = sorted(seen.values(), key=score, reverse=True)
     return [arch.model_types[0] for arch in ranked[:n]]
