@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedArchitectureError
+from .ported_attention import falcon_attention
 from .sites import LAYER_SITES, MODEL_SITES
 
 
@@ -70,9 +71,11 @@ class Architecture:
     - ``o_proj_layout``: ``"linear"`` for ``nn.Linear`` (weight [out, in]) or ``"conv1d"`` for GPT-2's
       Conv1D (weight [in, out]). ``head_z`` is the input of ``o_proj``, so fused q/k/v or gate/up
       projections (Phi-3, Falcon) and q/k norms (Qwen3, OLMo-2, Gemma 3) need no description.
-    - ``pattern_attention``: the attention calls transformers' attention interface, so ``attn_pattern``
-      can swap in an eager attention that exposes the probabilities (sliding windows come with the
-      mask, soft-capping with the call). False for attention classes that compute it inline (Falcon).
+    - ``pattern_attention(config)``: whether ``attn_pattern`` exists. The backend exposes the
+      probabilities by swapping in an eager attention through transformers' attention interface
+      (sliding windows come with the mask, soft-capping and GQA with the call); attention classes
+      that compute attention inline name a port in ``attention_forward`` (Falcon, see
+      :mod:`lmscope.interventions.ported_attention`), installed only on layers whose pattern is hooked.
     - ``logit_scale(config)`` / ``logit_softcap(config)``: what the causal-LM head does after the
       unembedding (Cohere multiplies by ``logit_scale``; Gemma 2/3 soft-cap ``tanh(x/c)*c``).
     - ``position_embed``: a learned absolute position embedding added after ``embed`` (GPT-2), else None
@@ -96,7 +99,8 @@ class Architecture:
     attn_post_norm: str | None = None
     mlp_post_norm: str | None = None
     mlp_output_mutated: bool = False
-    pattern_attention: bool = True
+    pattern_attention: Callable[[Any], bool] = field(default=_always)
+    attention_forward: Callable[..., Any] | None = None
     logit_scale: Callable[[Any], float | None] = field(default=_no_value)
     logit_softcap: Callable[[Any], float | None] = field(default=_no_value)
     position_embed: str | None = None
@@ -106,7 +110,7 @@ class Architecture:
         kinds = set(LAYER_SITES) | set(MODEL_SITES)
         if self.parallel_residual(config):
             kinds.discard("resid_mid")
-        if not self.pattern_attention:
+        if not self.pattern_attention(config):
             kinds.discard("attn_pattern")
         return frozenset(kinds)
 
@@ -183,7 +187,8 @@ def _falcon_parallel(config: Any) -> bool:
 register_architecture(Architecture(
     name="falcon", model_types=("falcon",), layers="transformer.h", embed="transformer.word_embeddings",
     final_norm="transformer.ln_f", unembed="lm_head", attn="self_attention", mlp="mlp", o_proj="dense",
-    parallel_residual=_falcon_parallel, mlp_output_mutated=True, pattern_attention=False,
+    parallel_residual=_falcon_parallel, mlp_output_mutated=True,
+    pattern_attention=lambda config: not getattr(config, "alibi", False), attention_forward=falcon_attention,
 ))
 
 

@@ -108,8 +108,8 @@ def _resolve_one(spec: str, n_layers: int, available: frozenset[str] | None) -> 
         why = (" This model uses a parallel residual (attention and MLP read the same input), so there is no "
                "residual stream between them; use 'resid_pre', 'attn_out' and 'mlp_out' instead."
                if kind == "resid_mid" else
-               " This model's attention computes its probabilities inline instead of calling transformers' "
-               "attention interface (e.g. Falcon), so lmscope cannot expose them; 'head_z' is available."
+               " This model's attention computes its probabilities inline (e.g. Falcon with ALiBi) and its "
+               "adapter has no port exposing them; 'head_z' is available."
                if kind == "attn_pattern" else "")
         raise SiteError(f"Site kind {kind!r} is not available for this architecture.{why}")
     if kind in MODEL_SITES:

@@ -10,6 +10,7 @@ restored. Only sites that were asked for get hooks.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -186,10 +187,13 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
             new = session.run_site(site, weights)
             return weights if new is None else new
         _PATTERN_HOOKS[attn] = pattern_hook
+        if arch.attention_forward is not None:  # attention computed inline: run the adapter's port instead
+            attn.forward = functools.partial(arch.attention_forward, attn, _eager_with_pattern_hook)
 
         class _Unregister:
             def remove(self) -> None:
                 _PATTERN_HOOKS.pop(attn, None)
+                attn.__dict__.pop("forward", None)
         handles.append(_Unregister())  # type: ignore[arg-type]
     elif kind == "resid_mid":
         # resid_mid = resid_pre + attn_out, read where HF adds them; a write is turned into the
