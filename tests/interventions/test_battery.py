@@ -149,6 +149,26 @@ def test_head_z_projects_to_output_projection(tiny: HookedModel) -> None:
             assert torch.allclose(norm(total), c[f"attn_out.{layer}"], atol=ATOL, rtol=0)
 
 
+def test_frozen_scale_post_norm_splits_attn_out_by_head(tiny: HookedModel) -> None:
+    """docs/architectures.md: with the run's own RMS scale frozen, per-head terms sum to attn_out exactly."""
+    if tiny.arch.attn_post_norm is None:
+        return
+    tokens, layer = ids(), 1
+    with o_proj_outputs(tiny, layer) as outs:
+        c = tiny.run(tokens, [Cache([f"head_z.{layer}", f"attn_out.{layer}"])]).cache
+    norm = tiny.module(f"{tiny.arch.layers}.{layer}.{tiny.arch.attn_post_norm}")
+    eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
+
+    def r(x: torch.Tensor) -> torch.Tensor:
+        return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    w_o, b_o = tiny.output_projection(layer)
+    o = outs[0]
+    terms = [norm(o_h) * r(o) / r(o_h) for o_h in torch.einsum("bphd,hdm->hbpm", c[f"head_z.{layer}"], w_o)]
+    if b_o is not None:
+        terms.append(norm(b_o.expand_as(o)) * r(o) / r(b_o.expand_as(o)))
+    assert torch.allclose(sum(terms), c[f"attn_out.{layer}"], atol=ATOL, rtol=0)
+
+
 def test_attn_pattern_matches_hf_eager(tiny: HookedModel) -> None:
     """Our eager attention equals the model's own (GQA, soft-capping, sliding windows included)."""
     tokens = ids()
