@@ -67,6 +67,10 @@ class HookedModel:
         check_placement(hf_model, hooked)
         self._input_device = input_device(hf_model, self.module(self.arch.embed))
         hf_model.eval()
+        if self.arch.inferred:
+            from .adapter_checks import accept_inferred
+
+            accept_inferred(self)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -188,9 +192,7 @@ class HookedModel:
 
     def decode_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Residual-stream vectors to logits through the model's own final norm and unembedding."""
-        logits = self.unembed(self.final_norm(hidden))
-        cap = getattr(self.hf_model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return self.arch.finish_logits(self.hf_model.config, self.unembed(self.final_norm(hidden)))
 
     def output_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_O [n_heads, d_head, d_model], b_O)`` of a layer: ``attn_out = Σ_h head_z[h] @ W_O[h] + b_O``."""
