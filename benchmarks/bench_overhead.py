@@ -57,6 +57,14 @@ def runners(model: HookedModel, batch) -> dict[str, Callable[[], object]]:
         return model.run(batch, [Cache(sites)]).cache
     out["lmscope"] = ours
 
+    def ours_nnsight() -> object:  # the same Cache through lmscope's nnsight backend
+        return model.run(batch, [Cache(sites)], backend="nnsight").cache
+    try:
+        ours_nnsight()
+        out["lmscope_nnsight"] = ours_nnsight
+    except Exception as err:
+        print(f"[lmscope nnsight backend skipped: {type(err).__name__}: {err}]", file=sys.stderr)
+
     try:
         from nnsight import LanguageModel
 

@@ -25,6 +25,9 @@ from .errors import InputError, SiteError
 from .inputs import Batch, encode
 from .sites import Site, all_site_names, resolve_sites
 
+#: Backends that run interventions: PyTorch hooks (everything) and an nnsight trace (``run`` only).
+BACKENDS = ("hooks", "nnsight")
+
 
 @dataclass
 class RunResult:
@@ -52,9 +55,13 @@ class Generation:
 class HookedModel:
     """Wrap ``hf_model`` (a causal LM) and optionally its tokenizer; neither is modified."""
 
-    def __init__(self, hf_model: nn.Module, tokenizer: Any = None) -> None:
+    def __init__(self, hf_model: nn.Module, tokenizer: Any = None, *, backend: str = "hooks") -> None:
+        if backend not in BACKENDS:
+            raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
         self.hf_model = hf_model
         self.tokenizer = tokenizer
+        #: Default backend of :meth:`run`: "hooks" (PyTorch hooks) or "nnsight" (an nnsight trace).
+        self.backend = backend
         self.arch: Architecture = detect_architecture(hf_model)
         config = hf_model.config
         self._dims = dimensions(config, int(self.module(self.arch.unembed).weight.shape[0]))
@@ -240,13 +247,16 @@ class HookedModel:
             yield session
 
     def run(self, inputs: Any, interventions: Sequence[Intervention] = (), *, padding_side: str = "left",
-            grad: bool = False, position_ids: torch.Tensor | None = None) -> RunResult:
+            grad: bool = False, position_ids: torch.Tensor | None = None, backend: str | None = None,
+            remote: bool = False) -> RunResult:
         """One forward over ``inputs`` (padded; per-prompt results equal unbatched runs).
 
         ``interventions`` run in list order; the result's ``cache`` merges every ``Cache``.
         Gradients are off unless ``grad=True``. ``position_ids`` ([batch, pos], same layout as the
         padded batch) overrides the positions the model sees, e.g. to shift a span's positions
         (position-independence experiments); by default they count real tokens from 0.
+        ``backend`` overrides the model's default (``"hooks"`` or ``"nnsight"``; equal results); ``remote=True``
+        (nnsight only) runs the trace on NDIF (see :mod:`lmscope.interventions.backends.nnsight`).
         """
         if isinstance(interventions, Intervention):
             interventions = [interventions]
@@ -256,6 +266,16 @@ class HookedModel:
                 raise InputError(f"position_ids has shape {tuple(position_ids.shape)}; the padded batch has "
                                  f"{tuple(batch.input_ids.shape)}.")
             batch = Batch(batch.input_ids, batch.attention_mask, position_ids.to(self.device), batch.texts)
+        backend = self.backend if backend is None else backend
+        if backend not in BACKENDS:
+            raise InputError(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+        if remote and backend != "nnsight":
+            raise InputError("remote=True runs through nnsight's NDIF service: pass backend='nnsight'.")
+        if backend == "nnsight":
+            from .backends.nnsight import run_nnsight
+
+            logits, cache = run_nnsight(self, batch, list(interventions), remote=remote, grad=grad)
+            return RunResult(logits, cache, batch)
         with self.apply(list(interventions)) as session, (nullcontext() if grad else torch.no_grad()):
             out = self.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False)

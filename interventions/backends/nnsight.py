@@ -1,0 +1,206 @@
+"""The nnsight backend: the same intervention objects, run inside an nnsight trace of the same HF model.
+
+``model.run(inputs, interventions, backend="nnsight")`` (or ``HookedModel(..., backend="nnsight")``) wraps
+the HF model in ``nnsight.NNsight`` once and, inside one ``trace``, visits every requested site in forward
+order through nnsight's envoys (``.input`` / ``.output`` of the module the architecture table names),
+passes the value through the site's interventions (the very ``__call__`` the hooks backend uses) and writes
+the result back. Results equal the hooks backend's (tests compare them on every battery architecture).
+
+What differs:
+
+- ``attn_pattern`` is not available (the probabilities exist only inside the attention function; the hooks
+  backend swaps in an eager attention for that) -- a :class:`SiteError` says so;
+- ``remote=True`` sends the trace to NDIF (nnsight's hosted models) instead of running it here: it needs
+  ``NDIF_API_KEY`` (or nnsight's configured key) and a network, and is refused up front, naming them, for
+  interventions that run arbitrary Python (``Edit``) since a remote server will not execute it.
+
+nnsight 0.8 runs the trace body interleaved with the real forward, so the values seen here are real tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..base import Intervention
+from ..cache import session_cache
+from ..errors import InputError, LmscopeError, SiteError
+from ..positions import ForwardContext
+from ..sites import Site
+from .hooks import Session, _forward_order
+
+if TYPE_CHECKING:
+    from ..cache import ActivationCache
+    from ..inputs import Batch
+    from ..model import HookedModel
+
+
+class RemoteError(LmscopeError):
+    """A remote (NDIF) run that cannot start: no API key, no network, or an intervention it cannot ship."""
+
+
+#: Interventions whose behaviour is arbitrary user Python (refused for remote runs).
+LOCAL_ONLY = ("Edit",)
+
+
+def _envoy(root: Any, path: str) -> Any:
+    """The nnsight envoy at a dotted module path (``a|b`` alternatives as in the architecture table)."""
+    for option in path.split("|"):
+        env = root
+        try:
+            for part in option.split("."):
+                env = env[int(part)] if part.isdigit() else getattr(env, part)
+            return env
+        except (AttributeError, IndexError):
+            continue
+    raise SiteError(f"nnsight found no module at {path!r} in this model.")
+
+
+def nnsight_model(model: HookedModel) -> Any:
+    """The ``nnsight.NNsight`` wrapper of ``model.hf_model`` (built once, kept on the HookedModel)."""
+    wrapped = getattr(model, "_nnsight", None)
+    if wrapped is None:
+        try:
+            from nnsight import NNsight
+        except ImportError:
+            raise InputError("backend='nnsight' needs the nnsight package: pip install 'lmscope[nnsight]' "
+                             "(nnsight>=0.8).") from None
+        wrapped = NNsight(model.hf_model)
+        model._nnsight = wrapped
+    return wrapped
+
+
+def check_remote(interventions: list[Intervention]) -> None:
+    """Refuse a remote run before anything is sent: no key, or interventions that run arbitrary Python."""
+    local = [type(iv).__name__ for iv in interventions if type(iv).__name__ in LOCAL_ONLY]
+    if local:
+        raise RemoteError(f"{', '.join(sorted(set(local)))} runs arbitrary Python and cannot run on a remote NDIF "
+                          "server; express it with Steer/Patch/Ablate, or run locally (remote=False).")
+    key = os.environ.get("NDIF_API_KEY")
+    if not key:
+        try:
+            from nnsight import CONFIG
+
+            key = getattr(CONFIG.API, "APIKEY", None)
+        except ImportError:
+            key = None
+    if not key:
+        raise RemoteError("remote=True needs an NDIF API key: set NDIF_API_KEY (or nnsight.CONFIG.set_default_api_key"
+                          "(...)) and make sure this machine can reach ndif.us; remote runs also need the model to "
+                          "be one NDIF hosts (load it by its HF name).")
+
+
+class _Visitor:
+    """Reads and writes every requested site, in forward order, through nnsight envoys."""
+
+    def __init__(self, model: HookedModel, session: Session, root: Any) -> None:
+        self.model, self.session, self.root, self.arch = model, session, root, model.arch
+        self.stash: dict[int, torch.Tensor] = {}  # resid_pre of a layer, for resid_mid
+
+    def visit(self, site: Site) -> None:
+        kind, layer, arch = site.kind, site.layer, self.arch
+        if kind == "embed":
+            self._output(_envoy(self.root, arch.embed), site)
+        elif kind == "final_norm":
+            self._output(_envoy(self.root, arch.final_norm), site)
+        elif kind == "logits":
+            out = self.root.output
+            new = self.session.run_site(site, out.logits if hasattr(out, "logits") else out[0])
+            if new is not None:
+                out.logits = new
+        else:
+            assert layer is not None
+            self._layer_site(kind, layer, site)
+
+    def _layer_site(self, kind: str, layer: int, site: Site) -> None:
+        arch = self.arch
+        block = _envoy(self.root, f"{arch.layers}.{layer}")
+        if kind == "resid_pre":
+            value = block.input
+            new = self.session.run_site(site, value)
+            if new is not None:
+                block.input = new
+            self.stash[layer] = value if new is None else new
+        elif kind == "resid_post":
+            self._output(block, site)
+        elif kind == "head_z":
+            o_proj = _envoy(self.root, f"{arch.layers}.{layer}.{arch.attn}.{arch.o_proj}")
+            z = o_proj.input
+            new = self.session.run_site(site, z.reshape(*z.shape[:-1], self.model.n_heads, self.model.d_head))
+            if new is not None:
+                o_proj.input = new.reshape(z.shape)
+        elif kind in ("attn_out", "resid_mid"):
+            env = _envoy(self.root, arch.attn_out_path(layer))
+            if kind == "attn_out":
+                self._output(env, site)
+            else:
+                out = env.output
+                attn = out[0] if isinstance(out, tuple) else out
+                base = self.stash[layer]
+                new = self.session.run_site(site, base + attn)
+                if new is not None:
+                    env.output = (new - base, *out[1:]) if isinstance(out, tuple) else new - base
+        elif kind == "mlp_out":
+            self._output(_envoy(self.root, arch.mlp_out_path(layer)), site, copy=arch.mlp_output_mutated)
+        else:  # pragma: no cover - sites.py rejects unknown kinds first
+            raise AssertionError(kind)
+
+    def _output(self, env: Any, site: Site, copy: bool = False) -> None:
+        out = env.output
+        value = out[0] if isinstance(out, tuple) else out
+        new = self.session.run_site(site, value)
+        if new is None and not copy:
+            return
+        new = (value if new is None else new).clone() if copy else new
+        env.output = (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+def _with_resid_pre(session: Session) -> list[Site]:
+    """The visiting order: forward order, with each resid_mid's layer input read first (its base)."""
+    sites = set(session.per_site)
+    extra = {Site("resid_pre", s.layer) for s in sites if s.kind == "resid_mid"} - sites
+    for site in extra:
+        session.per_site[site] = []
+    return sorted(sites | extra, key=_forward_order)
+
+
+def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Intervention], *, remote: bool = False,
+                grad: bool = False) -> tuple[torch.Tensor, ActivationCache]:
+    """One forward of ``batch`` inside an nnsight trace with ``interventions``; returns (logits, cache)."""
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise InputError(f"Expected intervention objects (Cache, Steer, Patch, Ablate, Edit...), "
+                             f"got {type(iv).__name__}.")
+    if remote:
+        check_remote(interventions)
+    for iv in interventions:
+        iv.bind(model)
+    session = Session(model, interventions)
+    for iv in interventions:
+        iv.start()
+    if any(s.kind == "attn_pattern" for s in session.per_site):
+        raise SiteError("attn_pattern is not available with backend='nnsight' (the probabilities exist only "
+                        "inside the attention function); use the hooks backend for pattern reads/writes.")
+    root = nnsight_model(model)
+    order = _with_resid_pre(session)
+    session.ctx = ForwardContext.from_mask(batch.attention_mask, 0, int(batch.input_ids.shape[1]))
+    kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                              "position_ids": batch.position_ids, "use_cache": False}
+    ctx = torch.enable_grad() if grad else torch.no_grad()
+    with ctx:
+        try:
+            with root.trace(**kwargs, remote=remote) if remote else root.trace(**kwargs):
+                visitor = _Visitor(model, session, root)
+                for site in order:
+                    visitor.visit(site)
+                saved = root.output.save()
+        except LmscopeError:
+            raise
+        except (ConnectionError, OSError) as err:
+            if remote:
+                raise RemoteError(f"The NDIF server could not be reached: {err}") from None
+            raise
+    logits = saved.logits if hasattr(saved, "logits") else saved[0]
+    return logits, session_cache(model, session, batch.attention_mask)
