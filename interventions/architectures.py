@@ -131,10 +131,6 @@ class Architecture:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def logits_are_linear(self, config: Any) -> bool:
-        """True when logits are exactly the unembedding's output (no scale, no soft-cap)."""
-        return self.logit_scale(config) is None and self.logit_softcap(config) is None
-
 
 _LLAMA_LIKE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
                                    unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
