@@ -265,8 +265,8 @@ def output_projection(o_proj: nn.Module, layout: str, n_heads: int,
                       d_head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention output projection as per-head matrices ``W_O[h]: d_head -> d_model`` plus bias.
 
-    Returns ``(W_O [n_heads, d_head, d_model], b_O [d_model] or None)`` so that
-    ``attn_out = einsum('bphd,hdm->bpm', head_z, W_O) + b_O``.
+    Returns ``(W_O [n_heads, d_head, d_model], b_O [d_model] or None)`` so that the projection's output is
+    ``einsum('bphd,hdm->bpm', head_z, W_O) + b_O`` (``attn_out`` before any post-attention norm).
     """
     weight = o_proj.weight
     w_in_out = weight.T if layout == "linear" else weight  # [n_heads*d_head, d_model]
