@@ -14,20 +14,75 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedArchitectureError
+from .ported_attention import falcon_attention
 from .sites import LAYER_SITES, MODEL_SITES
+
+
+def _never(config: Any) -> bool:
+    return False
+
+
+def _always(config: Any) -> bool:
+    return True
+
+
+def _no_value(config: Any) -> float | None:
+    return None
+
+
+def config_flag(name: str, default: bool) -> Callable[[Any], bool]:
+    """A ``parallel_residual`` reader: the boolean config attribute ``name`` (``default`` when absent)."""
+    def read(config: Any) -> bool:
+        return bool(getattr(config, name, default))
+    read.__qualname__ = f"config_flag({name!r}, {default})"
+    return read
+
+
+def config_value(name: str) -> Callable[[Any], float | None]:
+    """A ``logit_scale`` / ``logit_softcap`` reader: the config attribute ``name`` (None when absent or 0)."""
+    def read(config: Any) -> float | None:
+        value = getattr(config, name, None)
+        return float(value) if value else None
+    read.__qualname__ = f"config_value({name!r})"
+    return read
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """Module paths of one architecture family (dotted attribute paths).
+    """How one architecture family is built: module paths plus where contributions join the residual.
 
-    ``layers``, ``embed``, ``final_norm`` and ``unembed`` are relative to the
-    causal-LM model; ``attn``, ``mlp`` relative to one decoder layer; ``o_proj``
-    relative to the attention module. ``o_proj_layout`` is ``"linear"`` for
-    ``nn.Linear`` (weight [out, in]) or ``"conv1d"`` for GPT-2's Conv1D (weight [in, out]).
-    A path may list alternatives as ``"a|b"`` (names that changed across transformers releases).
-    ``parallel_residual`` tells from the config whether attention and MLP read the
-    same input (then there is no ``resid_mid``).
+    Paths are dotted attribute paths. ``layers``, ``embed``, ``final_norm`` and ``unembed`` are relative
+    to the causal-LM model; ``attn``, ``mlp``, ``attn_post_norm`` and ``mlp_post_norm`` relative to one
+    decoder layer; ``o_proj`` relative to the attention module. A path may list alternatives as ``"a|b"``
+    (names that changed across transformers releases).
+
+    Residual wiring (what the sites mean is the same on every architecture, see docs/architectures.md):
+
+    - ``parallel_residual(config)``: attention and MLP read the same input and are added together
+      (GPT-J, NeoX, Falcon-7B, Cohere); there is no ``resid_mid``.
+    - ``attn_post_norm`` / ``mlp_post_norm``: a norm applied to the sublayer's output *before* it is
+      added to the residual ("sandwich" norms of Gemma 2/3, OLMo-2). ``attn_out`` / ``mlp_out`` are
+      then read (and written) at that norm's output, so that they are the residual contributions.
+    - ``mlp_output_mutated``: HF adds to the MLP's output tensor in place (Falcon), so the hook hands
+      HF a copy and cached values stay what the site held.
+
+    Attention and logits:
+
+    - ``o_proj_layout``: ``"linear"`` for ``nn.Linear`` (weight [out, in]) or ``"conv1d"`` for GPT-2's
+      Conv1D (weight [in, out]). ``head_z`` is the input of ``o_proj``, so fused q/k/v or gate/up
+      projections (Phi-3, Falcon) and q/k norms (Qwen3, OLMo-2, Gemma 3) need no description.
+    - ``pattern_attention(config)``: whether ``attn_pattern`` exists. The backend exposes the
+      probabilities by swapping in an eager attention through transformers' attention interface
+      (sliding windows come with the mask, soft-capping and GQA with the call); attention classes
+      that compute attention inline name a port in ``attention_forward`` (Falcon, see
+      :mod:`lmscope.interventions.ported_attention`), installed only on layers whose pattern is hooked.
+    - ``logit_scale(config)`` / ``logit_softcap(config)``: what the causal-LM head does after the
+      unembedding (Cohere multiplies by ``logit_scale``; Gemma 2/3 soft-cap ``tanh(x/c)*c``).
+    - ``position_embed``: a learned absolute position embedding added after ``embed`` (GPT-2), else None
+      and ``embed`` (which includes any embedding scale HF applies inside the module, as Gemma's) is
+      ``resid_pre.0``.
+
+    ``inferred`` marks an adapter guessed from the module tree for an unregistered model type.
     """
 
     name: str
@@ -40,17 +95,47 @@ class Architecture:
     mlp: str
     o_proj: str
     o_proj_layout: str = "linear"
-    parallel_residual: Callable[[Any], bool] = field(default=lambda config: False)
+    parallel_residual: Callable[[Any], bool] = field(default=_never)
+    attn_post_norm: str | None = None
+    mlp_post_norm: str | None = None
+    mlp_output_mutated: bool = False
+    pattern_attention: Callable[[Any], bool] = field(default=_always)
+    attention_forward: Callable[..., Any] | None = None
+    logit_scale: Callable[[Any], float | None] = field(default=_no_value)
+    logit_softcap: Callable[[Any], float | None] = field(default=_no_value)
+    position_embed: str | None = None
+    inferred: bool = False
 
     def available_sites(self, config: Any) -> frozenset[str]:
         kinds = set(LAYER_SITES) | set(MODEL_SITES)
         if self.parallel_residual(config):
             kinds.discard("resid_mid")
+        if not self.pattern_attention(config):
+            kinds.discard("attn_pattern")
         return frozenset(kinds)
 
+    def attn_out_path(self, layer: int) -> str:
+        """The module whose output is layer ``layer``'s attention contribution to the residual."""
+        return f"{self.layers}.{layer}.{self.attn_post_norm or self.attn}"
 
-_LLAMA_LIKE = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
-                   unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
+    def mlp_out_path(self, layer: int) -> str:
+        """The module whose output is layer ``layer``'s MLP contribution to the residual."""
+        return f"{self.layers}.{layer}.{self.mlp_post_norm or self.mlp}"
+
+    def finish_logits(self, config: Any, logits: torch.Tensor) -> torch.Tensor:
+        """Apply the head's logit scale and soft-cap (in HF's order) to unembedding outputs."""
+        scale, cap = self.logit_scale(config), self.logit_softcap(config)
+        if scale is not None:
+            logits = logits * scale
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+_LLAMA_LIKE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
+                                   unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
+_SANDWICH = dict(attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm")
+_SOFTCAP = config_value("final_logit_softcapping")
 
 ARCHITECTURES: dict[str, Architecture] = {}
 
@@ -62,19 +147,44 @@ def register_architecture(arch: Architecture) -> Architecture:
     return arch
 
 
-register_architecture(Architecture(name="llama", model_types=("llama",), **_LLAMA_LIKE))
-register_architecture(Architecture(name="mistral", model_types=("mistral",), **_LLAMA_LIKE))
-register_architecture(Architecture(name="qwen2", model_types=("qwen2",), **_LLAMA_LIKE))
-register_architecture(Architecture(name="gemma", model_types=("gemma",), **_LLAMA_LIKE))
+# LLaMA-shaped, sequential, pre-norm only (MoE blocks, fused projections and q/k norms live inside attn/mlp)
+for _type in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "phi3", "smollm3"):
+    register_architecture(Architecture(name=_type, model_types=(_type,), **_LLAMA_LIKE))
+register_architecture(Architecture(name="gemma", model_types=("gemma",), logit_softcap=_SOFTCAP, **_LLAMA_LIKE))
+for _type in ("gemma2", "gemma3_text"):
+    register_architecture(Architecture(name=_type, model_types=(_type,), logit_softcap=_SOFTCAP,
+                                       **_SANDWICH, **_LLAMA_LIKE))
+register_architecture(Architecture(name="olmo2", model_types=("olmo2",), **_SANDWICH, **_LLAMA_LIKE))
+register_architecture(Architecture(name="stablelm", model_types=("stablelm",),
+                                   parallel_residual=config_flag("use_parallel_residual", False), **_LLAMA_LIKE))
+register_architecture(Architecture(name="cohere", model_types=("cohere",), parallel_residual=_always,
+                                   logit_scale=config_value("logit_scale"), **_LLAMA_LIKE))
 register_architecture(Architecture(
     name="gpt_neox", model_types=("gpt_neox",), layers="gpt_neox.layers", embed="gpt_neox.embed_in",
     final_norm="gpt_neox.final_layer_norm", unembed="lm_head|embed_out", attn="attention", mlp="mlp", o_proj="dense",
-    parallel_residual=lambda config: bool(getattr(config, "use_parallel_residual", True)),
+    parallel_residual=config_flag("use_parallel_residual", True),
 ))
 register_architecture(Architecture(
     name="gpt2", model_types=("gpt2",), layers="transformer.h", embed="transformer.wte",
     final_norm="transformer.ln_f", unembed="lm_head", attn="attn", mlp="mlp", o_proj="c_proj",
-    o_proj_layout="conv1d",
+    o_proj_layout="conv1d", position_embed="transformer.wpe",
+))
+register_architecture(Architecture(
+    name="gptj", model_types=("gptj",), layers="transformer.h", embed="transformer.wte",
+    final_norm="transformer.ln_f", unembed="lm_head", attn="attn", mlp="mlp", o_proj="out_proj",
+    parallel_residual=_always,
+))
+
+
+def _falcon_parallel(config: Any) -> bool:
+    return bool(getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False))
+
+
+register_architecture(Architecture(
+    name="falcon", model_types=("falcon",), layers="transformer.h", embed="transformer.word_embeddings",
+    final_norm="transformer.ln_f", unembed="lm_head", attn="self_attention", mlp="mlp", o_proj="dense",
+    parallel_residual=_falcon_parallel, mlp_output_mutated=True,
+    pattern_attention=lambda config: not getattr(config, "alibi", False), attention_forward=falcon_attention,
 ))
 
 
@@ -83,17 +193,31 @@ def supported_model_types() -> list[str]:
 
 
 def detect_architecture(hf_model: nn.Module) -> Architecture:
-    """Pick the adapter from ``config.model_type``; raise a helpful error when there is none."""
+    """Pick the adapter from ``config.model_type``; else infer a LLaMA- or NeoX-shaped one from the module tree
+    (``inferred=True``: the caller must verify it on a probe forward); else raise a helpful error."""
+    from .inference import closest_families, infer_architecture
+
     config = getattr(hf_model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
+    inferred = infer_architecture(hf_model)
+    if inferred is not None:
+        return inferred
     raise UnsupportedArchitectureError(
-        f"No lmscope adapter for model_type={model_type!r} ({type(hf_model).__name__}). "
-        f"Supported: {', '.join(supported_model_types())}. To add one, describe its module paths with "
-        "lmscope.interventions.Architecture(name=..., model_types=(...,), layers=..., embed=..., final_norm=..., "
-        "unembed=..., attn=..., mlp=..., o_proj=...) and call lmscope.interventions.register_architecture(...)."
+        f"No lmscope adapter for model_type={model_type!r} ({type(hf_model).__name__}), and its module tree is "
+        f"neither LLaMA-shaped (model.layers[i].self_attn.o_proj / .mlp) nor NeoX-shaped "
+        f"(gpt_neox.layers[i].attention.dense / .mlp). Closest supported families: "
+        f"{', '.join(closest_families(hf_model))} (all: {', '.join(supported_model_types())}). {REGISTER_HINT}"
     )
+
+
+REGISTER_HINT = (
+    "To add one, describe its module paths with lmscope.interventions.Architecture(name=..., model_types=(...,), "
+    "layers=..., embed=..., final_norm=..., unembed=..., attn=..., mlp=..., o_proj=..., plus parallel_residual / "
+    "attn_post_norm / mlp_post_norm where they apply) and call lmscope.interventions.register_architecture(...); "
+    "see docs/architectures.md."
+)
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -131,7 +255,8 @@ def dimensions(config: Any, d_vocab: int) -> Dimensions:
     n_ctx = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return Dimensions(
         n_layers=int(config.num_hidden_layers), n_heads=n_heads,
-        n_kv_heads=int(getattr(config, "num_key_value_heads", None) or n_heads),
+        n_kv_heads=int(getattr(config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None)
+                       or n_heads),
         d_model=d_model, d_head=int(d_head), d_vocab=d_vocab, n_ctx=int(n_ctx) if n_ctx else None,
     )
 
@@ -140,8 +265,8 @@ def output_projection(o_proj: nn.Module, layout: str, n_heads: int,
                       d_head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention output projection as per-head matrices ``W_O[h]: d_head -> d_model`` plus bias.
 
-    Returns ``(W_O [n_heads, d_head, d_model], b_O [d_model] or None)`` so that
-    ``attn_out = einsum('bphd,hdm->bpm', head_z, W_O) + b_O``.
+    Returns ``(W_O [n_heads, d_head, d_model], b_O [d_model] or None)`` so that the projection's output is
+    ``einsum('bphd,hdm->bpm', head_z, W_O) + b_O`` (``attn_out`` before any post-attention norm).
     """
     weight = o_proj.weight
     w_in_out = weight.T if layout == "linear" else weight  # [n_heads*d_head, d_model]

@@ -61,6 +61,10 @@ class HookedModel:
         self.available_kinds = self.arch.available_sites(config)
         self._layers = self.module(self.arch.layers)
         hf_model.eval()
+        if self.arch.inferred:
+            from .adapter_checks import accept_inferred
+
+            accept_inferred(self)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -170,12 +174,11 @@ class HookedModel:
 
     def decode_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Residual-stream vectors to logits through the model's own final norm and unembedding."""
-        logits = self.unembed(self.final_norm(hidden))
-        cap = getattr(self.hf_model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return self.arch.finish_logits(self.hf_model.config, self.unembed(self.final_norm(hidden)))
 
     def output_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(W_O [n_heads, d_head, d_model], b_O)`` of a layer: ``attn_out = Σ_h head_z[h] @ W_O[h] + b_O``."""
+        """``(W_O [n_heads, d_head, d_model], b_O)`` of a layer: ``Σ_h head_z[h] @ W_O[h] + b_O`` is the output
+        projection's output, which is ``attn_out`` unless a post-attention norm follows (docs/architectures.md)."""
         layer = self.resolve(f"head_z.{layer}")[0].layer
         o_proj = self.module(f"{self.arch.layers}.{layer}.{self.arch.attn}.{self.arch.o_proj}")
         return output_projection(o_proj, self.arch.o_proj_layout, self.n_heads, self.d_head)

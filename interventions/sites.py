@@ -30,16 +30,18 @@ LAYER_SITES: tuple[str, ...] = (
 MODEL_SITES: tuple[str, ...] = ("embed", "final_norm", "logits")
 
 SITE_DOCS: dict[str, str] = {
-    "embed": "token embedding output [batch, pos, d_model] (before any embedding scale or position embedding)",
+    "embed": "token embedding module output [batch, pos, d_model] (with any scale applied inside the module, as "
+             "Gemma's; before learned position embeddings)",
     "resid_pre": "residual stream entering layer L [batch, pos, d_model]",
     "head_z": "per-head attention outputs before the output projection [batch, pos, n_heads, d_head]",
     "attn_pattern": "attention probabilities [batch, n_heads, query_pos, key_pos] (runs eager attention)",
-    "attn_out": "attention block output added to the residual stream [batch, pos, d_model]",
+    "attn_out": "attention contribution added to the residual stream, after any post-attention norm "
+                "[batch, pos, d_model]",
     "resid_mid": "residual stream after attention, before the MLP [batch, pos, d_model] (sequential-residual models)",
-    "mlp_out": "MLP block output added to the residual stream [batch, pos, d_model]",
+    "mlp_out": "MLP (or MoE) contribution added to the residual stream, after any post-MLP norm [batch, pos, d_model]",
     "resid_post": "residual stream leaving layer L [batch, pos, d_model]",
     "final_norm": "final normalisation output [batch, pos, d_model]",
-    "logits": "unembedding output [batch, pos, vocab]",
+    "logits": "the logits the model returns, after any logit scale or soft-cap [batch, pos, vocab]",
 }
 
 _PATTERN = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+|\*))?$")
@@ -107,7 +109,10 @@ def _resolve_one(spec: str, n_layers: int, available: frozenset[str] | None) -> 
     if kind not in kinds:
         why = (" This model uses a parallel residual (attention and MLP read the same input), so there is no "
                "residual stream between them; use 'resid_pre', 'attn_out' and 'mlp_out' instead."
-               if kind == "resid_mid" else "")
+               if kind == "resid_mid" else
+               " This model's attention computes its probabilities inline (e.g. Falcon with ALiBi) and its "
+               "adapter has no port exposing them; 'head_z' is available."
+               if kind == "attn_pattern" else "")
         raise SiteError(f"Site kind {kind!r} is not available for this architecture.{why}")
     if kind in MODEL_SITES:
         if layer is not None:

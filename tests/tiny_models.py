@@ -10,17 +10,36 @@ from typing import Any, Callable
 
 import torch
 from transformers import (
+    CohereConfig,
+    FalconConfig,
+    Gemma2Config,
+    Gemma3TextConfig,
     GemmaConfig,
     GPT2Config,
+    GPTJConfig,
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
+    Olmo2Config,
+    Phi3Config,
     Qwen2Config,
+    Qwen2MoeConfig,
+    Qwen3Config,
+    Qwen3MoeConfig,
+    SmolLM3Config,
+    StableLmConfig,
 )
 
 VOCAB = 97
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
               intermediate_size=48, max_position_embeddings=64)
+#: Sliding windows shorter than the battery's 7-token prompts, so the window actually masks keys.
+WINDOW = 4
+SLIDING_LAYERS = ["sliding_attention", "full_attention", "sliding_attention"]
+MOE = dict(num_local_experts=4, num_experts_per_tok=2)
+IDS = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)  # some configs default to ids beyond the tiny vocab
+QWEN_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=1)
 
 TINY_CONFIGS: dict[str, Callable[[], Any]] = {
     "llama": lambda: LlamaConfig(**COMMON, num_key_value_heads=2, tie_word_embeddings=False),
@@ -31,7 +50,35 @@ TINY_CONFIGS: dict[str, Callable[[], Any]] = {
                                 bos_token_id=0, eos_token_id=0),
     "qwen2": lambda: Qwen2Config(**COMMON, num_key_value_heads=2),
     "mistral": lambda: MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=None),
+    "mistral_sliding": lambda: MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=WINDOW),
     "gemma": lambda: GemmaConfig(**COMMON, num_key_value_heads=1, head_dim=16),
+    "gemma2": lambda: Gemma2Config(**COMMON, num_key_value_heads=2, head_dim=16, sliding_window=WINDOW,
+                                   layer_types=SLIDING_LAYERS, query_pre_attn_scalar=12,
+                                   attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
+    "gemma3_text": lambda: Gemma3TextConfig(**COMMON, num_key_value_heads=2, head_dim=16, sliding_window=WINDOW,
+                                            layer_types=SLIDING_LAYERS, query_pre_attn_scalar=12,
+                                            final_logit_softcapping=3.0),
+    "qwen3": lambda: Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=8),
+    "qwen2_moe": lambda: Qwen2MoeConfig(**COMMON, **QWEN_MOE, num_key_value_heads=2,
+                                        shared_expert_intermediate_size=24),
+    "qwen3_moe": lambda: Qwen3MoeConfig(**COMMON, **QWEN_MOE, num_key_value_heads=2, head_dim=8),
+    "mixtral": lambda: MixtralConfig(**COMMON, **MOE, num_key_value_heads=2, sliding_window=WINDOW),
+    "phi3": lambda: Phi3Config(**COMMON, **IDS, num_key_value_heads=2),
+    "olmo2": lambda: Olmo2Config(**COMMON, **IDS, num_key_value_heads=2),
+    "gptj": lambda: GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64, n_inner=48,
+                               rotary_dim=4, bos_token_id=0, eos_token_id=0),
+    "falcon": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                   multi_query=True, parallel_attn=True, bias=True, max_position_embeddings=64),
+    "falcon_sequential": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3,
+                                              num_attention_heads=4, multi_query=False, parallel_attn=False,
+                                              max_position_embeddings=64),
+    "falcon_alibi": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         alibi=True, max_position_embeddings=64),
+    "stablelm": lambda: StableLmConfig(**COMMON, num_key_value_heads=2, partial_rotary_factor=0.5),
+    "stablelm_parallel": lambda: StableLmConfig(**COMMON, num_key_value_heads=2, use_parallel_residual=True,
+                                                qk_layernorm=True),
+    "cohere": lambda: CohereConfig(**COMMON, **IDS, num_key_value_heads=2, logit_scale=0.5, use_qk_norm=False),
+    "smollm3": lambda: SmolLM3Config(**COMMON, **IDS, num_key_value_heads=2, no_rope_layer_interval=2),
 }
 
 
@@ -46,4 +93,5 @@ def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
+    model.generation_config.eos_token_id = None  # random weights: stopping at an "end" token would cut comparisons
     return model.eval()

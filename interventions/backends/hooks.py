@@ -10,6 +10,7 @@ restored. Only sites that were asked for get hooks.
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -114,6 +115,28 @@ def _context_prehook(session: Session) -> Callable[..., None]:
     return hook
 
 
+def _logits_hook(session: Session, site: Site) -> Callable[..., Any]:
+    """Forward hook on the causal-LM module: run the ``logits`` site on the logits it returns."""
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            new = session.run_site(site, output[0])
+            return None if new is None else (new, *output[1:])
+        new = session.run_site(site, output.logits)
+        if new is not None:
+            output.logits = new
+        return output
+    return hook
+
+
+def _copying(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an output hook so HF receives a copy (for modules whose output HF then updates in place)."""
+    def wrapped(module: nn.Module, args: Any, output: Any) -> Any:
+        new = hook(module, args, output)
+        out = output if new is None else new
+        return _replace_first(out, _first(out).clone())
+    return wrapped
+
+
 def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
     model, arch = session.model, session.model.arch
 
@@ -122,8 +145,11 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
         return None if new is None else _replace_first(output, new)
 
     kind, layer = site.kind, site.layer
+    if kind == "logits":  # what the model returns: after any logit scale / soft-cap of its head
+        handles.append(model.hf_model.register_forward_hook(_logits_hook(session, site)))
+        return
     if kind in MODEL_SITES:
-        path = {"embed": arch.embed, "final_norm": arch.final_norm, "logits": arch.unembed}[kind]
+        path = {"embed": arch.embed, "final_norm": arch.final_norm}[kind]
         handles.append(model.module(path).register_forward_hook(out_hook))
         return
     assert layer is not None
@@ -140,10 +166,11 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
         handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
     elif kind == "resid_post":
         handles.append(block.register_forward_hook(out_hook))
-    elif kind == "attn_out":
-        handles.append(model.module(f"{arch.layers}.{layer}.{arch.attn}").register_forward_hook(out_hook))
+    elif kind == "attn_out":  # the contribution to the residual: after a post-attention norm if there is one
+        handles.append(model.module(arch.attn_out_path(layer)).register_forward_hook(out_hook))
     elif kind == "mlp_out":
-        handles.append(model.module(f"{arch.layers}.{layer}.{arch.mlp}").register_forward_hook(out_hook))
+        hook = _copying(out_hook) if arch.mlp_output_mutated else out_hook
+        handles.append(model.module(arch.mlp_out_path(layer)).register_forward_hook(hook))
     elif kind == "head_z":
         o_proj = model.module(f"{arch.layers}.{layer}.{arch.attn}.{arch.o_proj}")
 
@@ -160,14 +187,18 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
             new = session.run_site(site, weights)
             return weights if new is None else new
         _PATTERN_HOOKS[attn] = pattern_hook
+        if arch.attention_forward is not None:  # attention computed inline: run the adapter's port instead
+            attn.forward = functools.partial(arch.attention_forward, attn, _eager_with_pattern_hook)
 
         class _Unregister:
             def remove(self) -> None:
                 _PATTERN_HOOKS.pop(attn, None)
+                attn.__dict__.pop("forward", None)
         handles.append(_Unregister())  # type: ignore[arg-type]
     elif kind == "resid_mid":
         # resid_mid = resid_pre + attn_out, read where HF adds them; a write is turned into the
-        # attention output that produces it (exact up to one rounding of the subtraction).
+        # attention contribution (after any post-attention norm) that produces it (exact up to one
+        # rounding of the subtraction).
         stash = session._resid_pre
 
         def stash_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -179,8 +210,7 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
             attn = _first(output)
             new = session.run_site(site, base + attn)
             return None if new is None else _replace_first(output, new - base)
-        attn_mod = model.module(f"{arch.layers}.{layer}.{arch.attn}")
-        handles.append(attn_mod.register_forward_hook(mid_hook))
+        handles.append(model.module(arch.attn_out_path(layer)).register_forward_hook(mid_hook))
     else:  # pragma: no cover - sites.py rejects unknown kinds first
         raise AssertionError(kind)
 

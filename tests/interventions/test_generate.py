@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from lmscope.interventions import Cache, HookedModel, Steer
+from lmscope.interventions import Cache, Edit, HookedModel, Steer
 
 
 def greedy_without_cache(model: HookedModel, prompt: list[int], n: int, make_ivs) -> list[int]:
@@ -38,6 +38,21 @@ def test_generate_with_kv_cache_equals_recomputation(tiny: HookedModel) -> None:
             return [Steer("resid_post.0", v, positions=pos)]
         expected = greedy_without_cache(tiny, prompt, 4, make_ivs)
         assert gen.new_tokens[0].tolist() == expected, positions
+
+
+def test_generate_under_attn_pattern_edit_equals_recomputation(tiny: HookedModel) -> None:
+    """The pattern-exposing attention (eager swap or a port) honours the KV cache and sliding windows."""
+    if "attn_pattern" not in tiny.available_kinds:
+        return
+    prompt = [3, 14, 15, 9, 26]
+
+    def drop_head0(p: torch.Tensor) -> torch.Tensor:
+        p = p.clone()
+        p[:, 0] = 0
+        return p
+    gen = tiny.generate([prompt], max_new_tokens=4, interventions=[Edit("attn_pattern.0", drop_head0)])
+    expected = greedy_without_cache(tiny, prompt, 4, lambda total: [Edit("attn_pattern.0", drop_head0)])
+    assert gen.new_tokens[0].tolist() == expected
 
 
 def test_padded_batch_generation_equals_unbatched(tiny: HookedModel) -> None:

@@ -42,3 +42,16 @@ def test_parallel_residual_has_no_resid_mid() -> None:
     with pytest.raises(SiteError, match="parallel residual"):
         model.resolve("resid_mid.0")
     assert "resid_mid" in HookedModel(build_tiny("gpt_neox_sequential")).available_kinds
+
+
+def test_every_registered_architecture_is_in_the_docs_table() -> None:
+    """docs/architectures.md's table lists every model type of the adapter table (and no unknown one)."""
+    import re
+    from pathlib import Path
+
+    from lmscope.interventions import ARCHITECTURES
+
+    text = (Path(__file__).parents[2] / "docs" / "architectures.md").read_text()
+    table = text.split("## Supported architectures")[1].split("\n## ")[0]
+    listed = set(re.findall(r"^\|[^|]+\| `([a-z0-9_]+)` \|", table, flags=re.M))
+    assert listed - {"model_type"} == set(ARCHITECTURES)
