@@ -131,10 +131,6 @@ class Architecture:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def logits_are_linear(self, config: Any) -> bool:
-        """True when logits are exactly the unembedding's output (no scale, no soft-cap)."""
-        return self.logit_scale(config) is None and self.logit_softcap(config) is None
-
 
 _LLAMA_LIKE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
                                    unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
@@ -269,8 +265,8 @@ def output_projection(o_proj: nn.Module, layout: str, n_heads: int,
                       d_head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention output projection as per-head matrices ``W_O[h]: d_head -> d_model`` plus bias.
 
-    Returns ``(W_O [n_heads, d_head, d_model], b_O [d_model] or None)`` so that
-    ``attn_out = einsum('bphd,hdm->bpm', head_z, W_O) + b_O``.
+    Returns ``(W_O [n_heads, d_head, d_model], b_O [d_model] or None)`` so that the projection's output is
+    ``einsum('bphd,hdm->bpm', head_z, W_O) + b_O`` (``attn_out`` before any post-attention norm).
     """
     weight = o_proj.weight
     w_in_out = weight.T if layout == "linear" else weight  # [n_heads*d_head, d_model]

@@ -202,7 +202,8 @@ class HookedModel:
         return self.arch.finish_logits(self.hf_model.config, self.unembed(self.final_norm(hidden)))
 
     def output_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(W_O [n_heads, d_head, d_model], b_O)`` of a layer: ``attn_out = Σ_h head_z[h] @ W_O[h] + b_O``."""
+        """``(W_O [n_heads, d_head, d_model], b_O)`` of a layer: ``Σ_h head_z[h] @ W_O[h] + b_O`` is the output
+        projection's output, which is ``attn_out`` unless a post-attention norm follows (docs/architectures.md)."""
         layer = self.resolve(f"head_z.{layer}")[0].layer
         o_proj = self.module(f"{self.arch.layers}.{layer}.{self.arch.attn}.{self.arch.o_proj}")
         return output_projection(o_proj, self.arch.o_proj_layout, self.n_heads, self.d_head)

@@ -197,7 +197,8 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
         handles.append(_Unregister())  # type: ignore[arg-type]
     elif kind == "resid_mid":
         # resid_mid = resid_pre + attn_out, read where HF adds them; a write is turned into the
-        # attention output that produces it (exact up to one rounding of the subtraction).
+        # attention contribution (after any post-attention norm) that produces it (exact up to one
+        # rounding of the subtraction).
         stash = session._resid_pre
 
         def stash_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
