@@ -36,10 +36,10 @@ def test_padding_equals_single(real_model: tuple[HookedModel, str, str], side: s
     for i, p in enumerate(prompts):
         single = model.run(p, [Cache("resid_post.3")])
         keep = batched.batch.attention_mask[i].bool()
-        # Gemma 3's logits reach ~1e3: compare with float32 relative precision as well
+        # Gemma 3's logits and both models' massive residual dims reach ~1e3: float32 relative precision too
         torch.testing.assert_close(batched.logits[i][keep], single.logits[0], atol=2e-4, rtol=1e-5)
         torch.testing.assert_close(batched.cache.unpad("resid_post.3", i), single.cache["resid_post.3"][0],
-                                   atol=2e-4, rtol=0)
+                                   atol=2e-4, rtol=1e-5)  # both models have residual dims of size ~1e3
 
 
 def test_logit_lens_last_reading_is_the_model(real_model: tuple[HookedModel, str, str]) -> None:
