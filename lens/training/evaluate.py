@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -138,11 +137,9 @@ def save_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike[str], unit: str = "nats_per_token") -> Path:
-    """PNG of per-reading KL (left) and cross-entropy (right) for every lens in ``report`` (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """PNG of per-reading KL (left) and cross-entropy (right) for every lens in ``report`` (written atomically)."""
     import matplotlib.pyplot as plt
+    from lmscope.interventions.artifacts import atomic_save_figure
 
     readings = report["readings"]
     x = list(range(len(readings)))
@@ -162,16 +159,5 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str], unit: str 
         ax.legend(fontsize=8)
     fig.suptitle(f"{report.get('model', '')} on {report.get('corpus', '')} ({report['tokens']:,} tokens)", fontsize=9)
     fig.tight_layout()
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=".png", dir=final.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
-    return final
+    plt.close(fig)  # detach from pyplot: no figure accumulates across calls
+    return atomic_save_figure(fig, path)
