@@ -189,10 +189,11 @@ class Lens:
 
         One prompt (a string or one token-id list) gives a ``Trajectory``; several give a
         ``TrajectoryBatch`` (``batch[i]`` is prompt i). ``positions`` is ``"all"``, ``"last"``,
-        or token indices; ``layers`` picks layer numbers or reading names; ``targets`` are
+        token indices (negative from the end), a slice, or one such spec per prompt; ``layers`` picks
+        layer numbers or reading names; ``targets`` are
         single-token strings or ids whose rank and probability are tracked.
         """
-        from .trajectory import decode_trajectories
+        from .decode import decode_trajectories
 
         return decode_trajectories(self, prompts, top_k=top_k, targets=targets, positions=positions, layers=layers)
 

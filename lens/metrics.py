@@ -68,8 +68,10 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def kl_from_logprobs(target: TargetStats, logq: torch.Tensor) -> torch.Tensor:
-    """``KL(p || q)`` per row from lens log-probabilities ``logq [..., N, V]`` (leading dims broadcast)."""
-    return (target.plogp - rowdot(target.p.expand_as(logq), logq)).clamp_min(0)
+    """``KL(p || q)`` per row from lens log-probabilities ``logq [..., N, V]`` (e.g. several readings at once)."""
+    flat = logq.reshape(-1, *target.p.shape)
+    cross = torch.stack([rowdot(target.p, q) for q in flat]).reshape(logq.shape[:-1])  # p is never copied
+    return (target.plogp - cross).clamp_min(0)
 
 
 def entropy_from_logprobs(logq: torch.Tensor) -> torch.Tensor:
