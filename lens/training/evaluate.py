@@ -60,8 +60,10 @@ def evaluate_lens(lens: Lens, corpus: Corpus | str | os.PathLike[str] | Sequence
 
     Cost: every (lens, reading) pair projects every token onto the whole vocabulary, which dominates
     (SmolLM2: 2 lenses x 30 readings x 29 GFLOP per 512 tokens). The defaults (8,192 tokens, tuned and
-    logit lens) take about 6 minutes on a 2-core CPU (~23 tokens/s; before the streamed metrics: 559 s);
-    ``compare_logit=False`` halves it and ``max_tokens`` scales it linearly. A progress bar shows the rate.
+    logit lens) take minutes on a 2-core CPU: 559 s (~15 tokens/s) before the metrics were streamed,
+    which cut the CPU time by 1.45x on one thread (``benchmarks/RESULTS.md``), so expect ~6 minutes.
+    ``compare_logit=False`` halves it and ``max_tokens`` scales it linearly. The progress bar (on by
+    default) shows tokens/s.
     """
     from ..lenses import LogitLens
 
