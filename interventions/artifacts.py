@@ -72,6 +72,29 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: Figure formats :func:`atomic_save_figure` writes (matplotlib renders them without a display).
+FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def atomic_save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Render a matplotlib ``Figure`` to ``path`` atomically; the suffix picks the format (``.png``, ``.pdf``, ...).
+
+    The figure is rendered into memory and written with :func:`atomic_write_bytes`, so a reader (or a crash
+    mid-render) never leaves half an image; the figure itself is left open for the caller to show or close.
+    """
+    import io
+
+    final = Path(path)
+    fmt = final.suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise InputError(f"Cannot save a figure as {final.name!r}: use one of "
+                         f"{', '.join('.' + f for f in FIGURE_FORMATS)}.")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi)
+    atomic_write_bytes(final, buf.getvalue())
+    return final
+
+
 def save_artifact(path: str | os.PathLike[str], config: dict[str, Any], tensors: dict[str, torch.Tensor],
                   config_name: str = "config.json", tensors_name: str = "tensors.safetensors") -> Path:
     """Write ``config`` as JSON and ``tensors`` as safetensors into the folder ``path``, atomically."""

@@ -153,6 +153,26 @@ def validate_positions(spec: PositionSpec) -> PositionSpec:
                      "an int, a list of ints, a slice, or one such spec per batch row.")
 
 
+def prompt_indices(spec: PositionSpec, prompt_lens: Sequence[int]) -> list[list[int]]:
+    """Explicit token indices ``spec`` selects in each prompt (of ``prompt_lens`` tokens), outside a forward.
+
+    For readers that index prompts themselves (lens trajectories): ``None``, ``"all"`` and ``"prompt"``
+    select every token; ``"generated"`` selects none of a prompt and is refused; per-row specs need one
+    entry per prompt. Negative indices become positive; errors are the same as during a forward.
+    """
+    spec = validate_positions(spec)
+    if spec is None or spec in ("all", "prompt"):
+        return [list(range(n)) for n in prompt_lens]
+    if isinstance(spec, str):
+        raise InputError(f"positions={spec!r} selects no prompt token; use None, 'all', an int or a list.")
+    if _is_per_row(spec):
+        if len(spec) != len(prompt_lens):  # type: ignore[arg-type]
+            raise InputError(f"Per-row positions have {len(spec)} entries but there are "  # type: ignore[arg-type]
+                             f"{len(prompt_lens)} prompts.")
+        return [_row_indices(s, n, i) for i, (s, n) in enumerate(zip(spec, prompt_lens))]  # type: ignore[arg-type]
+    return [_row_indices(spec, n, i) for i, n in enumerate(prompt_lens)]
+
+
 def token_indices(spec: PositionSpec, ctx: ForwardContext) -> list[list[int]] | None:
     """Explicit per-row token indices, or None for the named specs (which need no list)."""
     if spec is None or isinstance(spec, str):

@@ -3,7 +3,9 @@
 ``LogitLens`` decodes with the model's own final norm + unembedding; ``TunedLens`` first applies a
 learned affine translator per reading (both in ``lenses.py``). ``lens.decode(prompt)`` gives a
 :class:`Trajectory` (tables, JSON, heatmaps); :class:`LensReadout` records lens predictions inside any
-intervention session. Training, evaluation and the text corpus live in :mod:`lmscope.lens.training`.
+intervention session (decoding in ``decode.py``). KL, entropy, cross-entropy and bits/byte are computed
+once, in :mod:`lmscope.lens.metrics`. Training, evaluation and the text corpus live in
+:mod:`lmscope.lens.training`.
 Depends on the core (:mod:`lmscope.interventions`) only.
 
 Everything is imported lazily so that ``lmscope.lens.cli`` starts without importing torch/transformers.

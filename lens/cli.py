@@ -24,8 +24,7 @@ def register(sub: Any) -> None:
                        description="Decode PROMPT layer by layer and print a table (readings down, positions "
                                    "across, top token + probability), or JSON.")
     p.add_argument("prompt", help="the text to decode")
-    p.add_argument("--lens", default="logit", help="'logit', 'tuned' (the default lens of the default model), "
-                                                   "or a saved tuned-lens folder")
+    add_lens_arg(p)
     p.add_argument("--top-k", type=int, default=5, help="top tokens kept per cell (default 5)")
     p.add_argument("--positions", default="all", choices=["all", "last"], help="decode every token or the last")
     p.add_argument("--layers", default=None, help="layer numbers: '0,5,10', '0-10', '-1' (default: all)")
@@ -42,6 +41,11 @@ def register(sub: Any) -> None:
 
 LENS_CHOICES = ("'logit', 'tuned' (the default lens of the default model), or an existing lens folder "
                 "(lmscope's, or the tuned-lens package's config.json + params.pt)")
+
+
+def add_lens_arg(parser: Any) -> None:
+    """The ``--lens`` option every lens command takes (checked by :func:`check_lens_arg`)."""
+    parser.add_argument("--lens", default="logit", help=f"which lens: {LENS_CHOICES} (default logit)")
 
 
 def check_lens_arg(spec: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from lmscope.interventions.artifacts import load_artifact, save_artifact
@@ -63,6 +63,46 @@ def normalize_sites(model: HookedModel, sites: str | Sequence[str]) -> tuple[str
 def reading_names(model: HookedModel, kinds: Sequence[str]) -> list[str]:
     """Reading site names ordered by depth (``resid_mid.L`` before ``resid_post.L``)."""
     return [f"{k}.{layer}" for layer in range(model.n_layers) for k in READING_KINDS if k in kinds]
+
+
+class Unembedding:
+    """The model's decoder (final norm + unembedding + optional logit soft-capping) split for streaming.
+
+    ``blocks`` yields the logits of translated states one vocabulary block at a time, so metrics can be
+    accumulated without a ``[tokens, vocab]`` tensor (:func:`lmscope.lens.metrics.logit_stats`). With a
+    plain linear unembedding (every supported architecture) the block is ``normed @ W[cols].T + b[cols]``
+    in float32; any other unembedding falls back to :meth:`HookedModel.decode_hidden` once, sliced.
+    ``fused`` (linear and no soft-capping) is what the fused-KL training kernel needs.
+    """
+
+    def __init__(self, model: HookedModel) -> None:
+        self.model = model
+        unembed = model.unembed
+        self.cap: float | None = getattr(model.hf_model.config, "final_logit_softcapping", None) or None
+        self.linear = isinstance(unembed, nn.Linear)
+        self.fused = self.linear and self.cap is None
+        if self.linear:
+            self.weight = unembed.weight.detach().float()  # no copy for float32 models
+            self.bias = unembed.bias.detach().float() if unembed.bias is not None else None
+
+    def normed(self, t: torch.Tensor) -> torch.Tensor:
+        """Final norm of translated states (in the model dtype), back to float32."""
+        return self.model.final_norm(t.to(self.model.dtype)).float()
+
+    def blocks(self, t: torch.Tensor, cols: int) -> Iterator[torch.Tensor]:
+        """Float32 logits of translated states ``t [..., d]``, ``cols`` vocabulary columns at a time."""
+        vocab = self.model.d_vocab
+        if not self.linear:
+            z = self.model.decode_hidden(t.to(self.model.dtype)).float()
+            for s in range(0, vocab, cols):
+                yield z[..., s:s + cols]
+            return
+        n = self.normed(t)
+        for s in range(0, vocab, cols):
+            z = n @ self.weight[s:s + cols].T
+            if self.bias is not None:
+                z += self.bias[s:s + cols]
+            yield torch.tanh(z / self.cap) * self.cap if self.cap is not None else z
 
 
 class Lens:
@@ -149,10 +189,11 @@ class Lens:
 
         One prompt (a string or one token-id list) gives a ``Trajectory``; several give a
         ``TrajectoryBatch`` (``batch[i]`` is prompt i). ``positions`` is ``"all"``, ``"last"``,
-        or token indices; ``layers`` picks layer numbers or reading names; ``targets`` are
+        token indices (negative from the end), a slice, or one such spec per prompt; ``layers`` picks
+        layer numbers or reading names; ``targets`` are
         single-token strings or ids whose rank and probability are tracked.
         """
-        from .trajectory import decode_trajectories
+        from .decode import decode_trajectories
 
         return decode_trajectories(self, prompts, top_k=top_k, targets=targets, positions=positions, layers=layers)
 

@@ -51,10 +51,8 @@ def _xlabels(traj: Trajectory) -> list[str]:
 
 
 def _matplotlib(traj: Trajectory, out: Path, values: Any, cbar: str, color: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from lmscope.interventions.artifacts import atomic_save_figure
 
     n_r, n_p = values.shape
     fig, ax = plt.subplots(figsize=(min(40.0, 2.0 + 0.9 * n_p), min(60.0, 1.5 + 0.28 * n_r)))
@@ -71,10 +69,8 @@ def _matplotlib(traj: Trajectory, out: Path, values: Any, cbar: str, color: str,
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label=cbar)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, out)
+    plt.close(fig)  # detach from pyplot (no backend is forced; headless runs fall back to Agg)
+    atomic_save_figure(fig, out, dpi=120)
 
 
 def _plotly(traj: Trajectory, out: Path, values: Any, cbar: str, color: str, title: str) -> None:

@@ -2,6 +2,8 @@
 
 - :mod:`lmscope.probes.steering` -- steering vectors from contrast pairs, reading vectors, offline
   evaluations and the alignment/helpfulness trade-off.
+- :mod:`lmscope.probes.plotting` -- the one plotting helper every method figure goes through (heat map,
+  line plot over layers with bands, multi-panel figures; atomic PNG/PDF/SVG writes; returns the Figure).
 
 Each method holds its tasks/data, its own intervention objects, analyses, plots and CLI command, and
 imports only the core (:mod:`lmscope.interventions`) and :mod:`lmscope.lens`, never a sibling's private names.

@@ -1,6 +1,7 @@
-"""Training and evaluating tuned lenses: the fit (closed-form init + fused-KL fine-tune, resumable
-checkpoints) in ``fit.py``, text streaming in ``corpus.py``, per-layer evaluation in ``evaluate.py``,
-and the ``train-lens``/``eval-lens`` commands in ``cli.py``.
+"""Training and evaluating tuned lenses: the fit (closed-form init + fused-KL fine-tune) in ``fit.py``,
+its two kernels in ``kernels.py``, resumable checkpoints (``Recipe``, ``TrainState``) in ``checkpoint.py``,
+text streaming in ``corpus.py``, per-layer evaluation in ``evaluate.py``, and the
+``train-lens``/``eval-lens`` commands in ``cli.py``.
 
 Imported lazily (PEP 562): ``from lmscope.lens.training import train_tuned_lens`` loads torch only then.
 """

@@ -11,7 +11,7 @@ from typing import Any
 
 from lmscope.interventions.cli import CliError, add_model_args, model_from_args
 
-from ..cli import check_lens_arg, lens_from_spec
+from ..cli import add_lens_arg, check_lens_arg, lens_from_spec
 
 
 def register_train(subparsers: Any) -> None:
@@ -50,8 +50,7 @@ def register_eval(subparsers: Any) -> None:
     e.add_argument("corpus", nargs="*", help="text files, directories, globs or hf:NAME (default: the held-out "
                                              "split of the default corpus)")
     add_model_args(e)
-    e.add_argument("--lens", default="logit", help="'logit', 'tuned' (default lens of the default model) or a "
-                                                   "lens folder")
+    add_lens_arg(e)
     e.add_argument("--max-tokens", type=int, default=8192)
     e.add_argument("--seq-len", type=int, default=512)
     e.add_argument("--split", choices=["all", "train", "heldout"], default=None,

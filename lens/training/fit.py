@@ -25,21 +25,20 @@ forward. This module instead:
    so no ``[tokens, vocab]`` tensor is kept for autograd; a single backward then
    flows through all translators. Adam, linear decay, gradient clipping.
 
-Checkpoints (``checkpoint_dir``, every ``checkpoint_every`` steps) hold the lens
-parameters, the optimiser state, the step, the data position and the RNG state
-as ``state.safetensors`` + ``state.json`` (atomic folder write, no pickle).
-``resume=True`` continues from the last checkpoint and ends exactly where an
-uninterrupted run ends (same data order, same arithmetic).
+The two kernels live in :mod:`~lmscope.lens.training.kernels`, checkpoints (a :class:`Recipe` and a
+:class:`TrainState`, saved every ``checkpoint_every`` steps) in :mod:`~lmscope.lens.training.checkpoint`.
+``resume=True`` continues from the last checkpoint and ends exactly where an uninterrupted run ends
+(same data order, same arithmetic).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -47,198 +46,16 @@ import torch
 from lmscope.interventions.collect import run_readings
 from lmscope.interventions.errors import InputError, LmscopeError
 
-from ..lenses import TunedLens
+from ..lenses import TunedLens, Unembedding
+from ..metrics import target_stats
+from .checkpoint import STATE_JSON, Recipe, TrainState, load_checkpoint, save_checkpoint
 from .corpus import Corpus, CorpusExhaustedError, as_corpus, model_tokenizer
+from .kernels import LstsqStats, kl_sum
 
 if TYPE_CHECKING:
     from lmscope.interventions import HookedModel
 
-
-CHECKPOINT_FORMAT = 1
-STATE_JSON = "state.json"
-STATE_TENSORS = "state.safetensors"
-
-
-def _final_reading(model: HookedModel, readings: Sequence[str]) -> int | None:
-    last = f"resid_post.{model.n_layers - 1}"
-    return list(readings).index(last) if last in readings else None
-
-
-# -- closed-form initialisation ---------------------------------------------------------------------
-class LstsqStats:
-    """Streamed float64 sufficient statistics for the per-reading ridge regressions."""
-
-    def __init__(self, n_readings: int, d: int, device: torch.device | str = "cpu") -> None:
-        self.zz = torch.zeros(n_readings, d + 1, d + 1, dtype=torch.float64, device=device)
-        self.zy = torch.zeros(n_readings, d + 1, d, dtype=torch.float64, device=device)
-        self.n_tokens = 0
-
-    def update(self, hs: Sequence[torch.Tensor], target: torch.Tensor) -> None:
-        """Add one batch: ``hs[i]`` [N, d] readings, ``target`` [N, d] final hidden state (pre-norm).
-
-        Per-batch products run in float32 (one batched matmul); the running sums are float64.
-        """
-        y = target.float()
-        y = y / y.pow(2).mean(-1, keepdim=True).clamp_min(1e-30).sqrt()
-        h = torch.stack([x.float() for x in hs])  # [R, N, d]
-        z = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1)
-        z = z / h.pow(2).mean(-1, keepdim=True).clamp_min(1e-30).sqrt()
-        zt = z.transpose(1, 2)
-        self.zz += torch.bmm(zt, z).double()
-        self.zy += torch.matmul(zt, y).double()
-        self.n_tokens += int(target.shape[0])
-
-    def solve(self, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ridge solutions shrunk towards the identity: ``(weight [R, d, d], bias [R, d])`` in float32."""
-        r, d1, d = self.zy.shape
-        w0 = torch.zeros(d1, d, dtype=torch.float64, device=self.zz.device)
-        w0[:d] = torch.eye(d, dtype=torch.float64, device=self.zz.device)
-        weights, biases = [], []
-        eye = torch.eye(d1, dtype=torch.float64, device=self.zz.device)
-        for i in range(r):
-            lam = ridge * float(torch.diagonal(self.zz[i]).mean()) + 1e-12
-            w = torch.linalg.solve(self.zz[i] + lam * eye, self.zy[i] + lam * w0)
-            weights.append((w[:d].T - torch.eye(d, dtype=torch.float64, device=w.device)).float())
-            biases.append(w[d].float())
-        return torch.stack(weights), torch.stack(biases)
-
-
-# -- fused KL ---------------------------------------------------------------------------------------
-class _Decoder:
-    """How normed hidden states become logits: a plain linear unembedding (fused path) or anything else."""
-
-    def __init__(self, model: HookedModel) -> None:
-        self.model = model
-        unembed = model.unembed
-        cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
-        self.fused = isinstance(unembed, torch.nn.Linear) and not cap
-        if self.fused:
-            self.weight = unembed.weight.detach().float()  # no copy for fp32 models
-            self.bias = unembed.bias.detach().float() if unembed.bias is not None else None
-
-    def normed(self, t: torch.Tensor) -> torch.Tensor:
-        """Final norm of translated states (in the model dtype), back to float32."""
-        return self.model.final_norm(t.to(self.model.dtype)).float()
-
-
-class _FusedKLFunction(torch.autograd.Function):
-    """Sum over rows of KL(p || softmax(n W^T + b)); its gradient w.r.t. ``n`` is made in the same pass."""
-
-    @staticmethod
-    def forward(ctx: Any, n: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: torch.Tensor,
-                plogp: torch.Tensor, row_block: int) -> torch.Tensor:
-        grad = torch.empty_like(n)
-        total = torch.zeros((), dtype=torch.float64, device=n.device)
-        for s in range(0, n.shape[0], row_block):
-            e = min(s + row_block, n.shape[0])
-            z = n[s:e] @ weight.T
-            if bias is not None:
-                z += bias
-            pz = torch.einsum("nv,nv->n", p[s:e], z)
-            m = z.amax(-1, keepdim=True)
-            z.sub_(m).exp_()
-            ssum = z.sum(-1, keepdim=True)
-            lse = m.squeeze(-1) + ssum.squeeze(-1).log()
-            total += (plogp[s:e] - pz + lse).double().sum()
-            z.div_(ssum).sub_(p[s:e])  # softmax(z) - p = dKL/dz
-            grad[s:e] = z @ weight
-        ctx.save_for_backward(grad)
-        return total.float()
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        (grad,) = ctx.saved_tensors
-        return grad * g, None, None, None, None, None
-
-
-def target_stats(final_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target probabilities ``p`` [N, V] and ``sum p log p`` [N] (shared by every reading)."""
-    logp = torch.log_softmax(final_logits.float(), dim=-1)
-    p = logp.exp()
-    plogp = (p * logp).sum(-1)
-    return p, plogp
-
-
-def kl_sum(lens: TunedLens, decoder: _Decoder, h: torch.Tensor, i: int, p: torch.Tensor, plogp: torch.Tensor,
-           row_block: int = 512) -> torch.Tensor:
-    """Summed KL(final || lens) over the rows of ``h`` at reading ``i`` (differentiable in the lens)."""
-    t = lens.translate(h, i)
-    if decoder.fused:
-        return _FusedKLFunction.apply(decoder.normed(t), decoder.weight, decoder.bias, p, plogp, row_block)
-    logq = torch.log_softmax(lens.model.decode_hidden(t.to(lens.model.dtype)).float(), dim=-1)
-    return (plogp - (p * logq).sum(-1)).sum()
-
-
-# -- checkpoints ------------------------------------------------------------------------------------
-def _save_checkpoint(folder: Path, lens: TunedLens, opt: torch.optim.Optimizer, step: int, position: int,
-                     gen: torch.Generator, recipe: dict[str, Any], loss_history: list[float]) -> None:
-    from lmscope.interventions.artifacts import save_artifact
-
-    tensors: dict[str, torch.Tensor] = {"lens.weight": lens.weight.detach(), "lens.bias": lens.bias.detach(),
-                                        "rng.generator": gen.get_state()}
-    sd = opt.state_dict()
-    opt_meta: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
-    for pid, st in sd["state"].items():
-        keys = []
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt.{pid}.{k}"] = v.detach().clone() if v.dim() else v.detach().reshape(1)
-                keys.append([k, v.dim() == 0])
-            else:
-                keys.append([k, v])
-        opt_meta["state"][str(pid)] = keys
-    meta = {"format": CHECKPOINT_FORMAT, "step": step, "data_position": position, "recipe": recipe,
-            "optimizer": opt_meta, "loss_history": loss_history}
-    save_artifact(folder, meta, tensors, config_name=STATE_JSON, tensors_name=STATE_TENSORS)
-
-
-def _load_checkpoint(folder: Path, lens: TunedLens, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     recipe: dict[str, Any]) -> tuple[int, int, list[float]]:
-    from lmscope.interventions.artifacts import load_artifact
-
-    meta, tensors = load_artifact(folder, config_name=STATE_JSON, tensors_name=STATE_TENSORS)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise LmscopeError(f"{folder} is not a lens-training checkpoint of format {CHECKPOINT_FORMAT}.")
-    if meta["recipe"] != recipe:
-        diff = {k: (meta["recipe"].get(k), recipe.get(k)) for k in set(meta["recipe"]) | set(recipe)
-                if meta["recipe"].get(k) != recipe.get(k)}
-        raise InputError(f"The checkpoint in {folder} was made with different settings (saved, now): {diff}. "
-                         "Resume with the same settings, or start afresh without --resume.")
-    with torch.no_grad():
-        lens.weight.copy_(tensors["lens.weight"].to(lens.weight.device))
-        lens.bias.copy_(tensors["lens.bias"].to(lens.bias.device))
-    state: dict[int, dict[str, Any]] = {}
-    for pid, keys in meta["optimizer"]["state"].items():
-        st: dict[str, Any] = {}
-        for k, scalar in keys:
-            if isinstance(scalar, bool):
-                t = tensors[f"opt.{pid}.{k}"]
-                st[k] = t.reshape(()) if scalar else t
-            else:
-                st[k] = scalar
-        state[int(pid)] = st
-    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    gen.set_state(tensors["rng.generator"])
-    return int(meta["step"]), int(meta["data_position"]), list(meta.get("loss_history", []))
-
-
-# -- the trainer ------------------------------------------------------------------------------------
-def _batches(corpus: Corpus, tokenizer: Any, seq_len: int, batch: int, skip: int) -> Iterator[torch.Tensor]:
-    for chunk in corpus.chunks(tokenizer, seq_len, skip=skip, batch_size=batch):
-        yield torch.tensor(chunk, dtype=torch.long)
-
-
-def _next(it: Iterator[torch.Tensor], corpus: Corpus, position: int, batch: int, seq_len: int) -> torch.Tensor:
-    try:
-        return next(it)
-    except StopIteration:
-        raise CorpusExhaustedError(position * seq_len, (position + batch) * seq_len, corpus.describe()) from None
-
-
-def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, initial=initial, unit="step", dynamic_ncols=True)
+Callback = Callable[[int, dict[str, float]], None]
 
 
 def train_tuned_lens(
@@ -262,20 +79,45 @@ def train_tuned_lens(
     progress: bool = True,
     seed: int = 0,
     row_block: int = 512,
-    callback: Callable[[int, dict[str, float]], None] | None = None,
+    callback: Callback | None = None,
 ) -> TunedLens:
     """Train a tuned lens for ``model`` on ``corpus`` (see the module docstring for the algorithm).
 
     Data order: the first ``ceil(init_tokens / seq_len)`` chunks feed the closed-form
     init (``init="lstsq"``; ``"zero"`` starts from the logit lens and reads none), the
     following ``steps * tokens_per_step / seq_len`` chunks the KL fine-tune. Running out of
-    text raises :class:`~lmscope.lens.corpus.CorpusExhaustedError` (tokens seen vs asked).
+    text raises :class:`~lmscope.lens.training.corpus.CorpusExhaustedError` (tokens seen vs asked).
+
+    Cost of the defaults (SmolLM2-135M, 2-core CPU, measured on a 130k-token corpus): 877 s in all,
+    = 125 s of closed-form fit (32,768 tokens at ~290 tokens/s) + 20 KL steps of 1,024 tokens at
+    ~38 s each (~27 tokens/s: every reading projects every token onto the whole vocabulary). The
+    fine-tune bought 12% held-out KL (2.14 -> 1.89 nats). ``steps=0`` gives the ~2-minute
+    closed-form lens.
 
     ``callback(step, stats)`` runs after every fine-tune step (after any checkpoint);
     raising from it interrupts training (used by tests). Returns the trained lens with
-    ``lmscope.lens.meta["training"]`` describing the run.
+    ``lens.meta["training"]`` describing the run.
     """
+    _check_settings(model, steps, tokens_per_step, seq_len, init, resume, checkpoint_dir)
+    corpus = as_corpus(corpus)
+    lens = lens if lens is not None else TunedLens(model, sites=sites)
+    recipe = Recipe(steps=steps, tokens_per_step=tokens_per_step, seq_len=seq_len, lr=lr, init=init,
+                    init_tokens=init_tokens if init == "lstsq" else 0, ridge=ridge, weight_decay=weight_decay,
+                    grad_clip=grad_clip, readings=list(lens.readings), seed=seed, corpus=list(corpus.sources),
+                    split=corpus.split, fingerprint=model.fingerprint()["unembed_sha256"])
+    run = _Run(lens, corpus, recipe, Path(checkpoint_dir) if checkpoint_dir is not None else None,
+               checkpoint_every, progress, row_block, callback)
+    resumed = resume and run.resume()
+    if not resumed and recipe.init_chunks:
+        run.closed_form_init()
+    run.finetune()
+    lens.meta = dict(lens.meta)
+    lens.meta["training"] = run.describe()
+    return lens
 
+
+def _check_settings(model: HookedModel, steps: int, tokens_per_step: int, seq_len: int, init: str, resume: bool,
+                    checkpoint_dir: Any) -> None:
     if steps < 0 or tokens_per_step < 1 or seq_len < 2:
         raise InputError(f"Need steps >= 0, tokens_per_step >= 1, seq_len >= 2 (got {steps}, {tokens_per_step}, "
                          f"{seq_len}).")
@@ -287,109 +129,167 @@ def train_tuned_lens(
         raise InputError(f"seq_len {seq_len} exceeds the model's context window of {model.n_ctx}.")
     if resume and checkpoint_dir is None:
         raise InputError("resume=True needs checkpoint_dir (where the interrupted run saved its checkpoints).")
-    corpus = as_corpus(corpus)
-    tokenizer = model_tokenizer(model)
-    lens = lens if lens is not None else TunedLens(model, sites=sites)
-    readings = list(lens.readings)
-    final_idx = _final_reading(model, readings)
-    per_step = tokens_per_step // seq_len
-    n_init = math.ceil(init_tokens / seq_len) if init == "lstsq" else 0
-    recipe = {"steps": steps, "tokens_per_step": tokens_per_step, "seq_len": seq_len, "lr": lr, "init": init,
-              "init_tokens": init_tokens if init == "lstsq" else 0, "ridge": ridge, "weight_decay": weight_decay,
-              "grad_clip": grad_clip, "readings": readings, "seed": seed, "corpus": list(corpus.sources),
-              "split": corpus.split, "fingerprint": model.fingerprint()["unembed_sha256"]}
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
-    params = [lens.weight, lens.bias]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(1, steps)))
-    gen = torch.Generator().manual_seed(seed)
-    step, position, history = 0, 0, []
-    timings: dict[str, float] = {}
-    resumed = False
-    if resume and ckpt is not None and (ckpt / STATE_JSON).is_file():
-        step, position, history = _load_checkpoint(ckpt, lens, opt, gen, recipe)
-        sched.last_epoch = step
-        for g in opt.param_groups:
-            g["lr"] = lr * max(0.0, 1.0 - step / max(1, steps))
-        resumed = True
-    elif resume:
-        warnings.warn(f"resume=True but no checkpoint in {ckpt}; starting from the beginning.", stacklevel=2)
 
-    # 1. closed-form initialisation
-    if not resumed and n_init:
+@dataclass
+class _Run:
+    """One training run: the lens, its data and recipe, the optimiser and where the run stands."""
+
+    lens: TunedLens
+    corpus: Corpus
+    recipe: Recipe
+    ckpt: Path | None
+    checkpoint_every: int
+    progress: bool
+    row_block: int
+    callback: Callback | None
+    timings: dict[str, float] = field(default_factory=dict)
+    model: HookedModel = field(init=False)
+    tokenizer: Any = field(init=False)
+    params: list[torch.nn.Parameter] = field(init=False)
+    opt: torch.optim.Adam = field(init=False)
+    sched: torch.optim.lr_scheduler.LambdaLR = field(init=False)
+    state: TrainState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model = self.lens.model
+        self.tokenizer = model_tokenizer(self.model)
+        self.params = [self.lens.weight, self.lens.bias]
+        self.opt = torch.optim.Adam(self.params, lr=self.recipe.lr, weight_decay=self.recipe.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.state = TrainState.fresh(self.recipe.seed)
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear decay to 0 over the fine-tune."""
+        return max(0.0, 1.0 - step / max(1, self.recipe.steps))
+
+    @property
+    def final_index(self) -> int | None:
+        """Index of the model's last ``resid_post`` among the readings (its translator stays zero)."""
+        last = f"resid_post.{self.model.n_layers - 1}"
+        return self.recipe.readings.index(last) if last in self.recipe.readings else None
+
+    # -- phases ------------------------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one (True), else warn and start afresh (False)."""
+        assert self.ckpt is not None
+        if not (self.ckpt / STATE_JSON).is_file():
+            warnings.warn(f"resume=True but no checkpoint in {self.ckpt}; starting from the beginning.",
+                          stacklevel=3)
+            return False
+        self.state = load_checkpoint(self.ckpt, self.lens, self.opt, self.recipe)
+        self.sched.last_epoch = self.state.step
+        for g in self.opt.param_groups:
+            g["lr"] = self.recipe.lr * self._lr_factor(self.state.step)
+        return True
+
+    def closed_form_init(self) -> None:
+        """Ridge-regression translators from ``init_chunks`` frozen forwards (then a first checkpoint)."""
         t0 = time.perf_counter()
-        stats = LstsqStats(len(readings), model.d_model, device=model.device)
-        target_name = f"resid_post.{model.n_layers - 1}"
+        n_init, seq_len, readings = self.recipe.init_chunks, self.recipe.seq_len, self.recipe.readings
+        stats = LstsqStats(len(readings), self.model.d_model, device=self.model.device)
+        target_name = f"resid_post.{self.model.n_layers - 1}"
         names = readings if target_name in readings else readings + [target_name]
-        bar = _progress(n_init, "lens init (least squares)", progress)
-        it = _batches(corpus, tokenizer, seq_len, 1, 0)
+        bar = _progress(n_init, "lens init (least squares)", self.progress)
+        batches = self._batches(1, 0)
         for k in range(n_init):
-            ids = _next(it, corpus, k, 1, seq_len)
-            hs, _ = run_readings(model, ids, names)
+            hs, _ = run_readings(self.model, self._next(batches, k, 1), names)
             stats.update(hs[:len(readings)], hs[names.index(target_name)])
             bar.update(1)
             bar.set_postfix(tok_s=f"{(k + 1) * seq_len / (time.perf_counter() - t0):.0f}")
         bar.close()
-        w, b = stats.solve(ridge)
-        if final_idx is not None:
-            w[final_idx].zero_()
-            b[final_idx].zero_()
-        with torch.no_grad():
-            lens.weight.copy_(w.to(lens.weight.device))
-            lens.bias.copy_(b.to(lens.bias.device))
-        position = n_init
-        timings["init_s"] = time.perf_counter() - t0
-        if ckpt is not None and steps > 0:
-            _save_checkpoint(ckpt, lens, opt, 0, position, gen, recipe, history)
-    elif not resumed:
-        position = 0
+        self._set_translators(*stats.solve(self.recipe.ridge))
+        self.state.position = n_init
+        self.timings["init_s"] = time.perf_counter() - t0
+        if self.ckpt is not None and self.recipe.steps > 0:
+            save_checkpoint(self.ckpt, self.lens, self.opt, self.state, self.recipe)
 
-    # 2. fused KL fine-tune
-    train_idx = [i for i in range(len(readings)) if i != final_idx]
-    decoder = _Decoder(model)
-    t0 = time.perf_counter()
-    start_step = step
-    if step < steps:
-        bar = _progress(steps, "lens fine-tune (KL)", progress, initial=step)
-        it = _batches(corpus, tokenizer, seq_len, per_step, position)
-        lens.train(True)
-        while step < steps:
-            ids = _next(it, corpus, position, per_step, seq_len)
-            hs, final_logits = run_readings(model, ids, readings)
-            p, plogp = target_stats(final_logits)
-            del final_logits
-            n_tok = p.shape[0]
-            opt.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=lens.weight.device)
-            for i in train_idx:
-                total = total + kl_sum(lens, decoder, hs[i], i, p, plogp, row_block)
-            loss = total / (n_tok * len(readings))
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            position += per_step
-            history.append(float(loss.detach()))
-            el = time.perf_counter() - t0
-            bar.update(1)
-            bar.set_postfix(kl=f"{history[-1]:.4f}", tok_s=f"{(step - start_step) * tokens_per_step / el:.0f}")
-            if ckpt is not None and checkpoint_every > 0 and (step % checkpoint_every == 0 or step == steps):
-                _save_checkpoint(ckpt, lens, opt, step, position, gen, recipe, history)
-            if callback is not None:
-                callback(step, {"loss": history[-1], "tokens_per_s": (step - start_step) * tokens_per_step / el})
-        bar.close()
-        lens.train(False)
-    timings["finetune_s"] = time.perf_counter() - t0
-    lens.meta = dict(lens.meta)
-    lens.meta["training"] = {**{k: v for k, v in recipe.items() if k not in ("readings", "fingerprint", "corpus")},
-                             "corpus": corpus.describe(),
-                             "algorithm": "lstsq-init + fused-KL Adam" if init == "lstsq" else "fused-KL Adam",
-                             "final_train_kl": history[-1] if history else None,
-                             "tokens": (n_init + steps * per_step) * seq_len, **timings}
-    return lens
+    def _set_translators(self, w: torch.Tensor, b: torch.Tensor) -> None:
+        if self.final_index is not None:
+            w[self.final_index].zero_()
+            b[self.final_index].zero_()
+        with torch.no_grad():
+            self.lens.weight.copy_(w.to(self.lens.weight.device))
+            self.lens.bias.copy_(b.to(self.lens.bias.device))
+
+    def finetune(self) -> None:
+        """Fused-KL Adam steps from the current state to ``recipe.steps`` (checkpointing as asked)."""
+        t0 = time.perf_counter()
+        state, steps, per_step = self.state, self.recipe.steps, self.recipe.chunks_per_step
+        start = state.step
+        if state.step < steps:
+            bar = _progress(steps, "lens fine-tune (KL)", self.progress, initial=state.step)
+            batches = self._batches(per_step, state.position)
+            unembedding = Unembedding(self.model)
+            self.lens.train(True)
+            while state.step < steps:
+                loss = self._kl_step(self._next(batches, state.position, per_step), unembedding)
+                state.step += 1
+                state.position += per_step
+                state.loss_history.append(loss)
+                tok_s = (state.step - start) * self.recipe.tokens_per_step / (time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(kl=f"{loss:.4f}", tok_s=f"{tok_s:.0f}")
+                self._maybe_checkpoint()
+                if self.callback is not None:
+                    self.callback(state.step, {"loss": loss, "tokens_per_s": tok_s})
+            bar.close()
+            self.lens.train(False)
+        self.timings["finetune_s"] = time.perf_counter() - t0
+
+    def _kl_step(self, ids: torch.Tensor, unembedding: Unembedding) -> float:
+        """One optimiser step on the mean KL over tokens and readings of one batch; returns that loss."""
+        readings = self.recipe.readings
+        hs, final_logits = run_readings(self.model, ids, readings)
+        target = target_stats(final_logits)
+        del final_logits
+        self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.lens.weight.device)
+        for i in range(len(readings)):
+            if i != self.final_index:
+                total = total + kl_sum(self.lens, unembedding, hs[i], i, target, self.row_block)
+        loss = total / (target.p.shape[0] * len(readings))
+        loss.backward()
+        if self.recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.recipe.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+    def _maybe_checkpoint(self) -> None:
+        every, step = self.checkpoint_every, self.state.step
+        if self.ckpt is not None and every > 0 and (step % every == 0 or step == self.recipe.steps):
+            save_checkpoint(self.ckpt, self.lens, self.opt, self.state, self.recipe)
+
+    # -- data --------------------------------------------------------------------------------------
+    def _batches(self, batch: int, skip: int) -> Iterator[torch.Tensor]:
+        for chunk in self.corpus.chunks(self.tokenizer, self.recipe.seq_len, skip=skip, batch_size=batch):
+            yield torch.tensor(chunk, dtype=torch.long)
+
+    def _next(self, batches: Iterator[torch.Tensor], position: int, batch: int) -> torch.Tensor:
+        try:
+            return next(batches)
+        except StopIteration:
+            seq_len = self.recipe.seq_len
+            raise CorpusExhaustedError(position * seq_len, (position + batch) * seq_len,
+                                       self.corpus.describe()) from None
+
+    def describe(self) -> dict[str, Any]:
+        """``lens.meta["training"]``: the recipe (without readings/fingerprint), corpus, timings, final loss."""
+        recipe = self.recipe.as_dict()
+        history = self.state.loss_history
+        return {**{k: v for k, v in recipe.items() if k not in ("readings", "fingerprint", "corpus")},
+                "corpus": self.corpus.describe(),
+                "algorithm": "lstsq-init + fused-KL Adam" if self.recipe.init == "lstsq" else "fused-KL Adam",
+                "final_train_kl": history[-1] if history else None,
+                "tokens": (self.recipe.init_chunks + self.recipe.steps * self.recipe.chunks_per_step)
+                * self.recipe.seq_len, **self.timings}
+
+
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, initial=initial, unit="step", dynamic_ncols=True)
 
 
 # -- the default lens -------------------------------------------------------------------------------

@@ -13,14 +13,12 @@ Every fit reports its coefficients and R².
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-from lmscope.interventions.artifacts import atomic_write_bytes
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.specs import LayerSpec
 
@@ -208,36 +206,25 @@ class TradeoffResult:
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str] | None = None, title: str | None = None) -> Any:
-        """Both curves with their fits (matplotlib figure); written atomically as PNG when ``path`` is given."""
-        import matplotlib
-
-        if path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        """Both curves with their fits (a matplotlib ``Figure``); also written atomically when ``path`` is given."""
+        from ..plotting import Series, line_plot, panels, save_figure
 
         if not self.fits:
             self.fit()
         r = self.scales
         grid = np.linspace(float(r.min()), float(r.max()), 200)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = panels(2)
         for ax, key, names in ((axes[0], "alignment", ("alignment_tanh", "alignment_linear")),
                                (axes[1], "helpfulness", ("helpfulness_wolf", "helpfulness_quadratic"))):
-            ax.plot(r, self.column(key), "o", ms=4, label="measured")
+            curves: dict[str, Any] = {"measured": Series(self.column(key), style="o")}
             for name in names:
                 if name in self.fits:
                     f = self.fits[name]
-                    ax.plot(grid, f(grid), "-", label=f"{f.name} (R²={f.r2:.2f})")
-            ax.set_xlabel("steering scale r")
-            ax.set_ylabel(key)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+                    curves[f"{f.name} (R²={f.r2:.2f})"] = Series(f(grid), x=grid, style="-")
+            line_plot(r, curves, xlabel="steering scale r", ylabel=key, ax=ax)
         fig.suptitle(title or f"Steering trade-off (layers {self.layers})")
-        fig.tight_layout()
         if path is not None:
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
-            plt.close(fig)
-            atomic_write_bytes(path, buf.getvalue())
+            save_figure(fig, path)
         return fig
 
     def as_dict(self) -> dict[str, Any]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from lmscope.interventions import Cache
 from lmscope.lens.lenses import LogitLens, TunedLens
-from lmscope.lens.training.corpus import Corpus
+from lmscope.lens.training.corpus import Corpus, model_tokenizer
 from lmscope.lens.training.evaluate import evaluate_lens, plot_report, save_report
 
 SEQ = 32
@@ -73,3 +77,38 @@ def test_cli_train_and_eval(llama_tiny, text_dir: Path, tmp_path: Path, capsys: 
     assert "mean KL" in capsys.readouterr().out
     rc = main(["train-lens", str(tmp_path / "nothing*.txt"), "--model", str(model_dir), "--out", str(out)])
     assert rc == 2
+
+
+def reference_sums(lenses: dict, corpus: Corpus, n_chunks: int) -> dict[str, dict[str, list[float]]]:
+    """The straightforward evaluation: per lens and reading, full log-softmax and the textbook formulas."""
+    model = next(iter(lenses.values())).model
+    readings = next(iter(lenses.values())).readings
+    sums = {n: {m: [0.0] * len(readings) for m in ("kl", "ce", "entropy")} for n in lenses}
+    for chunk in itertools.islice(corpus.chunks(model_tokenizer(model), SEQ, batch_size=1), n_chunks):
+        ids = torch.tensor(chunk)
+        out = model.run(ids, [Cache(readings)])
+        logp = F.log_softmax(out.logits[0].float(), -1)
+        for name, ln in lenses.items():
+            for i, r in enumerate(readings):
+                logq = F.log_softmax(ln.logits(out.cache[r][0], i).float(), -1)
+                sums[name]["kl"][i] += float(F.kl_div(logq, logp, log_target=True, reduction="sum"))
+                sums[name]["entropy"][i] += float(torch.distributions.Categorical(logits=logq).entropy().sum())
+                sums[name]["ce"][i] += float(F.cross_entropy(logq[:-1], ids[0, 1:], reduction="sum"))
+    return sums
+
+
+@torch.no_grad()
+def test_evaluate_equals_reference(tiny, text_dir: Path) -> None:
+    """Streamed, lens-batched evaluation == the per-lens, per-reading full-vocabulary reference."""
+    torch.manual_seed(0)
+    lens = TunedLens(tiny, sites="all")
+    lens.weight.normal_(0, 0.05)
+    lens.bias.normal_(0, 0.05)
+    corpus = Corpus.from_sources(text_dir)
+    rep = evaluate_lens(lens, corpus, max_tokens=2 * SEQ, seq_len=SEQ, progress=False)
+    ref = reference_sums({"logit": LogitLens(tiny, sites="all"), "tuned": lens}, corpus, 2)
+    for name in ("logit", "tuned"):
+        for m in ("kl", "ce", "entropy"):
+            count = 2 * (SEQ - 1) if m == "ce" else 2 * SEQ
+            want = [v / count for v in ref[name][m]]
+            assert rep["lenses"][name][m]["nats_per_token"] == pytest.approx(want, rel=1e-4, abs=1e-5), (name, m)

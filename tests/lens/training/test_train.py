@@ -8,17 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from lmscope.lens.lenses import TunedLens
+from lmscope.lens.lenses import TunedLens, Unembedding
+from lmscope.lens.metrics import target_stats
+from lmscope.lens.training.checkpoint import STATE_JSON, STATE_TENSORS
 from lmscope.lens.training.corpus import Corpus, CorpusExhaustedError
 from lmscope.lens.training.evaluate import evaluate_lens
-from lmscope.lens.training.fit import (
-    STATE_JSON,
-    STATE_TENSORS,
-    _Decoder,
-    _FusedKLFunction,
-    target_stats,
-    train_tuned_lens,
-)
+from lmscope.lens.training.fit import train_tuned_lens
+from lmscope.lens.training.kernels import FusedKLFunction
 
 SEQ = 32
 
@@ -39,11 +35,12 @@ def heldout_kl(lens: TunedLens, corpus: Corpus) -> float:
 
 def test_fused_kl_matches_autograd(llama_tiny) -> None:
     torch.manual_seed(0)
-    dec = _Decoder(llama_tiny)
+    dec = Unembedding(llama_tiny)
     assert dec.fused
     n = torch.randn(10, llama_tiny.d_model, requires_grad=True)
-    p, plogp = target_stats(torch.randn(10, llama_tiny.d_vocab) * 3)
-    fused = _FusedKLFunction.apply(n, dec.weight, dec.bias, p, plogp, 4)
+    target = target_stats(torch.randn(10, llama_tiny.d_vocab) * 3)
+    p = target.p
+    fused = FusedKLFunction.apply(n, dec.weight, dec.bias, p, target.plogp, 4)
     (g1,) = torch.autograd.grad(fused, n)
     logq = torch.log_softmax(n @ dec.weight.T, -1)
     ref = (p * (p.log() - logq)).sum()
