@@ -17,7 +17,8 @@ from ..cli import add_lens_arg, check_lens_arg, lens_from_spec
 def register_train(subparsers: Any) -> None:
     """Add ``train-lens`` to the ``lmscope`` sub-command parsers."""
     p = subparsers.add_parser(
-        "train-lens", help="Train a tuned lens on text files, directories, globs or hf:DATASET.",
+        "train-lens", help="Train a tuned lens on text files, directories, globs or hf:DATASET (data-parallel "
+                           "under torchrun).",
         description="Train a tuned lens (closed-form least-squares init, then fused-KL fine-tune steps) and save "
                     "it as a folder (config.json + lens.safetensors).")
     p.add_argument("corpus", nargs="*", help="text files, directories, globs or hf:NAME[:CONFIG] (default: the "
@@ -86,6 +87,11 @@ def cmd_train_lens(args: argparse.Namespace) -> int:
                             seq_len=args.seq_len, lr=args.lr, init=args.init, init_tokens=args.init_tokens,
                             ridge=args.ridge, sites="all" if args.mid else "resid_post", checkpoint_dir=ckpt,
                             checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.quiet)
+    from lmscope.interventions.distributed import DataParallel
+
+    dp = DataParallel.from_env()  # under torchrun every process holds the same lens: rank 0 writes it
+    if not dp.is_main:
+        return 0
     lens.save(args.out)
     info = lens.meta.get("training", {})
     print(f"saved tuned lens ({lens.n_readings} readings) to {args.out}; "

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from lmscope.interventions.collect import run_readings
+from lmscope.interventions.distributed import DataParallel
 from lmscope.interventions.errors import InputError, LmscopeError
 
 from ..lenses import TunedLens, Unembedding
@@ -80,6 +81,7 @@ def train_tuned_lens(
     seed: int = 0,
     row_block: int = 512,
     callback: Callback | None = None,
+    data_parallel: DataParallel | None = None,
 ) -> TunedLens:
     """Train a tuned lens for ``model`` on ``corpus`` (see the module docstring for the algorithm).
 
@@ -97,7 +99,18 @@ def train_tuned_lens(
     ``callback(step, stats)`` runs after every fine-tune step (after any checkpoint);
     raising from it interrupts training (used by tests). Returns the trained lens with
     ``lens.meta["training"]`` describing the run.
+
+    **Several processes** (``torchrun --nproc_per_node=N`` or ``accelerate launch``; ``data_parallel``
+    defaults to :meth:`DataParallel.from_env`): the closed-form chunks are dealt round-robin and their
+    statistics all-reduced; each fine-tune batch is split evenly over the processes (``tokens_per_step /
+    seq_len`` must be a multiple of N) and the gradients all-reduced, so every process holds the lens one
+    process would train on the same tokens (up to float summation order). Rank 0 writes checkpoints and
+    shows progress; resume works the same.
     """
+    dp = data_parallel if data_parallel is not None else DataParallel.from_env()
+    if dp.enabled:
+        dp.split(tokens_per_step // max(1, seq_len), "sequences per fine-tune step", require_even=True)
+        progress = progress and dp.is_main
     _check_settings(model, steps, tokens_per_step, seq_len, init, resume, checkpoint_dir)
     corpus = as_corpus(corpus)
     lens = lens if lens is not None else TunedLens(model, sites=sites)
@@ -106,7 +119,7 @@ def train_tuned_lens(
                     grad_clip=grad_clip, readings=list(lens.readings), seed=seed, corpus=list(corpus.sources),
                     split=corpus.split, fingerprint=model.fingerprint()["unembed_sha256"])
     run = _Run(lens, corpus, recipe, Path(checkpoint_dir) if checkpoint_dir is not None else None,
-               checkpoint_every, progress, row_block, callback)
+               checkpoint_every, progress, row_block, callback, dp=dp)
     resumed = resume and run.resume()
     if not resumed and recipe.init_chunks:
         run.closed_form_init()
@@ -143,6 +156,7 @@ class _Run:
     progress: bool
     row_block: int
     callback: Callback | None
+    dp: DataParallel = field(default_factory=DataParallel)
     timings: dict[str, float] = field(default_factory=dict)
     model: HookedModel = field(init=False)
     tokenizer: Any = field(init=False)
@@ -193,16 +207,19 @@ class _Run:
         bar = _progress(n_init, "lens init (least squares)", self.progress)
         batches = self._batches(1, 0)
         for k in range(n_init):
-            hs, _ = run_readings(self.model, self._next(batches, k, 1), names)
-            stats.update(hs[:len(readings)], hs[names.index(target_name)])
+            ids = self._next(batches, k, 1)
+            if self.dp.owns(k):  # chunks are dealt round-robin over processes
+                hs, _ = run_readings(self.model, ids, names)
+                stats.update(hs[:len(readings)], hs[names.index(target_name)])
             bar.update(1)
             bar.set_postfix(tok_s=f"{(k + 1) * seq_len / (time.perf_counter() - t0):.0f}")
         bar.close()
+        self.dp.all_reduce_sum_(stats.zz, stats.zy)
         self._set_translators(*stats.solve(self.recipe.ridge))
         self.state.position = n_init
         self.timings["init_s"] = time.perf_counter() - t0
         if self.ckpt is not None and self.recipe.steps > 0:
-            save_checkpoint(self.ckpt, self.lens, self.opt, self.state, self.recipe)
+            self._save()
 
     def _set_translators(self, w: torch.Tensor, b: torch.Tensor) -> None:
         if self.final_index is not None:
@@ -240,7 +257,8 @@ class _Run:
     def _kl_step(self, ids: torch.Tensor, unembedding: Unembedding) -> float:
         """One optimiser step on the mean KL over tokens and readings of one batch; returns that loss."""
         readings = self.recipe.readings
-        hs, final_logits = run_readings(self.model, ids, readings)
+        start, stop = self.dp.split(ids.shape[0])  # this process's rows of the batch
+        hs, final_logits = run_readings(self.model, ids[start:stop], readings)
         target = target_stats(final_logits)
         del final_logits
         self.opt.zero_grad(set_to_none=True)
@@ -248,8 +266,11 @@ class _Run:
         for i in range(len(readings)):
             if i != self.final_index:
                 total = total + kl_sum(self.lens, unembedding, hs[i], i, target, self.row_block)
-        loss = total / (target.p.shape[0] * len(readings))
+        loss = total / (target.p.shape[0] * self.dp.world_size * len(readings))  # mean over every process's tokens
         loss.backward()
+        self.dp.all_reduce_sum_(*(p.grad for p in self.params if p.grad is not None))
+        loss = loss.detach().clone()
+        self.dp.all_reduce_sum_(loss)
         if self.recipe.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.recipe.grad_clip)
         self.opt.step()
@@ -259,7 +280,14 @@ class _Run:
     def _maybe_checkpoint(self) -> None:
         every, step = self.checkpoint_every, self.state.step
         if self.ckpt is not None and every > 0 and (step % every == 0 or step == self.recipe.steps):
+            self._save()
+
+    def _save(self) -> None:
+        """Checkpoint (rank 0 writes; every process waits until it is on disk)."""
+        assert self.ckpt is not None
+        if self.dp.is_main:
             save_checkpoint(self.ckpt, self.lens, self.opt, self.state, self.recipe)
+        self.dp.barrier()
 
     # -- data --------------------------------------------------------------------------------------
     def _batches(self, batch: int, skip: int) -> Iterator[torch.Tensor]:
