@@ -43,14 +43,15 @@ _LAZY = {
     "UnsupportedArchitectureError": ".errors", "Batch": ".inputs",
     "Generation": ".model", "HookedModel": ".model", "RunResult": ".model", "Patch": ".patch",
     "ForwardContext": ".positions", "Site": ".sites", "Steer": ".steer",
-    "collect_activations": ".collect", "ActivationDataset": ".datasets", "write_dataset": ".datasets", "parse_layers": ".specs", "resolve_layers": ".specs",
+    "collect_activations": ".collect", "ActivationDataset": ".datasets",
+    "write_dataset": ".datasets", "parse_layers": ".specs", "resolve_layers": ".specs",
 }
 __all__ = [
-    "ARCHITECTURES", "ActivationDataset", "write_dataset", "Ablate", "ActivationCache", "Architecture", "Batch", "Cache", "Edit", "ForwardContext",
+    "ARCHITECTURES", "Ablate", "ActivationCache", "Architecture", "Batch", "Cache", "Edit", "ForwardContext",
     "Generation", "HookedModel", "InputError", "Intervention", "LmscopeError", "ModelMismatchError", "Patch",
     "RunResult", "Site", "SiteError", "Steer", "UnsupportedArchitectureError", "collect_activations",
     "load_interventions", "parse_layers", "register_architecture", "resolve_layers", "save_interventions",
-    "supported_model_types",
+    "supported_model_types", "ActivationDataset", "write_dataset",
 ]
 
 

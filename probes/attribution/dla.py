@@ -214,7 +214,8 @@ def _head_positions(model: HookedModel, prompt: Any, clean: Any, u: torch.Tensor
     """``[L, H, T]``: each head's term split over the key tokens it attends to (see the module docstring)."""
     L = model.n_layers
     values = Cache("head_z.*")
-    model.run([prompt], [Edit("attn_pattern.*", _identity_pattern), Patch("attn_out.*", {f"attn_out.{i}": clean[f"attn_out.{i}"] for i in range(L)}), values])
+    restore = Patch("attn_out.*", {f"attn_out.{i}": clean[f"attn_out.{i}"] for i in range(L)})
+    model.run([prompt], [Edit("attn_pattern.*", _identity_pattern), restore, values])
     out = []
     for layer in range(L):
         v = values[f"head_z.{layer}"][0].float()  # [T, H, d_head]: v of every key token
