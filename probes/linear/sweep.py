@@ -111,9 +111,12 @@ def _scores(est: Any, X: np.ndarray, y: np.ndarray, n_classes: int) -> float:
     return float("nan")
 
 
-def cross_validate(X: np.ndarray, y: np.ndarray, estimator: Any = None, folds: Any = None, cv: int = 5,
-                   seed: int = 0, groups: np.ndarray | None = None) -> dict[str, float]:
-    """Cross-validated accuracy and AUROC (mean and std over folds) of one probe on ``X [n, d]``, ``y [n]``."""
+def cross_validate(X: np.ndarray, y: np.ndarray, estimator: Any = None, folds: Any = None, cv: int = 5, seed: int = 0,
+                   groups: np.ndarray | None = None, blas_threads: int | None = 1) -> dict[str, float]:
+    """Cross-validated accuracy and AUROC (mean and std over folds) of one probe on ``X [n, d]``, ``y [n]``.
+
+    ``blas_threads`` limits BLAS/OpenMP threads during the fits (1 by default; None leaves them alone).
+    """
     est0 = default_estimator(seed) if estimator is None else estimator
     check_estimator(est0)
     if X.shape[0] != len(y):
@@ -121,11 +124,14 @@ def cross_validate(X: np.ndarray, y: np.ndarray, estimator: Any = None, folds: A
     folds = _folds(y, groups, cv, seed) if folds is None else folds
     n_classes = int(y.max()) + 1
     acc, auc = [], []
-    for train, test in folds:
-        est = _fresh(est0, seed)
-        est.fit(X[train], y[train])
-        acc.append(float(np.mean(np.asarray(est.predict(X[test])) == y[test])))
-        auc.append(_scores(est, X[test], y[test], n_classes))
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(blas_threads):  # small dense problems: BLAS threads only contend
+        for train, test in folds:
+            est = _fresh(est0, seed)
+            est.fit(X[train], y[train])
+            acc.append(float(np.mean(np.asarray(est.predict(X[test])) == y[test])))
+            auc.append(_scores(est, X[test], y[test], n_classes))
     auc_arr = np.array(auc)
     ok = ~np.isnan(auc_arr)
     return {"acc": float(np.mean(acc)), "acc_std": float(np.std(acc)),
@@ -136,7 +142,7 @@ def cross_validate(X: np.ndarray, y: np.ndarray, estimator: Any = None, folds: A
 @dataclass
 class SweepResult:
     """One row per site: ``acc``, ``acc_std``, ``auroc``, ``auroc_std``, ``control_acc``, ``selectivity``,
-    ``majority`` (and ``<name>_acc`` for every baseline added with :meth:`add_baseline`)."""
+    ``control_chance`` (majority rate of the control labels), ``majority`` (and ``<name>_acc`` for every baseline added with :meth:`add_baseline`)."""
 
     rows: list[dict[str, Any]]
     classes: list[Any]
@@ -232,6 +238,7 @@ def probe_sweep(data: ActivationDataset | Mapping[str, np.ndarray], labels: Sequ
             row["control_acc"] = cross_validate(X, y_ctl, estimator, ctl_folds, cv, seed)["acc"] \
                 if ctl_folds is not None else majority_baseline(y_ctl)
             row["selectivity"] = row["acc"] - row["control_acc"]
+            row["control_chance"] = majority_baseline(y_ctl)
         row["majority"] = majority_baseline(y)
         rows.append(row)
     return SweepResult(rows, classes, {"cv": cv, "seed": seed, "n_rows": int(len(y)),

@@ -66,7 +66,7 @@ def test_sharded_equals_in_memory_every_architecture(tiny: HookedModel, tmp_path
 
 
 def test_storage_dtype_and_reopen(llama_tiny: HookedModel, tmp_path: Path) -> None:
-    ds = write_dataset(llama_tiny, tmp_path, PROMPTS, ["resid_post.*"], dtype="bfloat16", shard_rows=2)
+    write_dataset(llama_tiny, tmp_path, PROMPTS, ["resid_post.*"], dtype="bfloat16", shard_rows=2)
     full = write_dataset(llama_tiny, tmp_path / "f32", PROMPTS, ["resid_post.*"])
     again = ActivationDataset.open(tmp_path, llama_tiny)
     assert again.sites == ["resid_post.0", "resid_post.1", "resid_post.2"] and again.dtype == "bfloat16"
