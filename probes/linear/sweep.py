@@ -142,7 +142,8 @@ def cross_validate(X: np.ndarray, y: np.ndarray, estimator: Any = None, folds: A
 @dataclass
 class SweepResult:
     """One row per site: ``acc``, ``acc_std``, ``auroc``, ``auroc_std``, ``control_acc``, ``selectivity``,
-    ``control_chance`` (majority rate of the control labels), ``majority`` (and ``<name>_acc`` for every baseline added with :meth:`add_baseline`)."""
+    ``control_chance`` (majority rate of the control labels), ``majority``
+    (and ``<name>_acc`` for every baseline added with :meth:`add_baseline`)."""
 
     rows: list[dict[str, Any]]
     classes: list[Any]
