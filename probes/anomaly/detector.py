@@ -25,23 +25,28 @@ FEATURES = ("answer", "full")
 
 
 def trajectory_features(lens: Lens, prompts: Sequence[Any], features: str = "full", batch_size: int = 16,
-                        progress: bool | None = None) -> np.ndarray:
-    """``[n_prompts, n_features]`` per-reading features of each prompt's last-token trajectory."""
+                        layers: Any = None, progress: bool | None = None) -> np.ndarray:
+    """``[n_prompts, n_features]`` per-reading features of each prompt's last-token trajectory.
+
+    ``layers`` picks readings (layer numbers or reading names, as :meth:`Lens.select_readings`; default
+    all): each reading costs one full-vocabulary decode per prompt.
+    """
     if features not in FEATURES:
         raise InputError(f"features must be one of {', '.join(FEATURES)}, got {features!r}.")
     from tqdm.auto import tqdm
 
     items = as_prompt_list(prompts, "prompts")
     model = lens.model
+    chosen = [(i, lens.readings[i]) for i in lens.select_readings(layers)]
     rows = []
     show = len(items) > 4 * batch_size if progress is None else progress
     for b in tqdm(range(0, len(items), batch_size), desc="trajectories", disable=not show, leave=False):
-        res = model.run(items[b:b + batch_size], [Cache(list(lens.readings), positions=-1)])
+        res = model.run(items[b:b + batch_size], [Cache([name for _, name in chosen], positions=-1)])
         final = torch.log_softmax(res.last_logits().float(), -1)
         answer = final.argmax(-1)
         cols = []
         with torch.no_grad():
-            for i, name in enumerate(lens.readings):
+            for i, name in chosen:
                 lp = torch.log_softmax(lens.logits(res.cache[name][:, 0], i).float(), -1)
                 cols.append(lp.gather(1, answer[:, None])[:, 0])
                 if features == "full":
@@ -60,12 +65,12 @@ class TrajectoryDetector:
     """
 
     def __init__(self, lens: Lens | None = None, method: str = "iforest", features: str = "full", seed: int = 0,
-                 **estimator_kwargs: Any) -> None:
+                 layers: Any = None, **estimator_kwargs: Any) -> None:
         if method not in METHODS:
             raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
         if features not in FEATURES:
             raise InputError(f"features must be one of {', '.join(FEATURES)}, got {features!r}.")
-        self.lens, self.method, self.features, self.seed = lens, method, features, seed
+        self.lens, self.method, self.features, self.seed, self.layers = lens, method, features, seed, layers
         self.kwargs = estimator_kwargs
         self.estimator: Any = None
         self.n_features: int | None = None
@@ -77,7 +82,7 @@ class TrajectoryDetector:
             return data.astype(np.float64)
         if self.lens is None:
             raise InputError("This detector has no lens: pass feature arrays, or build it with a lens.")
-        return trajectory_features(self.lens, data, self.features).astype(np.float64)
+        return trajectory_features(self.lens, data, self.features, layers=self.layers).astype(np.float64)
 
     def fit(self, normal: Any) -> TrajectoryDetector:
         """Fit on normal prompts (or their features); needs at least 2 examples."""

@@ -37,6 +37,7 @@ def test_features_match_the_lens_by_hand(llama_tiny: HookedModel) -> None:
     assert abs(feats[0, -1]) < 1e-4  # KL of the last reading to the model's own output is zero
     answer = trajectory_features(lens, prompts, features="answer")
     np.testing.assert_allclose(answer, feats[:, ::3], atol=1e-5)
+    np.testing.assert_allclose(trajectory_features(lens, prompts, layers=[0, -1]), feats[:, np.r_[0:3, 6:9]], atol=1e-5)
     det = TrajectoryDetector(lens, method="lof").fit(prompts + [[3, 3, 3], [7, 7]])
     assert det.score(prompts).shape == (3,)
 
