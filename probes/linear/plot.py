@@ -38,7 +38,9 @@ def plot_sweep(result: SweepResult, path: str | os.PathLike[str] | None = None, 
         ax.plot(x, result.column("control_acc"), "s--", label="control task (H&L 2019)", color="C3")
         ax.plot(x, result.column("selectivity"), "^-", label="selectivity", color="C2")
     for key in [k for k in result.rows[0] if k.endswith("_acc") and k != "control_acc"]:
-        ax.plot(x, result.column(key), "d:", label=key.removesuffix("_acc").replace("_", " ") + " model")
+        ys = np.array(result.column(key))
+        ok = ~np.isnan(ys)
+        ax.plot(np.array(x)[ok], ys[ok], "d:", label=key.removesuffix("_acc").replace("_", " ") + " model")
     ax.axhline(result.rows[0]["majority"], color="grey", ls=":", label="majority class")
     if not all(re.fullmatch(r"[a-z_]+\.\d+", s) for s in sites) or len({s.split(".")[0] for s in sites}) > 1:
         ax.set_xticks(x, labels, rotation=60, fontsize=7)

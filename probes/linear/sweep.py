@@ -164,9 +164,11 @@ class SweepResult:
         return str(self.rows[int(np.argmax(vals))]["site"])
 
     def add_baseline(self, name: str, other: SweepResult) -> None:
-        """Attach another sweep's accuracy (e.g. the random-init model) as ``<name>_acc`` per site."""
+        """Attach another sweep's accuracy (e.g. the random-init model) as ``<name>_acc`` per site
+        (NaN where ``other`` did not probe the site)."""
+        theirs = {r["site"]: r["acc"] for r in other.rows}
         for r in self.rows:
-            r[f"{name}_acc"] = other[r["site"]]["acc"]
+            r[f"{name}_acc"] = theirs.get(r["site"], float("nan"))
 
     def to_markdown(self, digits: int = 3) -> str:
         keys = [k for k in self.rows[0] if k != "site"]
