@@ -227,7 +227,8 @@ class ActivationDataset:
             covered = s["prompts"][1]
         return covered == self.n_prompts
 
-    def _check(self, site: str | None = None) -> None:
+    def require(self, site: str | None = None) -> None:
+        """Raise unless the dataset is complete (and holds ``site``, when given)."""
         if not self.complete:
             have = [tuple(s["prompts"]) for s in self.shards]
             raise InputError(f"The dataset at {self.path} is incomplete (prompt ranges {have} of "
@@ -249,7 +250,7 @@ class ActivationDataset:
         """All rows of one site as float32 ``[n_rows, d]`` (only this site is read; shards are mmapped)."""
         from safetensors import safe_open
 
-        self._check(site)
+        self.require(site)
         out = np.empty((self.n_rows, self.index["widths"][site]), dtype=np.float32)
         row = 0
         for s in self.shards:
@@ -263,21 +264,21 @@ class ActivationDataset:
         """One shard's rows of ``site`` at a time (stored dtype): streaming reads in bounded memory."""
         from safetensors import safe_open
 
-        self._check(site)
+        self.require(site)
         for s in self.shards:
             with safe_open(str(self.path / s["file"]), framework="pt") as f:
                 yield f.get_tensor(site)
 
     def prompt_index(self) -> np.ndarray:
-        self._check()
+        self.require()
         return self._column("prompt_index")
 
     def token_index(self) -> np.ndarray:
-        self._check()
+        self.require()
         return self._column("token_index")
 
     def token_ids(self) -> np.ndarray:
-        self._check()
+        self.require()
         return self._column("token_id")
 
     def labels(self) -> list[Any]:

@@ -210,7 +210,7 @@ def probe_sweep(data: ActivationDataset | Mapping[str, np.ndarray], labels: Sequ
         groups = data.prompt_index() if groups is None else groups
         names = data.sites if sites is None else list(sites)
         for s in names:
-            data._check(s)
+            data.require(s)
         load = data.array
     else:
         names = list(data) if sites is None else list(sites)
