@@ -2,6 +2,10 @@
 
 - :mod:`lmscope.probes.steering` -- steering vectors from contrast pairs, reading vectors, offline
   evaluations and the alignment/helpfulness trade-off.
+- :mod:`lmscope.probes.linear` -- cross-validated linear probe sweeps over on-disk activation datasets, with the
+  Hewitt & Liang control task, majority and random-init baselines; probe directions as ``Steer``.
+- :mod:`lmscope.probes.attribution` -- direct logit attribution per head (and key position), MLP, embedding, bias.
+- :mod:`lmscope.probes.anomaly` -- lens prediction-trajectory anomaly detection (Isolation Forest / LOF).
 
 Each method holds its tasks/data, its own intervention objects, analyses, plots and CLI command, and
 imports only the core (:mod:`lmscope.interventions`) and :mod:`lmscope.lens`, never a sibling's private names.
