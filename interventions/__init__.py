@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .base import Intervention, load_interventions, save_interventions
     from .cache import ActivationCache, Cache
     from .collect import collect_activations
+    from .datasets import ActivationDataset, write_dataset
     from .edit import Edit
     from .errors import InputError, LmscopeError, ModelMismatchError, SiteError, UnsupportedArchitectureError
     from .inputs import Batch
@@ -42,14 +43,15 @@ _LAZY = {
     "UnsupportedArchitectureError": ".errors", "Batch": ".inputs",
     "Generation": ".model", "HookedModel": ".model", "RunResult": ".model", "Patch": ".patch",
     "ForwardContext": ".positions", "Site": ".sites", "Steer": ".steer",
-    "collect_activations": ".collect", "parse_layers": ".specs", "resolve_layers": ".specs",
+    "collect_activations": ".collect", "ActivationDataset": ".datasets",
+    "write_dataset": ".datasets", "parse_layers": ".specs", "resolve_layers": ".specs",
 }
 __all__ = [
     "ARCHITECTURES", "Ablate", "ActivationCache", "Architecture", "Batch", "Cache", "Edit", "ForwardContext",
     "Generation", "HookedModel", "InputError", "Intervention", "LmscopeError", "ModelMismatchError", "Patch",
     "RunResult", "Site", "SiteError", "Steer", "UnsupportedArchitectureError", "collect_activations",
     "load_interventions", "parse_layers", "register_architecture", "resolve_layers", "save_interventions",
-    "supported_model_types",
+    "supported_model_types", "ActivationDataset", "write_dataset",
 ]
 
 

@@ -7,7 +7,7 @@ Steering vectors, reading vectors, lens training and probes all read activations
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import torch
 
@@ -75,3 +75,51 @@ def run_readings(model: HookedModel, ids: torch.Tensor, sites: Sequence[str],
     out = model.run(ids, [Cache(list(sites))])
     hs = [out.cache[name].reshape(-1, model.d_model).float() for name in sites]
     return hs, out.logits.reshape(-1, out.logits.shape[-1]).float()
+
+
+def rows_of(positions: TokenRows, length: int, prompt: int) -> list[int]:
+    """Token indices one prompt contributes for a dataset positions spec (see :data:`TokenRows`)."""
+    if positions == "all":
+        return list(range(length))
+    if positions == "last":
+        positions = -1
+    if isinstance(positions, slice):
+        idx = list(range(length))[positions]
+        if not idx:
+            raise InputError(f"Span {positions} selects no token of prompt {prompt} ({length} tokens).")
+        return idx
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        if not -length <= positions < length:
+            raise InputError(f"Position {positions} is outside prompt {prompt}, which has {length} tokens "
+                             f"(valid: 0..{length - 1} or -{length}..-1).")
+        return [positions % length]
+    raise InputError(f"Cannot read positions {positions!r}: use 'last', 'all', an int, a slice (span) or one "
+                     "int per prompt.")
+
+
+#: Which tokens of each prompt a dataset keeps: "last", "all", an int, a slice (span), or a list with one
+#: int per prompt.
+TokenRows = Union[str, int, slice, Sequence[int]]
+
+
+def collect_rows(model: HookedModel, prompts: list[Any], sites: Sequence[str], rows: list[list[int]],
+                 dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One batched forward over ``prompts``: the chosen token rows of every site and their token ids.
+
+    ``rows[i]`` are the token indices (no padding, 0-based) kept from prompt ``i``. Returns
+    site -> ``[sum(len(r)), d]`` (prompt-major, CPU, ``dtype``) and the token ids ``[sum(len(r))]``.
+    When every prompt keeps the same number of tokens the ``Cache`` gathers them inside the forward
+    (nothing else is retained); otherwise the padded values are indexed after it.
+    """
+    batch = model.tokenize(prompts)
+    pad_left = (batch.attention_mask.shape[1] - batch.lengths).tolist()
+    same = len({len(r) for r in rows}) == 1
+    res = model.run(batch, [Cache(list(sites), positions=[list(r) for r in rows] if same else None)])
+    col_r = [i for i, r in enumerate(rows) for _ in r]
+    col_c = [pad_left[i] + t for i, r in enumerate(rows) for t in r]
+    out: dict[str, torch.Tensor] = {}
+    for s in sites:
+        v = res.cache[s]
+        v = v.flatten(0, 1) if same else v[col_r, col_c]
+        out[s] = v.reshape(v.shape[0], -1).to("cpu", dtype)
+    return out, batch.input_ids[col_r, col_c].cpu()

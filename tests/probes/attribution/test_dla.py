@@ -1,0 +1,90 @@
+"""Direct logit attribution: exact sums on every architecture, per-position split, ablation check, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lmscope.interventions import Ablate, Cache, HookedModel, Patch
+from lmscope.interventions.errors import InputError, UnsupportedArchitectureError
+from lmscope.probes.attribution import attribute, linearise_norm
+
+PROMPT = [3, 17, 42, 8, 55, 21]
+
+
+def test_terms_sum_to_the_logit_on_every_architecture(tiny: HookedModel) -> None:
+    a = attribute(tiny, PROMPT, target=11)
+    logits = tiny.run([PROMPT]).logits[0, -1].float()
+    assert a.logit == pytest.approx(float(logits[11]), abs=1e-5)  # the model's own (sdpa) logit
+    assert a.total == pytest.approx(a.logit, abs=1e-4 * max(1.0, abs(a.logit)))
+    assert sum(a.terms().values()) == pytest.approx(a.logit, abs=1e-4)
+    torch.testing.assert_close(a.heads.sum(1) + a.attn_bias, a.attn, rtol=1e-4, atol=1e-5)
+    assert a.head_positions is not None and a.head_positions.shape == (tiny.n_layers, tiny.n_heads, len(PROMPT))
+    torch.testing.assert_close(a.head_positions.sum(-1), a.heads, rtol=1e-4, atol=1e-5)
+    assert not a.notes
+
+
+def test_logit_difference_is_the_difference_of_attributions(llama_tiny: HookedModel) -> None:
+    a, b = attribute(llama_tiny, PROMPT, 11, per_position=False), attribute(llama_tiny, PROMPT, 30, per_position=False)
+    d = attribute(llama_tiny, PROMPT, 11, contrast=30, per_position=False)
+    assert d.logit == pytest.approx(a.logit - b.logit, abs=1e-5)
+    torch.testing.assert_close(d.heads, a.heads - b.heads, rtol=1e-4, atol=1e-6)
+    assert d.head_positions is None
+
+
+def _sigma(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
+    if isinstance(norm, torch.nn.LayerNorm):
+        return torch.sqrt((x - x.mean()).pow(2).mean() + eps)
+    return torch.sqrt(x.pow(2).mean() + eps)
+
+
+def test_zero_ablating_a_last_layer_head_changes_the_frozen_logit_by_its_direct_term(tiny: HookedModel) -> None:
+    """Constructed case where nothing downstream reads the head: last layer, its MLP output patched back to the
+    clean run's value (the MLP would otherwise read the head through resid_mid), and the final norm's scale
+    frozen at the clean run's: ``y_frozen = b + (norm(x_abl) - b) * σ(x_abl) / σ(x_clean)`` with the model's own
+    norm module (σ = RMS, or the standard deviation for LayerNorm, eps included). Then
+    ``logit_frozen(ablated) - logit(clean) = -direct term of the head``."""
+    L, t = tiny.n_layers - 1, 11
+    a = attribute(tiny, PROMPT, t, per_position=False)
+    clean = tiny.run([PROMPT], [Cache([f"resid_post.{L}", f"mlp_out.{L}"])])
+    norm, w_u = tiny.final_norm, tiny.unembed_weight.detach().float()
+    bias = norm.bias.float() if getattr(norm, "bias", None) is not None else torch.zeros(tiny.d_model)
+    x_clean = clean.cache[f"resid_post.{L}"][0, -1]
+    for head in range(tiny.n_heads):
+        keep_mlp = Patch(f"mlp_out.{L}", {f"mlp_out.{L}": clean.cache[f"mlp_out.{L}"]})
+        abl = tiny.run([PROMPT], [Ablate(f"head_z.{L}", heads=head), keep_mlp, Cache(f"resid_post.{L}")])
+        x_abl = abl.cache[f"resid_post.{L}"][0, -1]
+        with torch.no_grad():
+            y = (norm(x_abl[None])[0] - bias) * _sigma(norm, x_abl) / _sigma(norm, x_clean) + bias
+        frozen = float(w_u[t] @ y)
+        assert frozen - a.logit == pytest.approx(-float(a.heads[L, head]), abs=2e-5)
+
+
+class _Doubler(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+def test_bad_input(llama_tiny: HookedModel) -> None:
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        attribute(llama_tiny, PROMPT, target=10_000)
+    with pytest.raises(InputError, match="one prompt"):
+        attribute(llama_tiny, ["a", "b"], target=3)
+    with pytest.raises(InputError, match="no tokenizer"):
+        attribute(llama_tiny, PROMPT, target=" Paris")
+    with pytest.raises(InputError, match="single-token"):
+        attribute(llama_tiny, PROMPT, target=1.5)
+    with pytest.raises(UnsupportedArchitectureError, match="neither LayerNorm nor RMSNorm"):
+        linearise_norm(_Doubler(), torch.randn(4))
+
+
+def test_heatmap_and_top_terms(llama_tiny: HookedModel, tmp_path) -> None:
+    a = attribute(llama_tiny, PROMPT, 11)
+    top = a.top(5)
+    assert len(top) == 5 and abs(top[0][1]) >= abs(top[-1][1])
+    a.heatmap(tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000
