@@ -31,6 +31,7 @@ import torch
 from .artifacts import atomic_write_bytes, atomic_write_text
 from .base import decode_positions, encode_positions
 from .collect import TokenRows, collect_rows, rows_of
+from .distributed import DataParallel
 from .errors import InputError
 from .fingerprint import check_fingerprint
 from .specs import as_prompt_list
@@ -80,7 +81,8 @@ def _read_index(folder: Path) -> dict[str, Any] | None:
 def write_dataset(model: HookedModel, path: str | os.PathLike[str], prompts: Sequence[Any], sites: Sequence[str],
                   labels: Sequence[Any] | None = None, positions: TokenRows = "last", *, dtype: str = "float32",
                   batch_size: int = 16, shard_rows: int = 4096, writer: str = "w0",
-                  prompt_range: tuple[int, int] | None = None, progress: bool | None = None) -> ActivationDataset:
+                  prompt_range: tuple[int, int] | None = None, progress: bool | None = None,
+                  data_parallel: DataParallel | None = None) -> ActivationDataset:
     """Collect ``sites`` of ``prompts`` into the dataset folder ``path`` (created or resumed) and open it.
 
     ``positions``: ``"last"`` (default), ``"all"`` real tokens, an int, a ``slice`` (a token span) or a list
@@ -88,7 +90,23 @@ def write_dataset(model: HookedModel, path: str | os.PathLike[str], prompts: Seq
     held in memory before a shard is written (a shard always ends on a prompt boundary). ``writer`` and
     ``prompt_range`` (``[start, stop)``) let several writers fill one dataset, each owning its shards.
     Calling again after an interruption continues where the index says this writer stopped.
+
+    ``data_parallel`` (e.g. ``DataParallel.from_env()`` under ``torchrun``): each process writes its contiguous
+    share of the prompts as writer ``rank<r>`` into the one shared index, then waits for the others, so every
+    process returns the complete dataset.
     """
+    if data_parallel is not None and data_parallel.enabled:
+        if prompt_range is not None:
+            raise InputError("Give either data_parallel or prompt_range, not both (data_parallel picks the range).")
+        n = len(as_prompt_list(prompts, "prompts"))
+        if n < data_parallel.world_size:
+            raise InputError(f"{n} prompts cannot be shared by {data_parallel.world_size} processes; use fewer "
+                             "processes than prompts.")
+        write_dataset(model, path, prompts, sites, labels, positions, dtype=dtype, batch_size=batch_size,
+                      shard_rows=shard_rows, writer=f"rank{data_parallel.rank}",
+                      prompt_range=data_parallel.split(n, "prompts"), progress=progress)
+        data_parallel.barrier()
+        return ActivationDataset(Path(path), model)
     items = as_prompt_list(prompts, "prompts")
     n = len(items)
     if labels is not None:

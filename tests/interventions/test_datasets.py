@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -166,3 +168,50 @@ def test_bad_input_errors(llama_tiny: HookedModel, tmp_path: Path) -> None:
     (tmp_path / "junk" / "index.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(InputError, match="not an lmscope activation dataset"):
         ActivationDataset.open(tmp_path / "junk")
+
+
+def _torchrun(tmp_path: Path, out: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    worker = str(Path(__file__).with_name("dp_collect_worker.py"))
+    return subprocess.run([torchrun, "--nproc_per_node=2", f"--master_port={port}", worker, str(out)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_data_parallel_collection_equals_one_process_and_resumes(tmp_path: Path) -> None:
+    """torchrun, 2 gloo processes: one merged index equal to the one-process dataset; an interrupted rank resumes."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import dp_collect_worker as w
+
+    model = HookedModel(build_tiny("llama").cpu())
+    one = write_dataset(model, tmp_path / "one", w.PROMPTS, w.SITES, list(range(len(w.PROMPTS))), "all",
+                        batch_size=2, shard_rows=4)
+    done = _torchrun(tmp_path, tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = ActivationDataset.open(tmp_path / "two", model)
+    assert two.complete and {s["writer"] for s in two.shards} == {"rank0", "rank1"}
+    for site in w.SITES:
+        np.testing.assert_allclose(two.array(site), one.array(site), rtol=1e-5, atol=1e-6)
+    assert two.prompt_index().tolist() == one.prompt_index().tolist()
+
+    broken = _torchrun(tmp_path, tmp_path / "three", LMSCOPE_TEST_FAIL_RANK="1")
+    assert broken.returncode != 0
+    assert not ActivationDataset.open(tmp_path / "three").complete
+    again = _torchrun(tmp_path, tmp_path / "three")
+    assert again.returncode == 0, again.stderr[-3000:]
+    three = ActivationDataset.open(tmp_path / "three", model)
+    assert three.complete and three.n_rows == one.n_rows  # no duplicates, no gaps
+    np.testing.assert_allclose(three.array("head_z.1"), one.array("head_z.1"), rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_needs_enough_prompts(llama_tiny: HookedModel, tmp_path: Path) -> None:
+    from lmscope.interventions.distributed import DataParallel
+
+    with pytest.raises(InputError, match="2 prompts cannot be shared by 3 processes"):
+        write_dataset(llama_tiny, tmp_path, PROMPTS[:2], SITES, data_parallel=DataParallel(0, 3))
