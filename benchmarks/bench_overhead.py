@@ -1,6 +1,6 @@
-"""Overhead of caching every layer's resid_post on SmolLM2, as a ratio to a plain HF forward.
+"""Overhead of caching every layer's resid_post on SmolLM2 (or --model), as a ratio to a plain HF forward.
 
-Run: python benchmarks/bench_overhead.py [--repeats 30]
+Run: python benchmarks/bench_overhead.py [--repeats 30] [--model gemma-3-270m]
      (with TransformerLens importable, e.g. .venv-tl/bin/python, its TransformerBridge is measured too)
 
 Every configuration is timed in the same process on the same inputs, interleaved round-robin so machine
@@ -36,7 +36,12 @@ def make_inputs(model: HookedModel, batch: int, seq: int):
     return model.tokenize(ids)
 
 
-def runners(model: HookedModel, batch) -> dict[str, Callable[[], object]]:
+def load(name: str) -> HookedModel:
+    """The benchmarked model: 'default' (SmolLM2) or any name HookedModel.from_pretrained accepts."""
+    return HookedModel.default() if name == "default" else HookedModel.from_pretrained(name)
+
+
+def runners(model: HookedModel, batch, is_default: bool = True) -> dict[str, Callable[[], object]]:
     hf = model.hf_model
     kw = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
               use_cache=False)
@@ -84,6 +89,8 @@ def runners(model: HookedModel, batch) -> dict[str, Callable[[], object]]:
         print(f"[nnsight skipped: {type(err).__name__}: {err}]", file=sys.stderr)
 
     try:
+        if not is_default:
+            raise RuntimeError("only measured on the default model")
         from lmscope.interventions.defaults import default_model_dir
         from transformer_lens.model_bridge import TransformerBridge
 
@@ -123,9 +130,9 @@ def time_all(fns: dict[str, Callable[[], object]], repeats: int,
     return medians, paired
 
 
-def peak_rss_child(which: str, batch: int, seq: int) -> None:
+def peak_rss_child(which: str, batch: int, seq: int, name: str = "default") -> None:
     """Child process: load the model, print the peak RSS growth of one configuration."""
-    model = HookedModel.default()
+    model = load(name)
     inputs = make_inputs(model, batch, seq)
     sites = model.sites("resid_post.*")
 
@@ -137,10 +144,11 @@ def peak_rss_child(which: str, batch: int, seq: int) -> None:
     print(json.dumps(peak_mb(fn)))
 
 
-def memory_report(batch: int, seq: int, d_model: int, n_layers: int) -> dict[str, dict[str, float]]:
+def memory_report(batch: int, seq: int, d_model: int, n_layers: int,
+                  name: str = "default") -> dict[str, dict[str, float]]:
     res = {}
     for which in ("hf_plain", "lmscope"):
-        out = subprocess.run([sys.executable, __file__, "--child", which, str(batch), str(seq)],
+        out = subprocess.run([sys.executable, __file__, "--model", name, "--child", which, str(batch), str(seq)],
                              capture_output=True, text=True, check=True)
         res[which] = json.loads(out.stdout.strip().splitlines()[-1])
     res["cached_tensors_mb"] = {"size": n_layers * batch * seq * d_model * 4 / 2**20}
@@ -150,22 +158,22 @@ def memory_report(batch: int, seq: int, d_model: int, n_layers: int) -> dict[str
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--shapes", nargs="*", default=None, help="subset of shapes, e.g. 1x16 8x128")
+    p.add_argument("--shapes", nargs="*", default=None, help="shapes BATCHxSEQ (default 1x16 8x128)")
     p.add_argument("--only", nargs="*", default=None, help="subset of configurations (hf_plain always runs)")
     p.add_argument("--memory", action="store_true", help="also measure peak RSS in subprocesses")
+    p.add_argument("--model", default="default", help="'default' (SmolLM2) or e.g. gemma-3-270m")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        peak_rss_child(args.child[0], int(args.child[1]), int(args.child[2]))
+        peak_rss_child(args.child[0], int(args.child[1]), int(args.child[2]), args.model)
         return
     torch.manual_seed(0)
-    model = HookedModel.default()
+    model = load(args.model)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {model}")
-    for batch, seq in SHAPES:
-        if args.shapes and f"{batch}x{seq}" not in args.shapes:
-            continue
+    shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    for batch, seq in shapes:
         inputs = make_inputs(model, batch, seq)
-        fns = runners(model, inputs)
+        fns = runners(model, inputs, args.model == "default")
         if args.only:
             fns = {k: v for k, v in fns.items() if k in args.only or k == "hf_plain"}
         reps = args.repeats if batch * seq <= 64 else max(5, args.repeats // 3)
@@ -176,7 +184,7 @@ def main() -> None:
             print(f"  {name:18s} {t * 1e3:9.2f} ms   ratio of medians {t / base:.3f}   "
                   f"median paired ratio {paired[name]:.3f}")
         if args.memory:
-            mem = memory_report(batch, seq, model.d_model, model.n_layers)
+            mem = memory_report(batch, seq, model.d_model, model.n_layers, args.model)
             plain, ours, cached = mem["hf_plain"], mem["lmscope"], mem["cached_tensors_mb"]["size"]
             budget = (plain["peak"] + cached) * 1.10
             print(f"  peak RSS: plain forward {plain['peak']:.0f} MB (+{plain['growth']:.0f} MB over the loaded "

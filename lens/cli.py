@@ -48,10 +48,16 @@ def add_lens_arg(parser: Any) -> None:
     parser.add_argument("--lens", default="logit", help=f"which lens: {LENS_CHOICES} (default logit)")
 
 
-def check_lens_arg(spec: str) -> None:
-    """Refuse an unknown ``--lens`` before the model loads."""
+TUNED_NEEDS_DEFAULT = ("--lens tuned without a folder only exists for the default model; pass the folder of "
+                       "a lens trained for this model (lmscope train-lens), or --lens logit.")
+
+
+def check_lens_arg(spec: str, model: str = "default") -> None:
+    """Refuse an unknown ``--lens``, or ``--lens tuned`` with a non-default ``--model``, before the model loads."""
     if spec not in ("logit", "tuned") and not os.path.isdir(spec):
         raise CliError(f"Unknown --lens {spec!r}: use {LENS_CHOICES}.")
+    if spec == "tuned" and model != "default":
+        raise CliError(TUNED_NEEDS_DEFAULT)
 
 
 def lens_from_spec(spec: str, model: Any, is_default_model: bool, sites: Any = "resid_post") -> Any:
@@ -62,8 +68,7 @@ def lens_from_spec(spec: str, model: Any, is_default_model: bool, sites: Any = "
         return LogitLens(model, sites=sites)
     if spec == "tuned":
         if not is_default_model:
-            raise CliError("--lens tuned without a folder only exists for the default model; pass the folder of "
-                           "a lens trained for this model (lmscope train-lens), or --lens logit.")
+            raise CliError(TUNED_NEEDS_DEFAULT)
         from .training.fit import default_lens
 
         return default_lens(model)
@@ -85,7 +90,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.plot and Path(args.plot).suffix.lower() not in (".png", ".html"):
         raise CliError(f"--plot {args.plot!r}: the file must end in .png or .html.")
     layers = parse_layers(args.layers)
-    check_lens_arg(args.lens)
+    check_lens_arg(args.lens, args.model)
     check_model_arg(args.model)
     t1 = time.time()
     is_default = args.model == "default"

@@ -103,7 +103,7 @@ def cmd_eval_lens(args: argparse.Namespace) -> int:
     """Evaluate a lens (beside the logit lens) and print a per-reading table."""
     if args.plot and not args.plot.lower().endswith(".png"):
         raise CliError(f"--plot {args.plot!r}: the file must end in .png.")
-    check_lens_arg(args.lens)
+    check_lens_arg(args.lens, args.model)
     from .evaluate import evaluate_lens, plot_report, save_report
 
     model = model_from_args(args)

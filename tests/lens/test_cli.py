@@ -25,6 +25,21 @@ def test_user_errors_exit_2(argv: list[str], message: str, capsys: pytest.Captur
     assert message in captured.err and captured.out == ""
 
 
+@pytest.mark.parametrize("command", ["decode", "eval-lens"])
+def test_tuned_lens_for_another_model_refused_before_loading(command: str, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """No default tuned lens exists for Gemma: the error comes before the (slow) model load, which never runs."""
+    from lmscope.interventions import HookedModel
+
+    def no_load(*a: object, **k: object) -> None:
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(HookedModel, "from_pretrained", classmethod(no_load))
+    argv = [command, "hi"] if command == "decode" else [command]
+    assert cli.main(argv + ["--model", "gemma-3-270m", "--lens", "tuned"]) == 2
+    err = capsys.readouterr().err
+    assert "--lens tuned without a folder only exists for the default model" in err and "--lens logit" in err
+
+
 @pytest.fixture
 def use_smollm(smollm, monkeypatch: pytest.MonkeyPatch):
     """Serve the session's SmolLM2 instead of loading it again inside main()."""
