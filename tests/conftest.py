@@ -47,3 +47,7 @@ def smollm():
     except Exception as err:  # pragma: no cover - make test installs it
         pytest.skip(f"default model not installed: {err}")
     return HookedModel.default()
+
+# `lmscope decode` would use a `lmscope serve` answering on 127.0.0.1:8765; tests decode in-process unless a test
+# points LMSCOPE_SERVER at a server it started itself.
+os.environ["LMSCOPE_SERVER"] = "off"
