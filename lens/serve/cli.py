@@ -38,7 +38,8 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--token", default=os.environ.get("LMSCOPE_SERVER_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' on /api/ (env LMSCOPE_SERVER_TOKEN)")
-    p.add_argument("--max-concurrent", type=int, default=4, help="decodes computed at once (default 4)")
+    p.add_argument("--max-concurrent", type=int, default=4,
+                   help="decodes computed at once (default 4); --threads defaults to cores / this")
     p.set_defaults(func=cmd_serve)
 
 
@@ -71,6 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.root is not None and not Path(args.root).is_dir():
         raise CliError(f"--root {args.root!r} is not a folder.")
     check_model_arg(args.model)
+    if args.threads is None:  # parallelism comes from concurrent requests: do not oversubscribe the cores
+        args.threads = max(1, (os.cpu_count() or 1) // args.max_concurrent)
     state = build_state(args, lens_specs, steer_folders)
     import uvicorn
 
