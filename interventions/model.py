@@ -216,7 +216,19 @@ class HookedModel:
     # -- tokens --------------------------------------------------------------------------------
     def tokenize(self, inputs: Any, padding_side: str = "left") -> Batch:
         """Prompts or token ids to a padded :class:`Batch` on the model's device."""
-        return encode(inputs, self.tokenizer, padding_side=padding_side, max_length=self.n_ctx).to(self.device)
+        batch = encode(inputs, self.tokenizer, padding_side=padding_side, max_length=self.n_ctx)
+        self._check_token_ids(batch.input_ids)
+        return batch.to(self.device)
+
+    def _check_token_ids(self, ids: torch.Tensor) -> None:
+        """Refuse ids the embedding has no row for (instead of a raw IndexError deep in the forward)."""
+        rows = getattr(self.module(self.arch.embed), "num_embeddings", None) or self.d_vocab
+        bad = (ids < 0) | (ids >= rows)
+        if bool(bad.any()):
+            where = [tuple(int(i) for i in w) for w in bad.nonzero()[:3]]
+            values = [int(ids[w]) for w in where]
+            raise InputError(f"Token id(s) {values} at (prompt, position) {where} are outside the vocabulary: "
+                             f"ids must be in 0..{rows - 1}.")
 
     def to_str_tokens(self, text: str) -> list[str]:
         if self.tokenizer is None:
@@ -239,7 +251,10 @@ class HookedModel:
     def apply(self, *interventions: Intervention | Sequence[Intervention]) -> Iterator[Session]:
         """Attach interventions for every forward in the body (``generate`` included); always detach.
 
-        Yields the session; ``session.cache`` reads what any ``Cache`` recorded.
+        Yields the session; ``session.cache`` reads what any ``Cache`` recorded. The session acts only
+        on forwards run in the context that opened it (this thread, or this asyncio task): other threads
+        using the same model at the same time are unaffected. Sessions nest: inside an inner ``apply``
+        the outer interventions still run, before the inner ones at a shared site.
         """
         flat: list[Intervention] = []
         for iv in interventions:
@@ -266,6 +281,10 @@ class HookedModel:
             if tuple(position_ids.shape) != tuple(batch.input_ids.shape):
                 raise InputError(f"position_ids has shape {tuple(position_ids.shape)}; the padded batch has "
                                  f"{tuple(batch.input_ids.shape)}.")
+            if position_ids.is_floating_point() or (position_ids.numel() and (int(position_ids.min()) < 0 or (
+                    self.n_ctx is not None and int(position_ids.max()) >= self.n_ctx))):
+                allowed = f"in 0..{self.n_ctx - 1} (the context window)" if self.n_ctx else "non-negative"
+                raise InputError(f"position_ids must be integers {allowed}.")
             batch = Batch(batch.input_ids, batch.attention_mask, position_ids.to(self.device), batch.texts)
         backend = self.backend if backend is None else backend
         if backend not in BACKENDS:

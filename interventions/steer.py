@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +33,12 @@ class Steer(Intervention):
             raise InputError("Steer vector is empty.")
         if not vector.is_floating_point():
             vector = vector.float()
+        bad = int((~torch.isfinite(vector)).sum())
+        if bad:
+            raise InputError(f"Steer vector has {bad} NaN or infinite entries (of {vector.numel()}); every logit "
+                             "would become NaN. Pass a finite vector.")
+        if not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
+            raise InputError(f"Steer scale must be a finite number, got {scale!r}.")
         if normalize:
             norm = vector.norm()
             if norm == 0:

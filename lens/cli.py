@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the trajectory as JSON instead of a table")
     add_model_args(p, threads=False)
     p.add_argument("--timings", action="store_true", help="print import/load/forward timings to stderr")
+    p.add_argument("--server", default=None, metavar="HOST:PORT",
+                   help="use a running `lmscope serve` here (default: $LMSCOPE_SERVER or 127.0.0.1:8765; 'off': "
+                        "always load the model in this process); falls back to loading when none answers")
     p.set_defaults(func=cmd_decode)
 
 
@@ -93,6 +96,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     check_lens_arg(args.lens, args.model)
     check_model_arg(args.model)
     t1 = time.time()
+    if served(args, t1):
+        return 0
     is_default = args.model == "default"
     model = model_from_args(args)
     lens = lens_from_spec(args.lens, model, is_default, "all" if args.mid else "resid_post")
@@ -112,3 +117,18 @@ def cmd_decode(args: argparse.Namespace) -> int:
         print(f"timings: startup+import {t1 - t0:.2f}s  load {t2 - t1:.2f}s  decode {t3 - t2:.2f}s  "
               f"output {t4 - t3:.2f}s  total {t4 - t0:.2f}s", file=sys.stderr)
     return 0
+
+
+def served(args: argparse.Namespace, t1: float) -> bool:
+    """Print the answer of a running ``lmscope serve`` (same output as a local decode); False if none."""
+    from .serve.client import decode_via_server
+
+    answer = decode_via_server(args)
+    if answer is None:
+        return False
+    print(answer[0])
+    if args.timings:
+        t0 = process_start()
+        print(f"timings: startup+import {t1 - t0:.2f}s  server decode {answer[1]:.2f}s  "
+              f"total {time.time() - t0:.2f}s (served)", file=sys.stderr)
+    return True

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
-from lmscope.interventions.artifacts import load_artifact, save_artifact
-from lmscope.interventions.errors import InputError
+from lmscope.interventions.artifacts import expect_tensor, load_artifact, save_artifact
+from lmscope.interventions.errors import ArtifactError, InputError
 from lmscope.interventions.fingerprint import check_fingerprint
 from torch import nn
 
@@ -285,6 +285,10 @@ class TunedLens(Lens, nn.Module):
         config, tensors = load_artifact(folder, config_name=CONFIG_NAME, tensors_name=TENSORS_NAME)
         if config.get("type") != "TunedLens":
             raise InputError(f"{folder} holds a {config.get('type')!r}, not a TunedLens.")
+        missing = [k for k in ("sites", "readings") if not isinstance(config.get(k), (list, str))]
+        if missing or not isinstance(config.get("format_version", 0), int):
+            raise ArtifactError(f"{folder / CONFIG_NAME} is damaged: {', '.join(missing) or 'format_version'} "
+                                "missing or of the wrong type.")
         if config.get("format_version", 0) > FORMAT_VERSION:
             raise InputError(f"{folder} was written by a newer lmscope (format {config['format_version']}).")
         check_fingerprint(config.get("fingerprint", {}), model, what="lens")
@@ -292,9 +296,11 @@ class TunedLens(Lens, nn.Module):
         if list(config["readings"]) != lens.readings:
             raise InputError(f"The lens in {folder} has readings {config['readings'][:3]}... which do not match "
                              f"this model's {lens.readings[:3]}...")
-        weight, bias = tensors.get("weight"), tensors.get("bias")
-        if weight is None or bias is None or weight.shape != lens.weight.shape or bias.shape != lens.bias.shape:
-            raise InputError(f"{folder}/{TENSORS_NAME} has tensors of the wrong shape for this lens.")
+        where = folder / TENSORS_NAME
+        weight = expect_tensor(tensors, "weight", tuple(lens.weight.shape), where)
+        bias = expect_tensor(tensors, "bias", tuple(lens.bias.shape), where)
+        if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            raise ArtifactError(f"{where} holds NaN or infinite translator weights; retrain or re-save the lens.")
         with torch.no_grad():
             lens.weight.copy_(weight.to(torch.float32))
             lens.bias.copy_(bias.to(torch.float32))

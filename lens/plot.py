@@ -22,8 +22,33 @@ def _values(traj: Trajectory, color: str) -> tuple[Any, str]:
     raise InputError(f"color must be 'prob' or 'kl', got {color!r}.")
 
 
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍", "\x7f": "␡", "\xa0": "⍽"}
+
+
+def visible_token(tok: str) -> str:
+    """A token with whitespace and control characters drawn visibly (``" Paris"`` -> ``"␣Paris"``, ``""`` -> ``"∅"``).
+
+    The same mapping as the web explorer's (``lens/serve/static/app.js``), so a top token that is a space
+    never shows as a blank cell.
+    """
+    if not tok:
+        return "∅"
+    out = []
+    for ch in tok:
+        c = ord(ch)
+        if ch in _VISIBLE:
+            out.append(_VISIBLE[ch])
+        elif c < 0x20:
+            out.append(chr(0x2400 + c))
+        elif 0x80 <= c < 0xA0 or c in (0x200B, 0xFEFF, 0xFFFD):
+            out.append(f"\\u{c:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _label(tok: str, width: int = 8) -> str:
-    s = tok.replace("\n", "\\n").replace("\t", "\\t")
+    s = visible_token(tok)
     return s if len(s) <= width else s[: width - 1] + "…"
 
 

@@ -85,3 +85,8 @@ def real_model(request: pytest.FixtureRequest):
     """(model, factual prompt, answer) for every real model the set-up installs."""
     fixture, prompt, answer = REAL_MODELS[request.param]
     return request.getfixturevalue(fixture), prompt, answer
+
+
+# `lmscope decode` would use a `lmscope serve` answering on 127.0.0.1:8765; tests decode in-process unless a test
+# points LMSCOPE_SERVER at a server it started itself.
+os.environ["LMSCOPE_SERVER"] = "off"

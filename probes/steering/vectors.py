@@ -103,6 +103,10 @@ class SteeringVector:
             if v.dim() not in (1, 2) or v.numel() == 0:
                 raise InputError(f"Vector for {name} must be [d_model] (or [k, d_model] for ActAdd), "
                                  f"got shape {tuple(v.shape)}.")
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                raise InputError(f"Vector for {name} has {bad} NaN or infinite entries; steering with it would "
+                                 "make every logit NaN. Rebuild it from finite activations.")
             clean[name] = v
         self.vectors = dict(sorted(clean.items(), key=lambda kv: _layer_of(kv[0])))
 

@@ -50,3 +50,12 @@ def test_batch_plot_one_file_per_prompt(llama_tiny: HookedModel, tmp_path) -> No
     batch = LogitLens(llama_tiny).decode([[1, 2, 3], [4, 5]], top_k=1)
     paths = batch.plot(tmp_path / "b.png")
     assert [p.name for p in paths] == ["b_0.png", "b_1.png"] and all(p.is_file() for p in paths)
+
+
+def test_heatmap_labels_draw_whitespace_visibly() -> None:
+    from lmscope.lens.plot import _label, visible_token
+
+    assert visible_token(" Paris") == "␣Paris" and visible_token(" ") == "␣" and visible_token("") == "∅"
+    assert visible_token("\n\n") == "↵↵" and visible_token("\t") == "⇥" and visible_token("\x00\x1b") == "␀␛"
+    assert visible_token("\u200b") == "\\u200b" and visible_token("é") == "é"
+    assert _label("   ") == "␣␣␣" and _label(" abcdefghij") == "␣abcdef…"
