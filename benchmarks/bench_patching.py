@@ -126,6 +126,11 @@ def main() -> None:
         vals, t = timed(nnsight_one_trace, lm, clean_resid, trace_cells, metric)
         rows.append(("nnsight 0.8, 1 trace, 1 invoke/patch", t, len(trace_cells), check(vals, trace_cells)))
 
+    # the machine is shared: time our sweep again after the baselines and use the slower of the two runs
+    again, t_again = timed(lambda: patching_sweep(model, CLEAN, CORRUPT, "resid_pre.*", None, metric, progress=False))
+    print(f"ours again: {t_again:.2f} s (first run {t_ours:.2f} s); ratios use the slower")
+    t_ours = max(t_ours, t_again)
+    rows[0] = ("ours: patching_sweep (slower of 2 runs)", t_ours, 480, float((again.values - full).abs().max()))
     atp, t_atp = timed(lambda: patching_sweep(model, CLEAN, CORRUPT, "resid_pre.*", None, metric,
                                               method="attribution"))
     corr = float(np.corrcoef(atp.values.flatten().numpy(), full.flatten().numpy())[0, 1])
