@@ -18,18 +18,20 @@ CORRUPT = "When Mary and John went to the store yesterday, Mary gave a cold drin
 
 def test_exact_equals_loop_and_attribution_correlates(smollm) -> None:
     metric = logit_diff(smollm, " Mary", " John")
-    sites = ["resid_pre.3", "resid_pre.20"]
-    exact = patching_sweep(smollm, CLEAN, CORRUPT, "resid_pre.*", None, metric)
-    loop = patching_sweep(smollm, CLEAN, CORRUPT, sites, None, metric, method="loop")
-    torch.testing.assert_close(exact.values[[3, 20]], loop.values, atol=1e-4, rtol=1e-4)
-    # the IOI signal: the clean answer is " Mary", the corrupt one " John", and layer-0 patching of the
-    # repeated name's position restores most of it
+    layers = list(range(0, smollm.n_layers, 3))  # 10 layers x 16 positions (the benchmark runs all 30)
+    exact = patching_sweep(smollm, CLEAN, CORRUPT, [f"resid_pre.{i}" for i in layers], None, metric)
+    loop = patching_sweep(smollm, CLEAN, CORRUPT, ["resid_pre.3", "resid_pre.21"], [0, 8, 9, 15], metric,
+                          method="loop")
+    torch.testing.assert_close(exact.values[[1, 7]][:, [0, 8, 9, 15]], loop.values, atol=1e-4, rtol=1e-4)
+    # the IOI signal: the clean answer is " Mary", the corrupt one " John"; patching layer 0 at the one token
+    # that differs (position 9) is the whole clean run
     assert exact.source_metric > 3 and exact.base_metric < -3
-    pos = exact.col_labels.index("9: John")
-    assert exact.normalized()[0, pos] > 0.9
-    atp = patching_sweep(smollm, CLEAN, CORRUPT, "resid_pre.*", None, metric, method="attribution")
+    assert exact.col_labels[9] == "9: John"
+    assert abs(float(exact.normalized()[0, 9]) - 1) < 1e-4
+    atp = patching_sweep(smollm, CLEAN, CORRUPT, [f"resid_pre.{i}" for i in layers], None, metric,
+                         method="attribution")
     r = float(np.corrcoef(atp.values.flatten().numpy(), exact.values.flatten().numpy())[0, 1])
-    assert r > 0.6  # 0.80 measured (benchmarks/RESULTS.md)
+    assert r > 0.6  # 0.80 over all 480 cells (benchmarks/RESULTS.md)
 
 
 def test_cli_on_smollm(smollm, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
