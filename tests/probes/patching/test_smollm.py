@@ -24,10 +24,10 @@ def test_exact_equals_loop_and_attribution_correlates(smollm) -> None:
                           method="loop")
     torch.testing.assert_close(exact.values[[1, 7]][:, [0, 8, 9, 15]], loop.values, atol=1e-4, rtol=1e-4)
     # the IOI signal: the clean answer is " Mary", the corrupt one " John"; patching layer 0 at the one token
-    # that differs (position 9) is the whole clean run
+    # that differs (position 10) is the whole clean run
     assert exact.source_metric > 3 and exact.base_metric < -3
-    assert exact.col_labels[9] == "9: John"
-    assert abs(float(exact.normalized()[0, 9]) - 1) < 1e-4
+    assert exact.col_labels[10] == "10: Mary"  # labels are the base (corrupt) run's tokens
+    assert abs(float(exact.normalized()[0, 10]) - 1) < 1e-4
     atp = patching_sweep(smollm, CLEAN, CORRUPT, [f"resid_pre.{i}" for i in layers], None, metric,
                          method="attribution")
     r = float(np.corrcoef(atp.values.flatten().numpy(), exact.values.flatten().numpy())[0, 1])
