@@ -1,0 +1,138 @@
+"""Partial forwards: run the decoder from layer ``L`` on a given residual, after a cached prefix.
+
+Activation patching changes nothing upstream of the patch: layers below the patched
+layer and (causal attention) positions before the patched token. These helpers let a
+client skip that work while the model still runs its *own* HF forward (masks, rotary
+embeddings, KV cache and every lmscope hook behave as usual):
+
+- :func:`forward_with_kv` runs a prompt once and keeps its KV cache;
+- :func:`kv_prefix` cuts that cache to its first ``p`` tokens and repeats it per batch row;
+- :func:`run_from_layer` runs layers ``start..n-1`` on ``hidden`` (the ``resid_pre.start``
+  value of the new tokens), after an optional prefix cache, and unembeds only the last position.
+
+How the skip works: for the duration of the call the model's layer list is swapped for
+``layers[start:]`` (the same module objects, so hooks on them stay attached) and a
+pre-hook on layer ``start`` replaces its input by ``hidden``; the embedding of the new
+tokens is still computed (cheap) and then discarded. ``config.layer_types``, which some
+models index by loop position, is sliced the same way. Both are restored on exit.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .architectures import get_module
+from .base import Intervention
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
+
+    from .model import HookedModel
+
+
+def forward_with_kv(model: HookedModel, input_ids: torch.Tensor,
+                    interventions: Sequence[Intervention] = ()) -> tuple[torch.Tensor, DynamicCache]:
+    """One unpadded forward over ``input_ids [batch, pos]`` that also returns the KV cache."""
+    with model.apply(list(interventions)), torch.no_grad():
+        out = model.hf_model(input_ids=input_ids.to(model.device), use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits, cache
+
+
+def kv_prefix(model: HookedModel, cache: Any, length: int, batch: int) -> DynamicCache | None:
+    """A new cache holding the first ``length`` tokens of row 0 of ``cache``, repeated ``batch`` times.
+
+    Returns None for ``length == 0`` (no prefix). The source cache is not modified.
+    """
+    from transformers import DynamicCache
+
+    if length == 0:
+        return None
+    data = []
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        if k.shape[-2] < length:
+            raise InputError(f"The cache holds {k.shape[-2]} tokens; a prefix of {length} was asked for.")
+        data.append((k[:1, :, :length].expand(batch, -1, -1, -1), v[:1, :, :length].expand(batch, -1, -1, -1)))
+    return DynamicCache(ddp_cache_data=data, config=model.hf_model.config)
+
+
+@contextmanager
+def start_at_layer(model: HookedModel, start: int, hidden: torch.Tensor | None) -> Iterator[None]:
+    """Inside the body, model forwards skip layers ``< start`` and feed ``hidden`` into layer ``start``.
+
+    ``hidden`` must have the shape the forward's residual stream will have (``[batch, new tokens,
+    d_model]``); None keeps the model's own embedding (only meaningful with ``start == 0``).
+    """
+    if not 0 <= start < model.n_layers:
+        raise InputError(f"start layer {start} is outside 0..{model.n_layers - 1}.")
+    if hidden is None and start != 0:
+        raise InputError("Starting above layer 0 needs the residual stream entering that layer.")
+    parent_path, attr = model.arch.layers.rsplit(".", 1)
+    parent = get_module(model.hf_model, parent_path)
+    original: nn.ModuleList = getattr(parent, attr)
+    config = model.hf_model.config
+    layer_types = getattr(config, "layer_types", None)
+    handle = None
+    try:
+        if start:
+            setattr(parent, attr, nn.ModuleList(list(original)[start:]))
+            if isinstance(layer_types, (list, tuple)):
+                config.layer_types = list(layer_types)[start:]
+        if hidden is not None:
+            def replace(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                current = args[0] if args else kwargs["hidden_states"]
+                if tuple(current.shape) != tuple(hidden.shape):
+                    raise InputError(f"hidden has shape {tuple(hidden.shape)}; the forward's residual stream "
+                                     f"has {tuple(current.shape)}.")
+                new = hidden.to(device=current.device, dtype=current.dtype)
+                return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+            handle = original[start].register_forward_pre_hook(replace, with_kwargs=True, prepend=True)
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        if start:
+            setattr(parent, attr, original)
+            if isinstance(layer_types, (list, tuple)):
+                config.layer_types = layer_types
+
+
+def _cache_kwarg(model: HookedModel) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier releases)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.hf_model.forward).parameters else "past_key_values"
+
+
+def run_from_layer(model: HookedModel, hidden: torch.Tensor | None, start: int, input_ids: torch.Tensor, *,
+                   past: Any = None, interventions: Sequence[Intervention] = (), last_only: bool = True,
+                   grad: bool = False) -> torch.Tensor:
+    """Logits of the new tokens ``input_ids [batch, s]`` computed from layer ``start`` on.
+
+    ``hidden`` is ``resid_pre.start`` of those tokens (``[batch, s, d_model]``); ``past`` an
+    optional prefix cache (see :func:`kv_prefix`) holding the ``p`` tokens before them, which
+    then sit at positions ``p..p+s-1``. Prompts are unpadded. ``interventions`` act as in
+    :meth:`HookedModel.run` on the layers that run (token positions count the prefix too).
+    Returns ``[batch, vocab]`` logits of the last token (``last_only``) or ``[batch, s, vocab]``.
+    Equals the matching slice of a full forward up to float rounding (tested per architecture).
+    """
+    ids = input_ids.to(model.device)
+    batch, s = ids.shape
+    p = int(past.get_seq_length()) if past is not None else 0
+    mask = torch.ones(batch, p + s, dtype=torch.long, device=ids.device)
+    pos = torch.arange(p, p + s, device=ids.device).expand(batch, -1)
+    kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=past is not None)
+    if past is not None:
+        kwargs[_cache_kwarg(model)] = past
+    if last_only:
+        kwargs["logits_to_keep"] = 1
+    with model.apply(list(interventions)), start_at_layer(model, start, hidden), \
+            (nullcontext() if grad else torch.no_grad()):
+        logits = model.hf_model(**kwargs).logits
+    return logits[:, -1] if last_only else logits

@@ -1,0 +1,62 @@
+"""Partial forwards (``interventions/partial.py``): starting at layer L after a KV prefix equals the full run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lmscope.interventions import Cache, InputError, Steer
+from lmscope.interventions.partial import forward_with_kv, kv_prefix, run_from_layer, start_at_layer
+
+
+def _ids(n: int = 7, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, 97, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_run_from_every_layer_after_every_prefix_equals_full_forward(tiny) -> None:
+    ids = _ids()
+    cache = Cache("resid_pre.*")
+    full, kv = forward_with_kv(tiny, ids, [cache])
+    for layer in range(tiny.n_layers):
+        for p in (0, 4):
+            hidden = cache[f"resid_pre.{layer}"][:, p:].expand(3, -1, -1)
+            out = run_from_layer(tiny, hidden if layer else None, layer, ids[:, p:].expand(3, -1),
+                                 past=kv_prefix(tiny, kv, p, 3), last_only=False)
+            torch.testing.assert_close(out, full[:, p:].expand(3, -1, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_interventions_act_on_the_layers_that_run_with_prefix_positions(tiny) -> None:
+    ids = _ids(6, seed=1)
+    vec = torch.randn(tiny.d_model)
+    steer = Steer("resid_post.2", vec, positions=[4])  # token 4 = column 1 of the suffix after a 3-token prefix
+    full = tiny.run(ids, [steer]).logits
+    cache = Cache("resid_pre.1")
+    _, kv = forward_with_kv(tiny, ids, [cache])
+    out = run_from_layer(tiny, cache["resid_pre.1"][:, 3:], 1, ids[:, 3:], past=kv_prefix(tiny, kv, 3, 1),
+                         interventions=[steer], last_only=False)
+    torch.testing.assert_close(out, full[:, 3:], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(full, tiny.run(ids).logits)  # the steer did something
+
+
+def test_layer_list_config_and_hooks_are_restored_after_an_error(llama_tiny) -> None:
+    model = llama_tiny
+    layers = model.hf_model.model.layers
+    n_hooks = sum(len(m._forward_pre_hooks) for m in layers)
+    bad = torch.zeros(1, 2, model.d_model)  # wrong length for 3 new tokens
+    with pytest.raises(InputError, match="hidden has shape"):
+        run_from_layer(model, bad, 1, _ids(3))
+    assert model.hf_model.model.layers is layers
+    assert sum(len(m._forward_pre_hooks) for m in layers) == n_hooks
+    torch.testing.assert_close(model.run(_ids(3)).logits, model.run(_ids(3)).logits)
+
+
+def test_bad_start_and_prefix_are_refused(llama_tiny) -> None:
+    with pytest.raises(InputError, match="outside 0..2"):
+        with start_at_layer(llama_tiny, 3, torch.zeros(1, 1, 32)):
+            pass
+    with pytest.raises(InputError, match="needs the residual stream"):
+        with start_at_layer(llama_tiny, 1, None):
+            pass
+    _, kv = forward_with_kv(llama_tiny, _ids(3))
+    with pytest.raises(InputError, match="holds 3 tokens"):
+        kv_prefix(llama_tiny, kv, 4, 1)
+    assert kv_prefix(llama_tiny, kv, 0, 2) is None

@@ -1,0 +1,97 @@
+"""The exact patching sweep equals the one-forward-per-patch loop built on ``Patch``, on every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lmscope.interventions import InputError, SiteError
+from lmscope.probes.patching import head_sweep, patching_sweep, resid_pre_sweep
+
+
+def metric(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, 5] - logits[:, 7]
+
+
+def _pair(n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    clean = torch.randint(1, 97, (n,), generator=torch.Generator().manual_seed(seed))
+    corrupt = clean.clone()
+    corrupt[1] = (corrupt[1] + 5) % 97
+    corrupt[3] = (corrupt[3] + 11) % 97
+    return clean, corrupt
+
+
+def _assert_equal_maps(model, clean, corrupt, sites, positions, **kw) -> None:
+    fast = patching_sweep(model, clean, corrupt, sites, positions, metric, layer_block=2, position_block=2,
+                          batch_size=5, **kw)
+    slow = patching_sweep(model, clean, corrupt, sites, positions, metric, method="loop", **kw)
+    assert fast.row_labels == slow.row_labels and fast.col_labels == slow.col_labels
+    torch.testing.assert_close(fast.values, slow.values, atol=2e-5, rtol=1e-5)
+    assert fast.base_metric == pytest.approx(slow.base_metric, abs=1e-5)
+    assert fast.effect().abs().max() > 1e-3  # the patches really change the metric
+
+
+def test_exact_sweep_equals_loop_on_every_architecture(tiny) -> None:
+    clean, corrupt = _pair()
+    sites = ["embed", "resid_pre.*", "attn_out.1", "mlp_out.2", "resid_post.0"]
+    if "resid_mid" in tiny.available_kinds:
+        sites.append("resid_mid.1")
+    _assert_equal_maps(tiny, clean, corrupt, sites, [0, 2, 3, 5])
+
+
+def test_exact_head_sweep_equals_loop_per_head(tiny) -> None:
+    clean, corrupt = _pair(5, seed=2)
+    _assert_equal_maps(tiny, clean, corrupt, ["head_z.0", "head_z.2"], "all", heads=True)
+    _assert_equal_maps(tiny, clean, corrupt, "head_z.1", [1, -1], heads=True)
+
+
+def test_noising_direction_equals_loop(llama_tiny) -> None:
+    clean, corrupt = _pair()
+    _assert_equal_maps(llama_tiny, clean, corrupt, "resid_pre.*", [0, 3, 5], direction="noise")
+    noise = resid_pre_sweep(llama_tiny, clean, corrupt, metric, layers=[0], positions="all", direction="noise")
+    denoise = resid_pre_sweep(llama_tiny, clean, corrupt, metric, layers=[0], positions="all")
+    assert noise.base_metric == pytest.approx(denoise.source_metric)
+
+
+def test_patching_a_run_with_itself_changes_nothing(llama_tiny) -> None:
+    clean, _ = _pair()
+    result = patching_sweep(llama_tiny, clean, clean, ["resid_pre.*", "mlp_out.1"], None, metric)
+    torch.testing.assert_close(result.values, torch.full_like(result.values, result.base_metric), atol=1e-5,
+                               rtol=0)
+
+
+def test_patching_every_position_of_a_residual_restores_the_source_run(tiny) -> None:
+    clean, corrupt = _pair()
+    result = resid_pre_sweep(tiny, clean, corrupt, metric, positions="all")
+    torch.testing.assert_close(result.values, torch.full_like(result.values, result.source_metric), atol=1e-5,
+                               rtol=0)
+    assert abs(result.source_metric - result.base_metric) > 1e-3
+
+
+def test_labels_and_ready_made_sweeps(llama_tiny) -> None:
+    clean, corrupt = _pair(4)
+    r = head_sweep(llama_tiny, clean, corrupt, metric, layers=[-1])
+    assert r.row_labels == [f"head_z.2:h{h}" for h in range(4)] and r.col_labels == ["all"]
+    r = resid_pre_sweep(llama_tiny, clean, corrupt, metric, layers=[0, 2], positions=[-1, 0])
+    assert r.row_labels == ["resid_pre.0", "resid_pre.2"] and [c.split(":")[0] for c in r.col_labels] == ["3", "0"]
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(corrupt=[1, 2, 3]), InputError, "same token length"),
+    (dict(clean=[[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]), InputError, "one prompt"),
+    (dict(sites="attn_pattern.1"), InputError, "Cannot patch attn_pattern.1"),
+    (dict(sites="logits"), InputError, "patchable kinds"),
+    (dict(sites="resid_pre.7"), SiteError, "out of range"),
+    (dict(heads=True), InputError, "no head_z site"),
+    (dict(positions=[6]), InputError, "outside the prompt's 6 tokens"),
+    (dict(positions=3), InputError, "list of ints"),
+    (dict(method="fast"), InputError, "method must be one of"),
+    (dict(direction="sideways"), InputError, "direction must be one of"),
+    (dict(metric=None), InputError, "needs a metric"),
+    (dict(batch_size=0), InputError, "batch_size must be a positive int"),
+])
+def test_bad_input_is_refused_with_a_specific_error(llama_tiny, kwargs, error, message) -> None:
+    clean, corrupt = _pair()
+    args = dict(clean=clean, corrupt=corrupt, sites="resid_pre.*", positions=None, metric=metric)
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        patching_sweep(llama_tiny, **args)
