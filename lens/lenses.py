@@ -66,21 +66,23 @@ def reading_names(model: HookedModel, kinds: Sequence[str]) -> list[str]:
 
 
 class Unembedding:
-    """The model's decoder (final norm + unembedding + optional logit soft-capping) split for streaming.
+    """The model's decoder (final norm + unembedding + the head's logit scale / soft-cap) split for streaming.
 
     ``blocks`` yields the logits of translated states one vocabulary block at a time, so metrics can be
     accumulated without a ``[tokens, vocab]`` tensor (:func:`lmscope.lens.metrics.logit_stats`). With a
     plain linear unembedding (every supported architecture) the block is ``normed @ W[cols].T + b[cols]``
     in float32; any other unembedding falls back to :meth:`HookedModel.decode_hidden` once, sliced.
-    ``fused`` (linear and no soft-capping) is what the fused-KL training kernel needs.
+    ``fused`` (linear, no scale, no soft-capping) is what the fused-KL training kernel needs.
     """
 
     def __init__(self, model: HookedModel) -> None:
         self.model = model
         unembed = model.unembed
-        self.cap: float | None = getattr(model.hf_model.config, "final_logit_softcapping", None) or None
+        config = model.hf_model.config  # the head's scale / soft-cap, as the architecture table describes them
+        self.scale: float | None = model.arch.logit_scale(config)
+        self.cap: float | None = model.arch.logit_softcap(config)
         self.linear = isinstance(unembed, nn.Linear)
-        self.fused = self.linear and self.cap is None
+        self.fused = self.linear and self.cap is None and self.scale is None
         if self.linear:
             self.weight = unembed.weight.detach().float()  # no copy for float32 models
             self.bias = unembed.bias.detach().float() if unembed.bias is not None else None
@@ -102,6 +104,8 @@ class Unembedding:
             z = n @ self.weight[s:s + cols].T
             if self.bias is not None:
                 z += self.bias[s:s + cols]
+            if self.scale is not None:
+                z = z * self.scale
             yield torch.tanh(z / self.cap) * self.cap if self.cap is not None else z
 
 
