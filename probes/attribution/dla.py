@@ -17,8 +17,9 @@ run's value, so every layer's input (and therefore ``v``) is the clean one.
 Post-sublayer norms (Gemma 2/3, OLMo-2): ``attn_out`` is then *after* a norm of the projection's output,
 so ``Σ_h head_z @ W_O + b_O`` no longer equals ``attn_out``. The block terms (``attn.L``, ``mlp.L``) stay
 exact; the per-head split needs that norm linearised with its own run scale too (the same
-:func:`linearise_norm` applied to the ``o_proj`` output), which needs the adapter table to name the
-post-attention norm. Until it does, such layers report ``heads`` as NaN and say so in ``notes``.
+:func:`linearise_norm` applied to the ``o_proj`` output), which uses the adapter table's name for the
+post-attention norm -- the table's ``attn_post_norm``: it is frozen at this run's scale on the projection's output,
+so the per-head terms (and their per-position split) pass through its linear part and still sum exactly.
 A final logit soft-cap (Gemma 2) is not linear either: the decomposed quantity is then the logit before
 the cap, and ``notes`` says so.
 """
@@ -46,6 +47,10 @@ class LinearNorm:
     bias: torch.Tensor  # [d]
     center: bool
     kind: str
+
+    def linear(self, v: torch.Tensor) -> torch.Tensor:
+        """The linear part ``(P v) * mult`` applied to vectors ``v [..., d]`` (no bias)."""
+        return ((v - v.mean(-1, keepdim=True)) if self.center else v) * self.mult
 
     def readout(self, d: torch.Tensor) -> torch.Tensor:
         """The vector ``u`` with ``d · norm_lin(c) = u · c + d · bias`` for every component ``c``."""
@@ -161,6 +166,11 @@ def attribute(model: HookedModel, prompt: Any, target: str | int, contrast: str 
     t = _token(model, target)
     c = None if contrast is None else _token(model, contrast)
     L, H = model.n_layers, model.n_heads
+    notes: list[str] = []
+    if per_position and "attn_pattern" not in model.available_kinds:
+        per_position = False
+        notes.append("per-position head terms need attn_pattern, which this architecture does not expose "
+                     "(e.g. Falcon with ALiBi); the per-head terms are exact.")
     sites = ["resid_pre.0", f"resid_post.{L - 1}", "attn_out.*", "mlp_out.*", "head_z.*"]
     res = model.run([prompt], [Cache(sites + (["attn_pattern.*"] if per_position else []))])
     W = model.unembed_weight.detach().float()
@@ -169,21 +179,27 @@ def attribute(model: HookedModel, prompt: Any, target: str | int, contrast: str 
     u_bias = 0.0 if ub is None else float(ub[t].float() - (ub[c].float() if c is not None else 0))
     last = lambda s: res.cache[s][0, -1].float()  # noqa: E731
     lin = linearise_norm(model.final_norm, last(f"resid_post.{L - 1}"))
-    u = lin.readout(d)
+    config = model.hf_model.config
+    scale = model.arch.logit_scale(config) or 1.0  # Cohere multiplies the logits: every term scales with it
+    u = lin.readout(d) * scale
     attn, mlp = torch.zeros(L), torch.zeros(L)
     heads, attn_bias = torch.full((L, H), float("nan")), torch.zeros(L)
-    notes: list[str] = []
+    post_maps: list[Any] = []
     for layer in range(L):
         attn[layer], mlp[layer] = last(f"attn_out.{layer}") @ u, last(f"mlp_out.{layer}") @ u
         w_o, b_o = model.output_projection(layer)
         per_head = torch.einsum("hd,hdm->hm", last(f"head_z.{layer}"), w_o.detach().float())
         bias = b_o.detach().float() if b_o is not None else torch.zeros(model.d_model)
+        post_map = _post_attention_map(model, layer, per_head.sum(0) + bias)
+        post_maps.append(post_map)
+        if post_map is not None:  # sandwich norm: frozen at this run's scale, the head terms pass through it
+            per_head, bias = post_map.linear(per_head), post_map.linear(bias) + post_map.bias
         if torch.allclose(per_head.sum(0) + bias, last(f"attn_out.{layer}"), rtol=1e-4, atol=1e-4):
             heads[layer], attn_bias[layer] = per_head @ u, bias @ u
         else:
             notes.append(f"layer {layer}: attn_out is not Σ_h head_z@W_O + b_O (a post-attention norm?); "
                          "per-head terms need that norm linearised and are left NaN.")
-    cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
+    cap = model.arch.logit_softcap(config)
     logits = res.logits[0, -1].float()
     logit = float(logits[t] - (logits[c] if c is not None else 0))
     if cap:
@@ -193,10 +209,10 @@ def attribute(model: HookedModel, prompt: Any, target: str | int, contrast: str 
     ids = res.batch.input_ids[0].tolist()
     tokens = [model.tokenizer.decode([i]) for i in ids] if model.tokenizer is not None else [str(i) for i in ids]
     out = Attribution(prompt, t, c, logit, float(last("resid_pre.0") @ u), attn, attn_bias, heads, mlp,
-                      float(d @ lin.bias) + u_bias, tokens, lin.kind, notes=notes,
+                      (float(d @ lin.bias) + u_bias) * scale, tokens, lin.kind, notes=notes,
                       labels=(tokens_label(model, t), None if c is None else tokens_label(model, c)))
     if per_position and not torch.isnan(heads).any():
-        out.head_positions = _head_positions(model, prompt, res.cache, u)
+        out.head_positions = _head_positions(model, prompt, res.cache, u, post_maps)
     return out
 
 
@@ -210,7 +226,16 @@ def _identity_pattern(value: torch.Tensor) -> torch.Tensor:
     return eye.expand_as(value).contiguous()
 
 
-def _head_positions(model: HookedModel, prompt: Any, clean: Any, u: torch.Tensor) -> torch.Tensor:
+def _post_attention_map(model: HookedModel, layer: int, projection: torch.Tensor) -> LinearNorm | None:
+    """The layer's post-attention norm (Gemma 2/3, OLMo-2) frozen at this run's projection output, or None."""
+    post = model.arch.attn_post_norm
+    if post is None:
+        return None
+    return linearise_norm(model.module(f"{model.arch.layers}.{layer}.{post}"), projection)
+
+
+def _head_positions(model: HookedModel, prompt: Any, clean: Any, u: torch.Tensor,
+                    post_maps: list[LinearNorm | None]) -> torch.Tensor:
     """``[L, H, T]``: each head's term split over the key tokens it attends to (see the module docstring)."""
     L = model.n_layers
     values = Cache("head_z.*")
@@ -220,7 +245,10 @@ def _head_positions(model: HookedModel, prompt: Any, clean: Any, u: torch.Tensor
     for layer in range(L):
         v = values[f"head_z.{layer}"][0].float()  # [T, H, d_head]: v of every key token
         w_o, _ = model.output_projection(layer)
-        per_key = torch.einsum("khd,hdm->hkm", v, w_o.detach().float()) @ u  # [H, T]
+        per_key = torch.einsum("khd,hdm->hkm", v, w_o.detach().float())  # [H, T, d]
+        if post_maps[layer] is not None:  # the head's vectors pass the frozen post-attention norm (linear part)
+            per_key = post_maps[layer].linear(per_key)  # type: ignore[union-attr]
+        per_key = per_key @ u  # [H, T]
         pattern = clean[f"attn_pattern.{layer}"][0, :, -1].float()  # [H, T] of the last query
         out.append(pattern * per_key)
     return torch.stack(out)
