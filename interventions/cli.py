@@ -34,10 +34,13 @@ class CliError(InputError):
 
 def command_registrars() -> dict[str, Callable[[Any], Any]]:
     """Every installed command's ``register`` function, by command name (sorted)."""
-    from importlib.metadata import entry_points
+    from importlib.metadata import distributions
 
+    # every distribution, not just the first of each name: a stale lmscope.egg-info left in a source folder
+    # on sys.path would otherwise hide the installed metadata's newer commands
+    eps = [ep for dist in distributions() for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
     found: dict[str, Callable[[Any], Any]] = {}
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in sorted(eps, key=lambda e: e.name):
         if ep.name in found:
             continue
         try:

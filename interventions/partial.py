@@ -35,9 +35,33 @@ if TYPE_CHECKING:
     from .model import HookedModel
 
 
+def partial_forward_unsupported(model: HookedModel) -> str | None:
+    """Why partial forwards are not exact on ``model`` (None when they are).
+
+    Sliding-window attention keeps only its window in the KV cache and builds its mask from cache positions,
+    and ALiBi biases depend on absolute key positions; the prefix/layer skipping is verified against full
+    forwards on every other battery architecture, and refused on these rather than trusted.
+    """
+    config = model.hf_model.config
+    if getattr(config, "sliding_window", None) and any(
+            t == "sliding_attention" for t in (getattr(config, "layer_types", None) or ["sliding_attention"])):
+        return "sliding-window attention"
+    if getattr(config, "alibi", False):
+        return "ALiBi position biases"
+    return None
+
+
+def _check_supported(model: HookedModel) -> None:
+    reason = partial_forward_unsupported(model)
+    if reason is not None:
+        raise InputError(f"Partial forwards (KV prefix + start layer) are not exact on this {model.arch.name} model "
+                         f"({reason}); run full forwards instead (e.g. patching_sweep(method='loop')).")
+
+
 def forward_with_kv(model: HookedModel, input_ids: torch.Tensor,
                     interventions: Sequence[Intervention] = ()) -> tuple[torch.Tensor, DynamicCache]:
     """One unpadded forward over ``input_ids [batch, pos]`` that also returns the KV cache."""
+    _check_supported(model)
     with model.apply(list(interventions)), torch.no_grad():
         out = model.hf_model(input_ids=input_ids.to(model.device), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -122,6 +146,7 @@ def run_from_layer(model: HookedModel, hidden: torch.Tensor | None, start: int, 
     Returns ``[batch, vocab]`` logits of the last token (``last_only``) or ``[batch, s, vocab]``.
     Equals the matching slice of a full forward up to float rounding (tested per architecture).
     """
+    _check_supported(model)
     ids = input_ids.to(model.device)
     batch, s = ids.shape
     p = int(past.get_seq_length()) if past is not None else 0

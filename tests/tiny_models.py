@@ -73,7 +73,7 @@ TINY_CONFIGS: dict[str, Callable[[], Any]] = {
     "falcon_sequential": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3,
                                               num_attention_heads=4, multi_query=False, parallel_attn=False,
                                               max_position_embeddings=64),
-    "falcon_alibi": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    "falcon_alibi": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                          alibi=True, max_position_embeddings=64),
     "stablelm": lambda: StableLmConfig(**COMMON, num_key_value_heads=2, partial_rotary_factor=0.5),
     "stablelm_parallel": lambda: StableLmConfig(**COMMON, num_key_value_heads=2, use_parallel_residual=True,

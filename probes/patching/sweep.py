@@ -20,6 +20,7 @@ Methods (same cells, same :class:`PatchingResult`):
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence, Union
@@ -28,6 +29,7 @@ import torch
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.partial import partial_forward_unsupported
 from lmscope.interventions.patch import Patch
 from lmscope.interventions.positions import ForwardContext
 from lmscope.interventions.sites import Site
@@ -247,6 +249,11 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
         return attribution_sweep(model, pair, grid, row_labels, cols, metric, direction)
     cells = [c for row in grid for c in row]
     source, source_logits = source_values(model, pair, sorted({c.site for c in cells}))
+    unsupported = partial_forward_unsupported(model) if method == "exact" else None
+    if unsupported is not None:
+        warnings.warn(f"The fast exact sweep's partial forwards are not exact with {unsupported}; computing the "
+                      "same map with one full forward per patch (method='loop').", stacklevel=2)
+        method = "loop"
     if method == "exact":
         flat, base_logits = exact_values(model, pair, cells, source, metric, batch_size=batch_size,
                                          layer_block=layer_block, position_block=position_block, progress=progress)

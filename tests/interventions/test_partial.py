@@ -13,6 +13,7 @@ def _ids(n: int = 7, seed: int = 0) -> torch.Tensor:
 
 
 def test_run_from_every_layer_after_every_prefix_equals_full_forward(tiny) -> None:
+    _skip_unsupported(tiny)
     ids = _ids()
     cache = Cache("resid_pre.*")
     full, kv = forward_with_kv(tiny, ids, [cache])
@@ -25,6 +26,7 @@ def test_run_from_every_layer_after_every_prefix_equals_full_forward(tiny) -> No
 
 
 def test_interventions_act_on_the_layers_that_run_with_prefix_positions(tiny) -> None:
+    _skip_unsupported(tiny)
     ids = _ids(6, seed=1)
     vec = torch.randn(tiny.d_model)
     steer = Steer("resid_post.2", vec, positions=[4])  # token 4 = column 1 of the suffix after a 3-token prefix
@@ -60,3 +62,25 @@ def test_bad_start_and_prefix_are_refused(llama_tiny) -> None:
     with pytest.raises(InputError, match="holds 3 tokens"):
         kv_prefix(llama_tiny, kv, 4, 1)
     assert kv_prefix(llama_tiny, kv, 0, 2) is None
+
+
+def _skip_unsupported(model) -> None:
+    from lmscope.interventions.partial import partial_forward_unsupported
+
+    reason = partial_forward_unsupported(model)
+    if reason is not None:
+        pytest.skip(f"partial forwards are refused with {reason} (tested below)")
+
+
+def test_unsupported_architectures_are_refused(tiny) -> None:
+    """Sliding windows and ALiBi: partial forwards refuse rather than return inexact logits."""
+    from lmscope.interventions.partial import forward_with_kv, partial_forward_unsupported, run_from_layer
+
+    reason = partial_forward_unsupported(tiny)
+    if reason is None:
+        pytest.skip("partial forwards are exact on this architecture (tested above)")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(InputError, match="not exact"):
+        forward_with_kv(tiny, ids)
+    with pytest.raises(InputError, match="not exact"):
+        run_from_layer(tiny, None, 1, ids)

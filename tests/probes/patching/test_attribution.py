@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from lmscope.interventions import Cache
 from lmscope.interventions.partial import run_from_layer
@@ -20,6 +21,10 @@ def _pair() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_estimate_equals_first_order_term_computed_by_hand(tiny) -> None:
+    from lmscope.interventions.partial import partial_forward_unsupported
+
+    if partial_forward_unsupported(tiny):  # the by-hand reference below uses run_from_layer
+        pytest.skip(f"the by-hand reference needs partial forwards ({partial_forward_unsupported(tiny)})")
     clean, corrupt = _pair()
     result = patching_sweep(tiny, clean, corrupt, ["resid_pre.1", "resid_pre.2"], None, metric,
                             method="attribution")
