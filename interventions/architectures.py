@@ -49,7 +49,7 @@ class Architecture:
         return frozenset(kinds)
 
 
-_LLAMA_LIKE = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
+_LLAMA_LIKE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
                    unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -144,5 +144,6 @@ def output_projection(o_proj: nn.Module, layout: str, n_heads: int,
     ``attn_out = einsum('bphd,hdm->bpm', head_z, W_O) + b_O``.
     """
     weight = o_proj.weight
+    assert isinstance(weight, torch.Tensor)
     w_in_out = weight.T if layout == "linear" else weight  # [n_heads*d_head, d_model]
     return w_in_out.reshape(n_heads, d_head, -1), getattr(o_proj, "bias", None)

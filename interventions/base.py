@@ -38,7 +38,8 @@ def decode_positions(data: Any) -> PositionSpec:
     if isinstance(data, dict) and "slice" in data:
         return slice(*data["slice"])
     if isinstance(data, list):
-        return [decode_positions(d) for d in data]
+        specs: list[Any] = [decode_positions(d) for d in data]
+        return specs
     return data
 
 

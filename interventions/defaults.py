@@ -98,7 +98,8 @@ def load_default(dtype: torch.dtype = torch.float32, device: str | torch.device 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = default_model_dir()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).to(device)
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    model = model.to(device)
     tok = AutoTokenizer.from_pretrained(str(folder))
     model.eval()
     return model, tok

@@ -12,7 +12,7 @@ import os
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 from torch import nn
@@ -57,9 +57,9 @@ class HookedModel:
         self.tokenizer = tokenizer
         self.arch: Architecture = detect_architecture(hf_model)
         config = hf_model.config
-        self._dims = dimensions(config, int(self.module(self.arch.unembed).weight.shape[0]))
+        self._dims = dimensions(config, int(self.unembed_weight.shape[0]))
         self.available_kinds = self.arch.available_sites(config)
-        self._layers = self.module(self.arch.layers)
+        self._layers = cast(nn.ModuleList, self.module(self.arch.layers))  # indexed by layer
         hf_model.eval()
 
     # -- construction --------------------------------------------------------------------------
@@ -78,7 +78,8 @@ class HookedModel:
             path, hf_kwargs["gguf_file"] = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
         elif gguf is not None and os.path.isdir(path) and not os.path.isfile(os.path.join(path, gguf)):
             raise InputError(f"GGUF file {gguf!r} not found in {path}.")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hf_kwargs).to(device)
+        model: nn.Module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hf_kwargs)
+        model = model.to(device)
         tok_kwargs = {"gguf_file": hf_kwargs["gguf_file"]} if "gguf_file" in hf_kwargs else {}
         tokenizer = None
         files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -95,9 +96,8 @@ class HookedModel:
         """The embedded SmolLM2-135M-Instruct (see :mod:`lmscope.interventions.defaults`)."""
         from .defaults import load_default
 
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        model, tok = load_default(dtype=dtype, device=device)
+        torch_dtype: torch.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        model, tok = load_default(dtype=torch_dtype, device=device)
         return cls(model, tok)
 
     # -- sizes and sites -----------------------------------------------------------------------
@@ -160,7 +160,9 @@ class HookedModel:
 
     @property
     def unembed_weight(self) -> torch.Tensor:
-        return self.unembed.weight
+        weight = self.unembed.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
 
     def decode_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Residual-stream vectors to logits through the model's own final norm and unembedding."""
@@ -170,8 +172,8 @@ class HookedModel:
 
     def output_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_O [n_heads, d_head, d_model], b_O)`` of a layer: ``attn_out = Σ_h head_z[h] @ W_O[h] + b_O``."""
-        layer = self.resolve(f"head_z.{layer}")[0].layer
-        o_proj = self.module(f"{self.arch.layers}.{layer}.{self.arch.attn}.{self.arch.o_proj}")
+        index = self.resolve(f"head_z.{layer}")[0].layer
+        o_proj = self.module(f"{self.arch.layers}.{index}.{self.arch.attn}.{self.arch.o_proj}")
         return output_projection(o_proj, self.arch.o_proj_layout, self.n_heads, self.d_head)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -207,7 +209,7 @@ class HookedModel:
 
         Yields the session; ``session.cache`` reads what any ``Cache`` recorded.
         """
-        flat: list[Intervention] = []
+        flat: list[Any] = []  # attach() checks that each one is an Intervention
         for iv in interventions:
             flat.extend(iv if isinstance(iv, (list, tuple)) else [iv])
         with attach(self, flat) as session:
@@ -249,7 +251,7 @@ class HookedModel:
             pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
                 (self.tokenizer.eos_token_id or 0)
         with self.apply(list(interventions)), torch.no_grad():
-            out = self.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            out = cast(Any, self.hf_model).generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                          max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
                                          **generate_kwargs)
         new = out[:, batch.input_ids.shape[1]:]

@@ -102,6 +102,7 @@ def _context_prehook(session: Session) -> Callable[..., None]:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
+        assert ref is not None, "the model was called without input_ids or inputs_embeds"
         batch, seq = int(ref.shape[0]), int(ref.shape[1])
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
@@ -205,7 +206,7 @@ def attach(model: HookedModel, interventions: list[Intervention]) -> Iterator[Se
         iv.bind(model)
     session = Session(model, interventions)
     handles: list[RemovableHandle] = []
-    config = model.hf_model.config
+    config: Any = model.hf_model.config
     old_impl = getattr(config, "_attn_implementation_internal", None)
     wants_pattern = any(s.kind == "attn_pattern" for s in session.per_site)
     try:

@@ -113,6 +113,7 @@ class _Decoder:
         cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
         self.fused = isinstance(unembed, torch.nn.Linear) and not cap
         if self.fused:
+            assert isinstance(unembed, torch.nn.Linear)
             self.weight = unembed.weight.detach().float()  # no copy for fp32 models
             self.bias = unembed.bias.detach().float() if unembed.bias is not None else None
 
@@ -304,7 +305,8 @@ def train_tuned_lens(
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(1, steps)))
     gen = torch.Generator().manual_seed(seed)
-    step, position, history = 0, 0, []
+    step, position = 0, 0
+    history: list[float] = []
     timings: dict[str, float] = {}
     resumed = False
     if resume and ckpt is not None and (ckpt / STATE_JSON).is_file():
