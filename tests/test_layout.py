@@ -429,3 +429,76 @@ def test_readme_examples_run_as_written(tmp_path: Path, smollm: object) -> None:
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert all(f"README block {i} ok" in proc.stdout for i in range(len(blocks)))
+
+
+# -- the docs -------------------------------------------------------------------------------------------
+DOCS = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+
+
+def module_names(path: Path) -> set[str]:
+    """Names a module defines at import time (functions, classes, assignments, imports; not TYPE_CHECKING)."""
+    names: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            elif isinstance(node, ast.If) and not _is_type_checking(node.test):
+                visit(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
+
+    visit(ast.parse(path.read_text(encoding="utf-8")).body)
+    return names
+
+
+def test_docs_python_imports_exist(graph: Graph) -> None:
+    """Every ```python block of the README and docs parses, and what it imports from lmscope exists."""
+    bad = []
+    for doc in DOCS:
+        for block in readme_python(doc):
+            tree = ast.parse(block, str(doc))
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith(TOP):
+                    continue
+                mod = node.module or ""
+                if mod not in graph.modules:
+                    bad.append(f"{doc.name}: no module {mod}")
+                    continue
+                known = module_names(graph.modules[mod]) | set(graph.lazy.get(mod, {}))
+                bad += [f"{doc.name}: {mod} has no {a.name}" for a in node.names
+                        if a.name not in known and f"{mod}.{a.name}" not in graph.modules]
+    assert bad == []
+
+
+def test_docs_links_resolve() -> None:
+    import re
+
+    bad = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            if "://" not in target and not (doc.parent / target).exists():
+                bad.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert bad == []
+
+
+def test_every_error_class_is_documented(graph: Graph) -> None:
+    """docs/errors.md has a section for every LmscopeError subclass in the package."""
+    bases: dict[str, list[str]] = {}
+    for path in graph.modules.values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases[node.name] = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+
+    def is_error(name: str) -> bool:
+        return name == "LmscopeError" or any(is_error(b) for b in bases.get(name, []))
+
+    errors = sorted(n for n in bases if is_error(n))
+    assert {"LmscopeError", "InputError", "SiteError", "CliError"} <= set(errors)
+    text = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert [e for e in errors if f"\n## {e}\n" not in text] == []

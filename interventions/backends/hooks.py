@@ -21,6 +21,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..base import Intervention
 from ..cache import session_cache
+from ..errors import InputError
 from ..positions import ForwardContext
 from ..sites import LAYER_SITES, MODEL_SITES, Site
 
@@ -85,6 +86,9 @@ class Session:
         for iv in self.per_site[site]:
             new = iv(value, site, self.ctx)
             if new is not None:
+                if not iv.writes:
+                    raise InputError(f"{type(iv).__name__} is read-only (writes = False) but returned a value at "
+                                     f"{site.name}; a reader returns None (or declare writes = True).")
                 value, changed = new, True
         return value if changed else None
 
@@ -199,7 +203,6 @@ def attach(model: HookedModel, interventions: list[Intervention]) -> Iterator[Se
     """Attach ``interventions`` to ``model`` for the body of the ``with``; always detach afterwards."""
     for iv in interventions:
         if not isinstance(iv, Intervention):
-            from ..errors import InputError
             raise InputError(f"Expected intervention objects (Cache, Steer, Patch, Ablate, Edit...), "
                              f"got {type(iv).__name__}.")
     for iv in interventions:  # validation and preparatory runs happen before any hook exists
