@@ -457,22 +457,32 @@ def module_names(path: Path) -> set[str]:
     return names
 
 
-def test_docs_python_imports_exist(graph: Graph) -> None:
-    """Every ```python block of the README and docs parses, and what it imports from lmscope exists."""
+def _scripts() -> list[tuple[str, str]]:
+    """(label, Python source) of every README/docs code block, benchmark script and notebook code cell."""
+    out = [(f"{doc.relative_to(ROOT)}", block) for doc in DOCS for block in readme_python(doc)]
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        out.append((str(script.relative_to(ROOT)), script.read_text(encoding="utf-8")))
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        out += [(str(nb.relative_to(ROOT)), "".join(c["source"])) for c in cells if c["cell_type"] == "code"]
+    return out
+
+
+def test_docs_scripts_and_notebooks_import_what_exists(graph: Graph) -> None:
+    """Every README/docs Python block, benchmark and notebook cell parses, and what it imports from lmscope exists."""
     bad = []
-    for doc in DOCS:
-        for block in readme_python(doc):
-            tree = ast.parse(block, str(doc))
-            for node in ast.walk(tree):
-                if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith(TOP):
-                    continue
-                mod = node.module or ""
-                if mod not in graph.modules:
-                    bad.append(f"{doc.name}: no module {mod}")
-                    continue
-                known = module_names(graph.modules[mod]) | set(graph.lazy.get(mod, {}))
-                bad += [f"{doc.name}: {mod} has no {a.name}" for a in node.names
-                        if a.name not in known and f"{mod}.{a.name}" not in graph.modules]
+    for label, source in _scripts():
+        source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(source, label)):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith(TOP):
+                continue
+            mod = node.module or ""
+            if mod not in graph.modules:
+                bad.append(f"{label}: no module {mod}")
+                continue
+            known = module_names(graph.modules[mod]) | set(graph.lazy.get(mod, {}))
+            bad += [f"{label}: {mod} has no {a.name}" for a in node.names
+                    if a.name not in known and f"{mod}.{a.name}" not in graph.modules]
     assert bad == []
 
 
