@@ -35,13 +35,13 @@ class Ablate(Intervention):
         super().__init__(site, positions)
         if how not in HOW:
             raise InputError(f"Ablate how={how!r} is not one of {', '.join(map(repr, HOW))}.")
-        if isinstance(heads, int) and not isinstance(heads, bool):
-            heads = [heads]
-        if heads is not None and (not heads or not all(isinstance(h, int) for h in heads)):
+        head_list = [heads] if isinstance(heads, int) else heads
+        if isinstance(heads, bool) or head_list is not None and (
+                not head_list or not all(isinstance(h, int) for h in head_list)):
             raise InputError(f"heads must be an int or a non-empty list of ints, got {heads!r}.")
         if how == "zero" and reference is not None:
             raise InputError("A reference is only used by how='mean' or how='resample'.")
-        self.heads, self.how, self.reference, self.seed = heads, how, reference, seed
+        self.heads, self.how, self.reference, self.seed = head_list, how, reference, seed
         self._ref: dict[Site, torch.Tensor] = {}
         self._ref_len: torch.Tensor | None = None
         self._pick: torch.Tensor | None = None

@@ -269,5 +269,6 @@ def output_projection(o_proj: nn.Module, layout: str, n_heads: int,
     ``einsum('bphd,hdm->bpm', head_z, W_O) + b_O`` (``attn_out`` before any post-attention norm).
     """
     weight = o_proj.weight
+    assert isinstance(weight, torch.Tensor)
     w_in_out = weight.T if layout == "linear" else weight  # [n_heads*d_head, d_model]
     return w_in_out.reshape(n_heads, d_head, -1), getattr(o_proj, "bias", None)

@@ -38,7 +38,8 @@ def decode_positions(data: Any) -> PositionSpec:
     if isinstance(data, dict) and "slice" in data:
         return slice(*data["slice"])
     if isinstance(data, list):
-        return [decode_positions(d) for d in data]
+        specs: list[Any] = [decode_positions(d) for d in data]
+        return specs
     return data
 
 
@@ -51,8 +52,8 @@ class Intervention:
     ``__call__(value, site, ctx)`` runs on every forward that reaches a site.
     """
 
-    kind: ClassVar[str] = "intervention"
-    #: The sites kinds this intervention may write (None = any).
+    #: False for interventions that only read (``Cache``, ``LensReadout``): ``__call__`` must return None,
+    #: and the backend raises :class:`InputError` if one returns a value (it would silently change the forward).
     writes: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

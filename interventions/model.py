@@ -12,7 +12,7 @@ import os
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ class HookedModel:
         self.backend = backend
         self.arch: Architecture = detect_architecture(hf_model)
         config = hf_model.config
-        self._dims = dimensions(config, int(self.module(self.arch.unembed).weight.shape[0]))
+        self._dims = dimensions(config, int(self.unembed_weight.shape[0]))
         self.available_kinds = self.arch.available_sites(config)
         self._layers = self.module(self.arch.layers)
         from .placement import check_placement, input_device
@@ -195,7 +195,9 @@ class HookedModel:
 
     @property
     def unembed_weight(self) -> torch.Tensor:
-        return self.unembed.weight
+        weight = self.unembed.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
 
     def decode_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Residual-stream vectors to logits through the model's own final norm and unembedding."""
@@ -256,7 +258,7 @@ class HookedModel:
         using the same model at the same time are unaffected. Sessions nest: inside an inner ``apply``
         the outer interventions still run, before the inner ones at a shared site.
         """
-        flat: list[Intervention] = []
+        flat: list[Any] = []  # attach() checks that each one is an Intervention
         for iv in interventions:
             flat.extend(iv if isinstance(iv, (list, tuple)) else [iv])
         with attach(self, flat) as session:
@@ -315,7 +317,7 @@ class HookedModel:
             pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
                 (self.tokenizer.eos_token_id or 0)
         with self.apply(list(interventions)), torch.no_grad():
-            out = self.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            out = cast(Any, self.hf_model).generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                          max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
                                          **generate_kwargs)
         new = out[:, batch.input_ids.shape[1]:]

@@ -119,10 +119,10 @@ def _row_indices(spec: object, prompt_len: int, row: int) -> list[int]:
                              f"(valid: 0..{prompt_len - 1} or -{prompt_len}..-1).")
         return [idx]
     if isinstance(spec, slice):
-        idx = list(range(prompt_len))[spec]
-        if not idx:
+        picked = list(range(prompt_len))[spec]
+        if not picked:
             raise InputError(f"Position slice {spec} selects no token of prompt {row} ({prompt_len} tokens).")
-        return idx
+        return picked
     if isinstance(spec, (list, tuple)):
         out: list[int] = []
         for s in spec:

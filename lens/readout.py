@@ -43,8 +43,9 @@ class LensReadout(Intervention):
                  log_probs: bool = False, sites: Any = "resid_post") -> None:
         if isinstance(lens, Lens):
             self.lens: Lens | None = lens
+            path = getattr(lens, "path", None)
             self.lens_ref: str | None = "logit" if isinstance(lens, LogitLens) else \
-                (str(lens.path) if getattr(lens, "path", None) is not None else None)
+                (str(path) if path is not None else None)
             self.site_kinds: tuple[str, ...] = lens.site_kinds
             spec: list[str] = list(lens.readings)
         elif isinstance(lens, (str, Path)):  # by reference (from_config): resolved at bind

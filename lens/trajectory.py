@@ -100,11 +100,12 @@ class Trajectory(_JsonExport):
     def from_dict(cls, d: dict[str, Any]) -> Trajectory:
         """Inverse of :meth:`to_dict`."""
         t = lambda key, dtype: None if d.get(key) is None else torch.tensor(d[key], dtype=dtype)  # noqa: E731
+        r = lambda key, dtype: torch.tensor(d[key], dtype=dtype)  # noqa: E731  (required fields)
         return cls(prompt=d["prompt"], lens=d["lens"], readings=list(d["readings"]), positions=list(d["positions"]),
                    input_ids=list(d["input_ids"]), input_tokens=list(d["input_tokens"]),
-                   top_ids=t("top_ids", torch.long), top_probs=t("top_probs", torch.float32),
-                   top_tokens=d["top_tokens"], entropy=t("entropy", torch.float32), kl=t("kl", torch.float32),
-                   final_top_ids=t("final_top_ids", torch.long), final_top_probs=t("final_top_probs", torch.float32),
+                   top_ids=r("top_ids", torch.long), top_probs=r("top_probs", torch.float32),
+                   top_tokens=d["top_tokens"], entropy=r("entropy", torch.float32), kl=r("kl", torch.float32),
+                   final_top_ids=r("final_top_ids", torch.long), final_top_probs=r("final_top_probs", torch.float32),
                    final_tokens=list(d.get("final_tokens") or []),
                    targets=list(d.get("targets") or []), target_tokens=list(d.get("target_tokens") or []),
                    target_rank=t("target_rank", torch.long), target_prob=t("target_prob", torch.float32))

@@ -43,6 +43,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..base import Intervention
 from ..cache import session_cache
+from ..errors import InputError
 from ..positions import ForwardContext
 from ..sites import LAYER_SITES, MODEL_SITES, Site
 
@@ -148,6 +149,9 @@ class Session:
         for iv in self.per_site[site]:
             new = iv(value, site, self.ctx)
             if new is not None:
+                if not iv.writes:
+                    raise InputError(f"{type(iv).__name__} is read-only (writes = False) but returned a value at "
+                                     f"{site.name}; a reader returns None (or declare writes = True).")
                 value, changed = new, True
         return value if changed else None
 
@@ -167,6 +171,7 @@ def _context_prehook(session: Session) -> Callable[..., None]:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         ref = ids if ids is not None else embeds
+        assert ref is not None, "the model was called without input_ids or inputs_embeds"
         batch, seq = int(ref.shape[0]), int(ref.shape[1])
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
@@ -310,7 +315,6 @@ def attach(model: HookedModel, interventions: list[Intervention]) -> Iterator[Se
     """Attach ``interventions`` to ``model`` for the body of the ``with``; always detach afterwards."""
     for iv in interventions:
         if not isinstance(iv, Intervention):
-            from ..errors import InputError
             raise InputError(f"Expected intervention objects (Cache, Steer, Patch, Ablate, Edit...), "
                              f"got {type(iv).__name__}.")
     for iv in interventions:  # validation and preparatory runs happen before any hook exists

@@ -320,7 +320,7 @@ class Corpus:
 def as_corpus(corpus: Corpus | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
               split: Split | None = None) -> Corpus:
     """Accept a :class:`Corpus` or sources; optionally restrict it to ``split``."""
-    c = corpus if isinstance(corpus, Corpus) else Corpus.from_sources(corpus)  # type: ignore[arg-type]
+    c = corpus if isinstance(corpus, Corpus) else Corpus.from_sources(corpus)
     return c.with_split(split) if split is not None else c
 
 

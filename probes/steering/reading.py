@@ -32,8 +32,7 @@ def read(model: HookedModel, prompts: Prompts, vector: SteeringVector, layers: L
     ``"mean"`` averages over the prompt. Activations are read at the vector's site kind.
     """
     vector.check(model)
-    sites = vector.sites if layers is None else [vector.site_of(i) for i in
-                                                 ([layers] if isinstance(layers, int) else list(layers))]
+    sites = vector.sites_of(layers)
     if token is None:
         token = vector.token if isinstance(vector.token, (int, str)) and vector.token is not None else -1
     acts = collect_activations(model, prompts, sites, token, batch_size, progress, desc="reading")
@@ -89,13 +88,13 @@ def separation(model: HookedModel, positives: Prompts, negatives: Prompts, vecto
     (equal-size sets, taken as pairs) is the fraction of pairs whose positive
     projects higher. Use prompts that were *not* used to build the vector.
     """
-    pos_list, neg_list = list(positives), list(negatives)
+    pos_list: list[Any] = list(positives)
+    neg_list: list[Any] = list(negatives)
     if not pos_list or not neg_list:
         raise InputError("separation needs at least one positive and one negative prompt.")
     scores = read(model, pos_list + neg_list, vector, layers, token, batch_size)
     sp, sn = scores[:len(pos_list)], scores[len(pos_list):]
-    sites = vector.sites if layers is None else [vector.site_of(i) for i in
-                                                 ([layers] if isinstance(layers, int) else list(layers))]
+    sites = vector.sites_of(layers)
     aucs, accs, pairs = [], [], []
     for j in range(scores.shape[1]):
         p, n = sp[:, j], sn[:, j]

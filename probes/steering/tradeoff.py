@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
 from lmscope.interventions.errors import InputError
@@ -24,6 +24,9 @@ from lmscope.interventions.specs import LayerSpec
 
 from .evals import as_eval, run_eval
 from .vectors import SteeringVector
+
+#: A series of numbers: a list or a 1-D array.
+Floats = Union[Sequence[float], np.ndarray]
 
 if TYPE_CHECKING:
     from lmscope.interventions import HookedModel
@@ -55,7 +58,7 @@ def r_squared(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - float(((y - pred) ** 2).sum()) / ss_tot
 
 
-def _xy(r: Sequence[float], y: Sequence[float], need: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _xy(r: Floats, y: Floats, need: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     x, yy = np.asarray(r, float), np.asarray(y, float)
     if x.shape != yy.shape or x.ndim != 1:
         raise InputError(f"{what}: scales and scores must be 1-D and the same length, got {x.shape} and {yy.shape}.")
@@ -65,7 +68,7 @@ def _xy(r: Sequence[float], y: Sequence[float], need: int, what: str) -> tuple[n
     return x[ok], yy[ok]
 
 
-def fit_linear(r: Sequence[float], y: Sequence[float], window: float | None = None) -> Fit:
+def fit_linear(r: Floats, y: Floats, window: float | None = None) -> Fit:
     """Least-squares line ``y = slope r + intercept`` (only points with ``|r| <= window`` when given)."""
     x, yy = _xy(r, y, 2, "fit_linear")
     if window is not None:
@@ -78,7 +81,7 @@ def fit_linear(r: Sequence[float], y: Sequence[float], window: float | None = No
     return Fit("linear", {"slope": float(slope), "intercept": float(intercept)}, r_squared(yy, fn(x)), fn)
 
 
-def fit_quadratic(r: Sequence[float], y: Sequence[float]) -> Fit:
+def fit_quadratic(r: Floats, y: Floats) -> Fit:
     """Least-squares ``y = c0 + c1 r + c2 r^2``."""
     x, yy = _xy(r, y, 3, "fit_quadratic")
     c2, c1, c0 = np.polyfit(x, yy, 2)
@@ -86,12 +89,14 @@ def fit_quadratic(r: Sequence[float], y: Sequence[float]) -> Fit:
     return Fit("quadratic", {"c0": float(c0), "c1": float(c1), "c2": float(c2)}, r_squared(yy, fn(x)), fn)
 
 
-def fit_tanh(r: Sequence[float], y: Sequence[float], amplitude: bool = True) -> Fit:
+def fit_tanh(r: Floats, y: Floats, amplitude: bool = True) -> Fit:
     """``y = A tanh(a r + b)`` by nonlinear least squares (``A`` fixed to 1 unless ``amplitude``)."""
     from scipy.optimize import curve_fit
 
     x, yy = _xy(r, y, 3 if amplitude else 2, "fit_tanh")
     span = float(np.ptp(x)) or 1.0
+    f: Callable[..., np.ndarray]
+    guesses: list[tuple[float, ...]]
     if amplitude:
         f = lambda t, A, a, b: A * np.tanh(a * t + b)
         amp0 = float(np.max(np.abs(yy))) or 1.0
@@ -132,7 +137,7 @@ def _curve_fit(curve_fit: Callable[..., Any], f: Callable[..., Any], x: np.ndarr
     return popt
 
 
-def fit_wolf_helpfulness(r: Sequence[float], y: Sequence[float]) -> Fit:
+def fit_wolf_helpfulness(r: Floats, y: Floats) -> Fit:
     """Wolf et al.'s helpfulness law ``y = 1 / (1 + a + a (b^2/2) r^2)`` (``b`` reported as ``|b|``).
 
     Fitted as ``1/y = (1 + a) + (a b^2 / 2) r^2``: a line in ``r^2``, then refined by
@@ -178,7 +183,7 @@ class TradeoffResult:
         ``linear_window`` bounds ``|r|`` for the linear fit (default: a quarter of the largest |scale|).
         """
         r, al, he = self.scales, self.column("alignment"), self.column("helpfulness")
-        window = linear_window if linear_window is not None else float(np.max(np.abs(r))) / 4
+        window: float | None = linear_window if linear_window is not None else float(np.max(np.abs(r))) / 4
         if (np.abs(r) <= window).sum() < 2:
             window = None  # too few central scales: fit the line on everything
         fits: dict[str, Fit] = {}
@@ -248,8 +253,7 @@ def steering_tradeoff(model: HookedModel, vector: SteeringVector, scales: Sequen
         raise InputError("scales is empty: give at least one steering scale.")
     vector.check(model)
     align, helpful = as_eval(alignment_eval), as_eval(helpfulness_eval)
-    chosen = vector.layers if layers is None else [vector.layers[vector.sites.index(vector.site_of(i))]
-                                                   for i in ([layers] if isinstance(layers, int) else list(layers))]
+    chosen = [vector.layers[vector.sites.index(s)] for s in vector.sites_of(layers)]
     from tqdm.auto import tqdm
 
     rows = []

@@ -190,6 +190,12 @@ class SteeringVector:
                 return self.site_of(layer + n)
         raise SiteError(f"No vector for layer {layer}; this steering vector covers layers {self.layers}.")
 
+    def sites_of(self, layers: LayerSpec = None) -> list[str]:
+        """Site names of ``layers`` (indices or site names) in this vector; None/``"all"`` = all it has."""
+        if layers is None or layers == "all":
+            return self.sites
+        return [self.site_of(i) for i in ([layers] if isinstance(layers, (int, str)) else list(layers))]
+
     def direction(self, layer: int | str) -> torch.Tensor:
         """Unit ``[d_model]`` direction at one layer (for reading and unit-norm steering)."""
         v = self[layer]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lmscope.interventions import Cache, Edit, HookedModel, Steer
+from lmscope.interventions import Cache, Edit, HookedModel, InputError, Steer
 
 
 def hook_count(model: HookedModel) -> int:
@@ -91,3 +91,26 @@ def test_write_resid_mid(llama_tiny: HookedModel) -> None:
     assert torch.allclose(new["resid_mid.1"], base["resid_mid.1"] + v, atol=1e-5)
     # the MLP reads the steered stream and the residual carries it
     assert torch.allclose(new["resid_post.1"], new["resid_mid.1"] + new["mlp_out.1"], atol=1e-5)
+
+
+class _Reader(Cache):
+    """A read-only intervention that (wrongly) returns a value."""
+
+    def __call__(self, value: torch.Tensor, site, ctx) -> torch.Tensor:  # type: ignore[override]
+        super().__call__(value, site, ctx)
+        return value * 2
+
+
+class _Writer(Edit):
+    writes = True
+
+
+def test_read_only_interventions_may_not_write(llama_tiny: HookedModel) -> None:
+    """``writes = False`` is a checked contract: a reader that returns a value fails loudly, hooks removed."""
+    assert not Cache.writes and Steer.writes and Edit.writes
+    with pytest.raises(InputError, match=r"_Reader is read-only \(writes = False\).*resid_post\.1"):
+        llama_tiny.run([[1, 2, 3]], [_Reader("resid_post.1")])
+    assert hook_count(llama_tiny) == 0
+    plain = llama_tiny.run([[1, 2, 3]]).logits
+    doubled = llama_tiny.run([[1, 2, 3]], [_Writer("resid_post.1", lambda v: v * 2)]).logits
+    assert not torch.equal(plain, doubled)  # the same return value is fine from a writer

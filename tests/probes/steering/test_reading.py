@@ -6,7 +6,7 @@ import pytest
 import torch
 from lmscope.interventions import HookedModel
 from lmscope.interventions.collect import collect_activations
-from lmscope.interventions.errors import InputError
+from lmscope.interventions.errors import InputError, SiteError
 from lmscope.probes.steering import SteeringVector, auroc, read, separation
 
 POS = [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11, 12], [3, 3, 3], [20, 21, 22, 23]]
@@ -49,3 +49,12 @@ def test_separation_held_out_on_smollm(smollm: HookedModel) -> None:
     sv = SteeringVector.from_pairs(smollm, pos[:20], neg[:20], method="pca", layers=[8, 16], batch_size=20)
     sep = separation(smollm, pos[24:], neg[24:], sv)
     assert max(sep.auroc) >= 0.9, sep.table()
+
+
+def test_sites_of_accepts_every_layer_spec() -> None:
+    sv = SteeringVector({"resid_pre.1": torch.ones(4), "resid_pre.2": torch.ones(4)})
+    assert sv.sites_of(None) == sv.sites_of("all") == ["resid_pre.1", "resid_pre.2"]
+    assert sv.sites_of(2) == sv.sites_of("resid_pre.2") == sv.sites_of([2]) == ["resid_pre.2"]
+    assert sv.sites_of([2, 1]) == ["resid_pre.2", "resid_pre.1"]
+    with pytest.raises(SiteError, match="covers layers"):
+        sv.sites_of([3])
