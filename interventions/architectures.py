@@ -134,7 +134,7 @@ class Architecture:
 
 _LLAMA_LIKE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
                                    unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
-_SANDWICH = dict(attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm")
+_SANDWICH: dict[str, Any] = dict(attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm")
 _SOFTCAP = config_value("final_logit_softcapping")
 
 ARCHITECTURES: dict[str, Architecture] = {}

@@ -219,7 +219,7 @@ def load_embedded(model: EmbeddedModel, dtype: torch.dtype = torch.float32,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = model_dir(model)
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **placement)
+    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **placement)
     if "device_map" not in placement:
         hf = hf.to(device)
     tok = AutoTokenizer.from_pretrained(str(folder))

@@ -15,9 +15,9 @@ from torch import nn
 
 from .architectures import ARCHITECTURES, Architecture, config_value, get_module
 
-_LLAMA_SHAPE = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
+_LLAMA_SHAPE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
                     unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
-_NEOX_SHAPE = dict(layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
+_NEOX_SHAPE: dict[str, Any] = dict(layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
                    unembed="embed_out|lm_head", attn="attention", mlp="mlp", o_proj="dense")
 _PARALLEL_FLAGS = ("use_parallel_residual", "parallel_attn", "parallel_residual", "parallel_block")
 
@@ -48,12 +48,12 @@ def _parallel_reader(default: bool) -> Any:
 def infer_architecture(hf_model: nn.Module) -> Architecture | None:
     """An unverified adapter (``inferred=True``) when the tree is LLaMA- or NeoX-shaped, else None."""
     model_type = str(getattr(getattr(hf_model, "config", None), "model_type", None))
-    common = dict(model_types=(model_type,), inferred=True, logit_scale=config_value("logit_scale"),
+    common: dict[str, Any] = dict(model_types=(model_type,), inferred=True, logit_scale=config_value("logit_scale"),
                   logit_softcap=config_value("final_logit_softcapping"))
     if _fits(hf_model, _LLAMA_SHAPE):
         layer = get_module(hf_model, "model.layers.0")
         names = {name for name, child in layer.named_children() if child is not None}
-        post: dict[str, str] = {}
+        post: dict[str, Any] = {}
         if "post_feedforward_layernorm" in names:  # sandwich norms: Gemma 2/3 (pre_feedforward) or OLMo-2 (no pre)
             post["mlp_post_norm"] = "post_feedforward_layernorm"
             if "post_attention_layernorm" in names:

@@ -66,7 +66,7 @@ class HookedModel:
         config = hf_model.config
         self._dims = dimensions(config, int(self.unembed_weight.shape[0]))
         self.available_kinds = self.arch.available_sites(config)
-        self._layers = self.module(self.arch.layers)
+        self._layers = cast(nn.ModuleList, self.module(self.arch.layers))  # indexed by layer
         from .placement import check_placement, input_device
 
         hooked = {p: self.module(p) for p in (self.arch.embed, self.arch.final_norm, self.arch.unembed)}
@@ -113,7 +113,7 @@ class HookedModel:
             path, hf_kwargs["gguf_file"] = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
         elif gguf is not None and os.path.isdir(path) and not os.path.isfile(os.path.join(path, gguf)):
             raise InputError(f"GGUF file {gguf!r} not found in {path}.")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement, **hf_kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **placement, **hf_kwargs)
         if "device_map" not in placement:  # accelerate placed the modules itself otherwise
             model = model.to(device)
         tok_kwargs = {"gguf_file": hf_kwargs["gguf_file"]} if "gguf_file" in hf_kwargs else {}
@@ -206,8 +206,8 @@ class HookedModel:
     def output_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_O [n_heads, d_head, d_model], b_O)`` of a layer: ``Σ_h head_z[h] @ W_O[h] + b_O`` is the output
         projection's output, which is ``attn_out`` unless a post-attention norm follows (docs/architectures.md)."""
-        layer = self.resolve(f"head_z.{layer}")[0].layer
-        o_proj = self.module(f"{self.arch.layers}.{layer}.{self.arch.attn}.{self.arch.o_proj}")
+        index = self.resolve(f"head_z.{layer}")[0].layer
+        o_proj = self.module(f"{self.arch.layers}.{index}.{self.arch.attn}.{self.arch.o_proj}")
         return output_projection(o_proj, self.arch.o_proj_layout, self.n_heads, self.d_head)
 
     def fingerprint(self) -> dict[str, Any]:

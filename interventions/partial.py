@@ -42,7 +42,7 @@ def partial_forward_unsupported(model: HookedModel) -> str | None:
     and ALiBi biases depend on absolute key positions; the prefix/layer skipping is verified against full
     forwards on every other battery architecture, and refused on these rather than trusted.
     """
-    config = model.hf_model.config
+    config: Any = model.hf_model.config
     if getattr(config, "sliding_window", None) and any(
             t == "sliding_attention" for t in (getattr(config, "layer_types", None) or ["sliding_attention"])):
         return "sliding-window attention"
@@ -59,7 +59,7 @@ def _check_supported(model: HookedModel) -> None:
 
 
 def forward_with_kv(model: HookedModel, input_ids: torch.Tensor,
-                    interventions: Sequence[Intervention] = ()) -> tuple[torch.Tensor, DynamicCache]:
+                    interventions: Sequence[Intervention] = ()) -> tuple[torch.Tensor, Any]:
     """One unpadded forward over ``input_ids [batch, pos]`` that also returns the KV cache."""
     _check_supported(model)
     with model.apply(list(interventions)), torch.no_grad():
@@ -83,7 +83,8 @@ def kv_prefix(model: HookedModel, cache: Any, length: int, batch: int) -> Dynami
         if k.shape[-2] < length:
             raise InputError(f"The cache holds {k.shape[-2]} tokens; a prefix of {length} was asked for.")
         data.append((k[:1, :, :length].expand(batch, -1, -1, -1), v[:1, :, :length].expand(batch, -1, -1, -1)))
-    return DynamicCache(ddp_cache_data=data, config=model.hf_model.config)
+    config: Any = model.hf_model.config
+    return DynamicCache(ddp_cache_data=data, config=config)
 
 
 @contextmanager
@@ -100,7 +101,7 @@ def start_at_layer(model: HookedModel, start: int, hidden: torch.Tensor | None) 
     parent_path, attr = model.arch.layers.rsplit(".", 1)
     parent = get_module(model.hf_model, parent_path)
     original: nn.ModuleList = getattr(parent, attr)
-    config = model.hf_model.config
+    config: Any = model.hf_model.config
     layer_types = getattr(config, "layer_types", None)
     handle = None
     try:

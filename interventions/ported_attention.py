@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def falcon_attention(module: nn.Module, attention_fn: AttentionFn, hidden_states: torch.Tensor,
+def falcon_attention(module: Any, attention_fn: AttentionFn, hidden_states: torch.Tensor,
                      alibi: torch.Tensor | None, attention_mask: torch.Tensor | None,
                      position_ids: torch.Tensor | None = None, layer_past: Any = None, use_cache: bool = False,
                      output_attentions: bool = False, position_embeddings: Any = None,

@@ -216,7 +216,8 @@ class _TokenNames:
     """Memoised id -> string (the tokenizer's decode, or the id itself without a tokenizer)."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self.tok, self.memo = tokenizer, {}
+        self.tok = tokenizer
+        self.memo: dict[int, str] = {}
 
     def __call__(self, i: int) -> str:
         s = self.memo.get(i)

@@ -77,7 +77,7 @@ class Unembedding:
 
     def __init__(self, model: HookedModel) -> None:
         self.model = model
-        unembed = model.unembed
+        unembed: Any = model.unembed
         config = model.hf_model.config  # the head's scale / soft-cap, as the architecture table describes them
         self.scale: float | None = model.arch.logit_scale(config)
         self.cap: float | None = model.arch.logit_softcap(config)

@@ -107,7 +107,11 @@ def logit_stats(blocks: Iterable[torch.Tensor], target: TargetStats, next_ids: t
     then ``b..2b``, ...; leading dims are e.g. several lenses of the same tokens). Running sums are
     float64 per row; the block itself is float32. Returns ``[..., N]`` tensors.
     """
-    m = s = a = pz = zn = None
+    m: torch.Tensor | None = None
+    s: Any = None
+    a: Any = None
+    pz: Any = None
+    zn: Any = None
     start = 0
     for z in blocks:
         z = z.float()

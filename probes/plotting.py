@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union, cast
 
 import numpy as np
 from lmscope.interventions.artifacts import atomic_save_figure
@@ -131,12 +131,12 @@ def heatmap(values: ArrayLike, *, row_labels: Sequence[Any] | None = None, col_l
         raise InputError(f"origin must be 'upper' or 'lower', got {origin!r}.")
     if ax is None:
         fig, (ax,) = panels(1, size=(min(40.0, 2.5 + 0.5 * arr.shape[1]), min(40.0, 1.5 + 0.3 * arr.shape[0])))
-    fig = ax.figure
+    fig = cast(Any, ax.figure)
     if center is not None:
         finite = np.abs(arr[np.isfinite(arr)] - center)
         half = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
         vmin, vmax, cmap = center - half, center + half, cmap or "RdBu_r"
-    im = ax.imshow(arr, aspect="auto", origin=origin, cmap=cmap or "viridis", vmin=vmin, vmax=vmax,
+    im = ax.imshow(arr, aspect="auto", origin=cast(Any, origin), cmap=cmap or "viridis", vmin=vmin, vmax=vmax,
                    interpolation="nearest")
     if cols is not None:
         ax.set_xticks(range(len(cols)), cols, rotation=45 if max(map(len, cols), default=0) > 3 else 0,
@@ -167,7 +167,7 @@ def line_plot(x: ArrayLike, series: Mapping[str, Union[ArrayLike, Series]], *, x
         raise InputError("line_plot needs at least one series.")
     if ax is None:
         fig, (ax,) = panels(1, size=(6.0, 4.0))
-    fig = ax.figure
+    fig = cast(Any, ax.figure)
     for label, s in series.items():
         spec = s if isinstance(s, Series) else Series(s)
         sx = xs if spec.x is None else _array(spec.x, f"x of series {label!r}", 1)

@@ -68,7 +68,7 @@ def nnsight_model(model: HookedModel) -> Any:
             raise InputError("backend='nnsight' needs the nnsight package: pip install 'lmscope[nnsight]' "
                              "(nnsight>=0.8).") from None
         wrapped = NNsight(model.hf_model)
-        model._nnsight = wrapped
+        setattr(model, "_nnsight", wrapped)  # noqa: B010 - kept on the HookedModel, built once
     return wrapped
 
 

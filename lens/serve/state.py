@@ -11,7 +11,7 @@ import copy
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lmscope.interventions import HookedModel, Intervention, Steer
 from lmscope.interventions.base import load_interventions
@@ -135,7 +135,7 @@ class ServerState:
             with self.model.apply(interventions):
                 out = lens.decode(prompts, top_k=req.top_k, targets=req.targets or None, positions=positions,
                                   layers=layers)
-        return list(out)
+        return list(cast(Any, out))
 
     def cli_lens_name(self, spec: str) -> str:
         """The lens serving ``lmscope decode --lens spec``; Mismatch when this server has none."""

@@ -121,7 +121,8 @@ class _Totals:
         count, nbytes = (self.ce_tokens, self.ce_bytes) if metric == "ce" else (self.tokens, self.bytes)
         per_token, per_byte = total / count, bits_per_byte(total, nbytes)
         if isinstance(total, torch.Tensor):
-            return {"nats_per_token": per_token.tolist(), "bits_per_byte": per_byte.tolist()}
+            return {"nats_per_token": torch.as_tensor(per_token).tolist(),
+                    "bits_per_byte": torch.as_tensor(per_byte).tolist()}
         return {"nats_per_token": per_token, "bits_per_byte": per_byte}
 
     def report(self, descriptions: dict[str, str]) -> dict[str, Any]:

@@ -206,12 +206,12 @@ def probe_sweep(data: ActivationDataset | Mapping[str, np.ndarray], labels: Sequ
     check_estimator(default_estimator(seed) if estimator is None else estimator)
     if isinstance(data, ActivationDataset):
         labels = data.labels() if labels is None else labels
-        types = data.token_ids().tolist() if types is None else types
-        groups = data.prompt_index() if groups is None else groups
+        types = list(data.token_ids().tolist()) if types is None else types
+        groups = list(data.prompt_index().tolist()) if groups is None else groups
         names = data.sites if sites is None else list(sites)
         for s in names:
             data.require(s)
-        load = data.array
+        load: Any = data.array
     else:
         names = list(data) if sites is None else list(sites)
         missing = [s for s in names if s not in data]

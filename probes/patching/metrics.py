@@ -22,6 +22,8 @@ def _token(model: HookedModel, token: str | int) -> int:
         if not 0 <= token < model.d_vocab:
             raise InputError(f"Token id {token} is outside the vocabulary 0..{model.d_vocab - 1}.")
         return token
+    if not isinstance(token, str):
+        raise InputError(f"A token must be a single-token string or a token id, got {token!r}.")
     return model.token_id(token)
 
 
