@@ -17,7 +17,8 @@ from .architectures import ARCHITECTURES, Architecture, config_value, get_module
 
 _LLAMA_SHAPE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
                     unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
-_NEOX_SHAPE: dict[str, Any] = dict(layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
+_NEOX_SHAPE: dict[str, Any] = dict(layers="gpt_neox.layers", embed="gpt_neox.embed_in",
+                                   final_norm="gpt_neox.final_layer_norm",
                    unembed="embed_out|lm_head", attn="attention", mlp="mlp", o_proj="dense")
 _PARALLEL_FLAGS = ("use_parallel_residual", "parallel_attn", "parallel_residual", "parallel_block")
 

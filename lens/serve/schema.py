@@ -124,7 +124,8 @@ class CliDecodeAnswer(BaseModel):
 
 def schemas() -> dict[str, Any]:
     """JSON Schemas of every request and answer body (``GET /api/v1/schema``)."""
-    models: dict[str, Any] = {"DecodeRequest": DecodeRequest, "DecodeAnswer": DecodeAnswer, "CliDecodeRequest": CliDecodeRequest,
+    models: dict[str, Any] = {"DecodeRequest": DecodeRequest, "DecodeAnswer": DecodeAnswer,
+                              "CliDecodeRequest": CliDecodeRequest,
               "CliDecodeAnswer": CliDecodeAnswer}
     return {"schema_version": SCHEMA_VERSION, "limits": LIMITS.to_dict(),
             "bodies": {name: m.model_json_schema() for name, m in models.items()}}
