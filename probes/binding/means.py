@@ -38,12 +38,12 @@ class BindingDeltas:
 
 def _accumulate(acc: dict, key: tuple, values: torch.Tensor) -> None:
     """Add ``values [layers, tokens, d]`` into running per-token-offset sums and counts."""
-    sums, counts = acc.get(key, (values.new_zeros(values.shape[0], 0, values.shape[2]), torch.zeros(0)))
+    sums, counts = acc.get(key, (values.new_zeros(values.shape[0], 0, values.shape[2]), values.new_zeros(0)))
     t = values.shape[1]
     if sums.shape[1] < t:
         grow = t - sums.shape[1]
         sums = torch.cat([sums, sums.new_zeros(sums.shape[0], grow, sums.shape[2])], 1)
-        counts = torch.cat([counts, torch.zeros(grow)])
+        counts = torch.cat([counts, counts.new_zeros(grow)])
     sums[:, :t] += values
     counts[:t] += 1
     acc[key] = (sums, counts)

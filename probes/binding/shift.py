@@ -109,5 +109,5 @@ class BindingShift(Intervention):
 def random_like(delta: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Random directions with the norm of each ``delta[layer, token]`` (the paper's control)."""
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(delta.shape, generator=gen, dtype=torch.float32).to(delta.dtype)
+    noise = torch.randn(delta.shape, generator=gen, dtype=torch.float32).to(device=delta.device, dtype=delta.dtype)
     return noise / noise.norm(dim=-1, keepdim=True) * delta.norm(dim=-1, keepdim=True)

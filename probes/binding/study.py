@@ -26,7 +26,9 @@ PAPER = {
 
 def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPPED, *, n_train: int = 128,
                   n_test: int = 100, n_factorization: int = 32, n_position: int = 32, n_subspace: int = 32,
-                  grid: Sequence[float] = (-1.0, 0.0, 1.0, 2.0), main_task: str = "capitals", seed: int = 0,
+                  grid: Sequence[float] = (-1.0, 0.0, 1.0, 2.0),
+                  fractions: Sequence[float] = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5),
+                  main_task: str = "capitals", seed: int = 0,
                   batch_size: int = 16, progress: bool = True,
                   parts: Sequence[str] = ("baseline", "factorization", "position", "table_one", "transfer",
                                           "subspace")) -> dict[str, Any]:
@@ -40,7 +42,8 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
     kw = dict(seed=seed, batch_size=batch_size, progress=progress)
     report: dict[str, Any] = {"model": repr(model), "paper": PAPER, "tasks": {}, "settings": {
         "n_train": n_train, "n_test": n_test, "n_factorization": n_factorization, "n_position": n_position,
-        "n_subspace": n_subspace, "grid": list(grid), "seed": seed, "site": "resid_pre, every layer"}}
+        "n_subspace": n_subspace, "grid": list(grid),
+        "fractions": list(fractions), "seed": seed, "site": "resid_pre, every layer"}}
     deltas = {}
     for t in objs:
         entry: dict[str, Any] = {}
@@ -54,7 +57,7 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
     if "factorization" in parts:
         report["factorization"] = factorization(model, main, n_factorization, **kw)
     if "position" in parts:
-        report["position"] = {w: position_shift(model, main, n_position, what=w, **kw)
+        report["position"] = {w: position_shift(model, main, n_position, what=w, fractions=fractions, **kw)
                               for w in ("entity", "attribute")}
     if "transfer" in parts and deltas:
         report["transfer"] = transfer(model, main, deltas, n_test, **kw)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from lmscope.interventions.errors import InputError
 from lmscope.probes.binding import (
     accuracy,
@@ -85,3 +84,13 @@ def test_deltas_table_one_and_subspace(toy_model, toy_task, fake_tok) -> None:
     assert len(grid["accuracy"]) == 2 and len(grid["accuracy"][0]) == 2
     with pytest.raises(InputError, match="Δ\\(2\\)"):
         subspace(toy_model, toy_task, d, 2, progress=False)
+
+
+def test_study_report_is_json(toy_model, toy_task) -> None:
+    from lmscope.probes.binding import PAPER, binding_study
+
+    rep = binding_study(toy_model, [toy_task], n_train=2, n_test=2, n_factorization=1, n_position=1, n_subspace=1,
+                        grid=(0.0, 1.0), fractions=(0.0, 1.0), main_task="toy", progress=False)
+    assert set(rep) >= {"tasks", "factorization", "position", "transfer", "subspace", "paper", "wall_s"}
+    assert rep["paper"] == PAPER and set(rep["tasks"]["toy"]) == {"baseline", "table_one"}
+    assert json.loads(json.dumps(rep)) == rep

@@ -1,0 +1,91 @@
+"""Benchmark: the full binding-ID study on SmolLM2 (all four tasks, Table-1 rows, 100+ samples each).
+
+Reports wall time and peak memory, and the ratio of the study's wall time to one clean scoring pass over the
+CAPITALS test prompts measured in the same process (the study costs that many clean passes). Writes the
+study's JSON report (the notebook plots it).
+
+    .venv/bin/python benchmarks/bench_binding.py --n-train 128 --n-test 100 --out binding_report.json
+    # on an accelerator, with the GGUF and tokenizer copied there:
+    python3 benchmarks/bench_binding.py --gguf DIR/SmolLM2-135M-Instruct.Q4_1.gguf --tokenizer DIR --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memory import rss_kb  # noqa: E402
+
+
+def load(args: argparse.Namespace):
+    from lmscope.interventions import HookedModel
+
+    if args.gguf is None:
+        return HookedModel.default(device=args.device)
+    from lmscope.interventions.defaults import load_gguf
+    from transformers import AutoTokenizer
+
+    model, tok = load_gguf(args.gguf)
+    if args.tokenizer:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    return HookedModel(model.to(args.device).eval(), tok)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gguf"), ap.add_argument("--tokenizer"), ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n-train", type=int, default=128)
+    ap.add_argument("--n-test", type=int, default=100)
+    ap.add_argument("--n-other", type=int, default=64, help="samples for factorization/position/subspace")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="binding_report.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from lmscope.probes.binding import binding_study, build_prompt, load_task, sample_contexts, score
+
+    model = load(args)
+    task = load_task("capitals")
+    prompts = [build_prompt(model.tokenizer, task, c, 0)
+               for c in sample_contexts(model.tokenizer, task, args.n_test, seed=0)]
+    score(model, prompts[: args.batch_size], batch_size=args.batch_size, progress=False)  # warm-up
+    sync(args.device)
+    t0 = time.perf_counter()
+    score(model, prompts, batch_size=args.batch_size, progress=False)
+    sync(args.device)
+    clean = time.perf_counter() - t0
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    report = binding_study(model, n_train=args.n_train, n_test=args.n_test, n_factorization=args.n_other,
+                           n_position=args.n_other, n_subspace=args.n_other, batch_size=args.batch_size)
+    sync(args.device)
+    wall = time.perf_counter() - t0
+    bench = {"device": str(torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"),
+             "wall_s": wall, "clean_pass_s": clean, "ratio_study_over_clean_pass": wall / clean,
+             "peak_rss_mb": rss_kb("VmHWM") / 1024,
+             "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if args.device.startswith("cuda") else None,
+             "n_train": args.n_train, "n_test": args.n_test, "n_other": args.n_other, "batch_size": args.batch_size}
+    report["benchmark"] = bench
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(json.dumps(bench, indent=1))
+    for name, entry in report["tasks"].items():
+        rows = {k: [round(x, 3) for x in v["accuracy"]] for k, v in entry["table_one"]["rows"].items()}
+        print(name, "baseline acc", round(entry["baseline"]["accuracy"], 3), "calibrated",
+              round(entry["baseline"]["calibrated_accuracy"], 3), "table1 acc (q0, q1):", rows)
+
+
+if __name__ == "__main__":
+    main()
