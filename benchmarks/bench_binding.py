@@ -51,12 +51,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="binding_report.json")
+    ap.add_argument("--smoke-first", action="store_true", help="run a tiny study first (fails fast, warms up)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from lmscope.probes.binding import binding_study, build_prompt, load_task, sample_contexts, score
 
     model = load(args)
+    if args.smoke_first:
+        t0 = time.perf_counter()
+        binding_study(model, n_train=4, n_test=4, n_factorization=2, n_position=2, n_subspace=2, progress=False)
+        print(f"smoke study ok in {time.perf_counter() - t0:.1f} s", flush=True)
     task = load_task("capitals")
     prompts = [build_prompt(model.tokenizer, task, c, 0)
                for c in sample_contexts(model.tokenizer, task, args.n_test, seed=0)]
