@@ -51,6 +51,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="binding_report.json")
+    ap.add_argument("--tasks", default="capitals,shapes,fruits,parallel")
+    ap.add_argument("--table-slots", default="0,1", help="queried slots of the Table-1 rows")
+    ap.add_argument("--fractions", default="-0.5,0,0.25,0.5,0.75,1,1.5")
+    ap.add_argument("--grid", default="-1,0,1,2")
+    ap.add_argument("--position-what", default="entity,attribute")
+    ap.add_argument("--n-transfer", type=int, default=None, help="samples for the transfer runs (default n-test)")
     ap.add_argument("--smoke-first", action="store_true", help="run a tiny study first (fails fast, warms up)")
     args = ap.parse_args()
     if args.threads:
@@ -74,15 +80,21 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    report = binding_study(model, n_train=args.n_train, n_test=args.n_test, n_factorization=args.n_other,
-                           n_position=args.n_other, n_subspace=args.n_other, batch_size=args.batch_size)
+    floats = lambda text: tuple(float(x) for x in text.split(","))
+    report = binding_study(model, args.tasks.split(","), n_train=args.n_train, n_test=args.n_test,
+                           n_factorization=args.n_other, n_position=args.n_other, n_subspace=args.n_other,
+                           batch_size=args.batch_size, table_slots=tuple(int(x) for x in args.table_slots.split(",")),
+                           fractions=floats(args.fractions), grid=floats(args.grid), n_transfer=args.n_transfer,
+                           position_what=tuple(args.position_what.split(",")),
+                           transfer_rows=("swap_attributes", "swap_entities"))
     sync(args.device)
     wall = time.perf_counter() - t0
     bench = {"device": str(torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"),
              "wall_s": wall, "clean_pass_s": clean, "ratio_study_over_clean_pass": wall / clean,
              "peak_rss_mb": rss_kb("VmHWM") / 1024,
              "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if args.device.startswith("cuda") else None,
-             "n_train": args.n_train, "n_test": args.n_test, "n_other": args.n_other, "batch_size": args.batch_size}
+             "n_train": args.n_train, "n_test": args.n_test, "n_other": args.n_other, "batch_size": args.batch_size,
+             "command": " ".join(sys.argv)}
     report["benchmark"] = bench
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(bench, indent=1))

@@ -147,13 +147,14 @@ def _shift_maker(prompts: Sequence[BindingPrompt], deltas: BindingDeltas, kinds:
 
 
 def transfer(model: HookedModel, task: BindingTask, deltas_by_task: dict[str, BindingDeltas], n_samples: int = 64, *,
-             seed: int = 0, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+             rows: Sequence[str] = ("swap_attributes", "swap_entities", "swap_both", "random_both"), seed: int = 0,
+             batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
     """Δ of each task applied to ``task``'s test contexts: swap rows (accuracy w.r.t. the original binding;
     a transferable Δ drives swap_entities/swap_attributes towards 0), plus zero and random controls."""
     out: dict[str, Any] = {"target_task": task.name, "n_samples": n_samples, "by_delta": {}}
     for name, d in deltas_by_task.items():
         res = table_one(model, task, d, n_samples, query_slots=(0,), seed=seed, batch_size=batch_size,
-                        progress=progress, rows=("swap_attributes", "swap_entities", "swap_both", "random_both"))
+                        progress=progress, rows=rows)
         out["by_delta"][name] = {row: v["calibrated_accuracy"][0] for row, v in res["rows"].items()}
     res = table_one(model, task, next(iter(deltas_by_task.values())), n_samples, query_slots=(0,), seed=seed,
                     batch_size=batch_size, progress=progress, rows=("none",))

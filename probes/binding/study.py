@@ -28,7 +28,10 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
                   n_test: int = 100, n_factorization: int = 32, n_position: int = 32, n_subspace: int = 32,
                   grid: Sequence[float] = (-1.0, 0.0, 1.0, 2.0),
                   fractions: Sequence[float] = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5),
-                  main_task: str = "capitals", seed: int = 0,
+                  main_task: str = "capitals", seed: int = 0, table_slots: Sequence[int] = (0, 1),
+                  position_what: Sequence[str] = ("entity", "attribute"),
+                  n_transfer: int | None = None,
+                  transfer_rows: Sequence[str] = ("swap_attributes", "swap_entities", "swap_both", "random_both"),
                   batch_size: int = 16, progress: bool = True,
                   parts: Sequence[str] = ("baseline", "factorization", "position", "table_one", "transfer",
                                           "subspace")) -> dict[str, Any]:
@@ -52,15 +55,15 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
         if "table_one" in parts or "transfer" in parts:
             deltas[t.name] = estimate_deltas(model, t, n_train, **kw)
         if "table_one" in parts:
-            entry["table_one"] = table_one(model, t, deltas[t.name], n_test, **kw)
+            entry["table_one"] = table_one(model, t, deltas[t.name], n_test, query_slots=table_slots, **kw)
         report["tasks"][t.name] = entry
     if "factorization" in parts:
         report["factorization"] = factorization(model, main, n_factorization, **kw)
     if "position" in parts:
         report["position"] = {w: position_shift(model, main, n_position, what=w, fractions=fractions, **kw)
-                              for w in ("entity", "attribute")}
+                              for w in position_what}
     if "transfer" in parts and deltas:
-        report["transfer"] = transfer(model, main, deltas, n_test, **kw)
+        report["transfer"] = transfer(model, main, deltas, n_transfer or n_test, rows=transfer_rows, **kw)
     if "subspace" in parts and main.fixed_slots in (None, 3):
         d3 = estimate_deltas(model, main, n_train, n_entities=3, **kw)
         report["subspace"] = subspace(model, main, d3, n_subspace, grid=grid, **kw)
