@@ -81,3 +81,16 @@ def test_sampled_contexts_have_distinct_answers(fake_tok, toy_task) -> None:
         assert set(c.entities) <= set(toy_task.entities["train"])
         assert len({fake_tok(" " + a)["input_ids"][0] for a in c.attributes}) == 2
     assert Context(("a", "b", "c"), ("x", "y", "z")).rolled(1) == Context(("b", "c", "a"), ("y", "z", "x"))
+
+
+def test_user_task_from_template(fake_tok) -> None:
+    task = BindingTask.from_template("pets", " {entity} owns a {attribute}.", ["Ann", "Bob", "Cy", "Dee"],
+                                     ["cat", "dog", "owl", "rat"], query=" Q {entity}:", test_fraction=0.5)
+    assert not set(task.entities["train"]) & set(task.entities["test"])
+    assert len(task.attributes["test"]) == 2
+    ctx = sample_contexts(fake_tok, task, 1, split="test")[0]
+    p = build_prompt(fake_tok, task, ctx, 0)
+    assert p.text == f" {ctx.entities[0]} owns a {ctx.attributes[0]}. {ctx.entities[1]} owns a {ctx.attributes[1]}." \
+                     f" Q {ctx.entities[0]}:"
+    with pytest.raises(InputError, match="Unknown binding task"):
+        load_task("nope")
