@@ -42,6 +42,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def merge(paths: list[str], out: str) -> None:
+    """Merge reports of runs that split the study (per-task parts, main-task extras) into one report."""
+    merged: dict = {"tasks": {}, "benchmark": {"runs": []}}
+    for path in paths:
+        rep = json.loads(Path(path).read_text())
+        for name, entry in rep.pop("tasks").items():
+            merged["tasks"].setdefault(name, {}).update(entry)
+        merged["benchmark"]["runs"].append(rep.pop("benchmark"))
+        settings = rep.pop("settings")
+        merged.setdefault("settings", {})[Path(path).stem] = settings
+        merged.update({k: v for k, v in rep.items() if k != "wall_s"})
+    merged["tasks"] = {k: v for k, v in merged["tasks"].items() if v}
+    merged["benchmark"]["command"] = " ; ".join(r["command"] for r in merged["benchmark"]["runs"])
+    Path(out).write_text(json.dumps(merged, indent=1))
+    print(json.dumps(merged["benchmark"], indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf"), ap.add_argument("--tokenizer"), ap.add_argument("--device", default="cpu")
@@ -56,9 +73,14 @@ def main() -> None:
     ap.add_argument("--fractions", default="-0.5,0,0.25,0.5,0.75,1,1.5")
     ap.add_argument("--grid", default="-1,0,1,2")
     ap.add_argument("--position-what", default="entity,attribute")
+    ap.add_argument("--parts", default="baseline,factorization,position,table_one,transfer,subspace")
     ap.add_argument("--n-transfer", type=int, default=None, help="samples for the transfer runs (default n-test)")
     ap.add_argument("--smoke-first", action="store_true", help="run a tiny study first (fails fast, warms up)")
+    ap.add_argument("--merge", nargs="+", help="merge these report files into --out and exit")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     from lmscope.probes.binding import binding_study, build_prompt, load_task, sample_contexts, score
@@ -85,7 +107,7 @@ def main() -> None:
                            n_factorization=args.n_other, n_position=args.n_other, n_subspace=args.n_other,
                            batch_size=args.batch_size, table_slots=tuple(int(x) for x in args.table_slots.split(",")),
                            fractions=floats(args.fractions), grid=floats(args.grid), n_transfer=args.n_transfer,
-                           position_what=tuple(args.position_what.split(",")),
+                           position_what=tuple(args.position_what.split(",")), parts=tuple(args.parts.split(",")),
                            transfer_rows=("swap_attributes", "swap_entities"))
     sync(args.device)
     wall = time.perf_counter() - t0
@@ -99,6 +121,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(bench, indent=1))
     for name, entry in report["tasks"].items():
+        if "table_one" not in entry:
+            continue
         rows = {k: [round(x, 3) for x in v["accuracy"]] for k, v in entry["table_one"]["rows"].items()}
         print(name, "baseline acc", round(entry["baseline"]["accuracy"], 3), "calibrated",
               round(entry["baseline"]["calibrated_accuracy"], 3), "table1 acc (q0, q1):", rows)

@@ -49,8 +49,9 @@ def baseline(model: HookedModel, task: BindingTask, n_samples: int = 64, *, spli
 
 
 def _source_for(model: HookedModel, task: BindingTask, target: BindingPrompt, split: str, rng: random.Random,
-                tries: int = 200) -> Context:
-    """A source context with new names and attributes whose spans have the target's token lengths."""
+                side: int, tries: int = 200) -> Context:
+    """A source context with new names and attributes whose slot-``side`` spans have the target's token lengths
+    (the swapped spans pair token for token)."""
     tok = model.tokenizer
     ents = [e for e in task.pool("entities", split) if e not in target.context.entities]
     taken = set(target.candidates)
@@ -62,7 +63,7 @@ def _source_for(model: HookedModel, task: BindingTask, target: BindingPrompt, sp
     for _ in range(tries):
         src = Context(tuple(rng.sample(ents, n)), tuple(rng.sample(attrs, n)))
         p = build_prompt(tok, task, src, None)
-        same = [[b - a for a, b in x] == [b - a for a, b in y]
+        same = [x[side][1] - x[side][0] == y[side][1] - y[side][0]
                 for x, y in ((p.entity_spans, target.entity_spans), (p.attribute_spans, target.attribute_spans))]
         if (all(same) and len({answer_token(tok, task, a) for a in src.attributes} | taken) == 2 * n):
             return src
@@ -100,11 +101,22 @@ def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *,
     """Swap slot ``side``'s entity/attribute/both activations from a source context at ``resid_pre`` of every
     layer (context frozen, question recomputed); query every name; mean log-prob table per condition."""
     tok, rng = model.tokenizer, random.Random(seed + 1)
-    targets = [build_prompt(tok, task, c, None) for c in sample_contexts(tok, task, n_samples, split=split, seed=seed)]
-    n = len(targets[0].context.entities)
+    n = task.slots()
     if not 0 <= side < n:
         raise InputError(f"side must be a slot index in 0..{n - 1}, got {side}.")
-    sources = [_source_for(model, task, t, split, rng) for t in targets]
+    targets, sources = [], []
+    for c in sample_contexts(tok, task, 4 * n_samples, split=split, seed=seed):
+        target = build_prompt(tok, task, c, None)
+        try:  # a target whose swapped name has a unique token length has no source: draw another
+            sources.append(_source_for(model, task, target, split, rng, side))
+        except InputError:
+            continue
+        targets.append(target)
+        if len(targets) == n_samples:
+            break
+    if len(targets) < n_samples:
+        raise InputError(f"Only {len(targets)} of {n_samples} contexts of task {task.name!r} have a source context "
+                         "with swapped spans of equal token length; the pools need more names of equal length.")
     rows_t, rows_s = [], []
     for t, src in zip(targets, sources):
         names = list(t.context.entities) + list(src.entities)
