@@ -2,6 +2,8 @@
 
 - :mod:`lmscope.probes.steering` -- steering vectors from contrast pairs, reading vectors, offline
   evaluations and the alignment/helpfulness trade-off.
+- :mod:`lmscope.probes.binding` -- binding IDs (Feng & Steinhardt): binding tasks with exact token spans,
+  factorization, position shifts, mean interventions (``BindingShift``), subspace, one-call study.
 - :mod:`lmscope.probes.plotting` -- the one plotting helper every method figure goes through (heat map,
   line plot over layers with bands, multi-panel figures; atomic PNG/PDF/SVG writes; returns the Figure).
 

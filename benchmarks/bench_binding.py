@@ -1,0 +1,132 @@
+"""Benchmark: the full binding-ID study on SmolLM2 (all four tasks, Table-1 rows, 100+ samples each).
+
+Reports wall time and peak memory, and the ratio of the study's wall time to one clean scoring pass over the
+CAPITALS test prompts measured in the same process (the study costs that many clean passes). Writes the
+study's JSON report (the notebook plots it).
+
+    .venv/bin/python benchmarks/bench_binding.py --n-train 128 --n-test 100 --out binding_report.json
+    # on an accelerator, with the GGUF and tokenizer copied there:
+    python3 benchmarks/bench_binding.py --gguf DIR/SmolLM2-135M-Instruct.Q4_1.gguf --tokenizer DIR --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memory import rss_kb  # noqa: E402
+
+
+def load(args: argparse.Namespace):
+    from lmscope.interventions import HookedModel
+
+    if args.gguf is None:
+        return HookedModel.default(device=args.device)
+    from lmscope.interventions.defaults import load_gguf
+    from transformers import AutoTokenizer
+
+    model, tok = load_gguf(args.gguf)
+    if args.tokenizer:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    return HookedModel(model.to(args.device).eval(), tok)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def merge(paths: list[str], out: str) -> None:
+    """Merge reports of runs that split the study (per-task parts, main-task extras) into one report."""
+    merged: dict = {"tasks": {}, "benchmark": {"runs": []}}
+    for path in paths:
+        rep = json.loads(Path(path).read_text())
+        for name, entry in rep.pop("tasks").items():
+            merged["tasks"].setdefault(name, {}).update(entry)
+        merged["benchmark"]["runs"].append(rep.pop("benchmark"))
+        settings = rep.pop("settings")
+        merged.setdefault("settings", {})[Path(path).stem] = settings
+        merged.update({k: v for k, v in rep.items() if k != "wall_s"})
+    merged["tasks"] = {k: v for k, v in merged["tasks"].items() if v}
+    merged["benchmark"]["command"] = " ; ".join(r["command"] for r in merged["benchmark"]["runs"])
+    Path(out).write_text(json.dumps(merged, indent=1))
+    print(json.dumps(merged["benchmark"], indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gguf"), ap.add_argument("--tokenizer"), ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n-train", type=int, default=128)
+    ap.add_argument("--n-test", type=int, default=100)
+    ap.add_argument("--n-other", type=int, default=64, help="samples for factorization/position/subspace")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="binding_report.json")
+    ap.add_argument("--tasks", default="capitals,shapes,fruits,parallel")
+    ap.add_argument("--table-slots", default="0,1", help="queried slots of the Table-1 rows")
+    ap.add_argument("--fractions", default="-0.5,0,0.25,0.5,0.75,1,1.5")
+    ap.add_argument("--grid", default="-1,0,1,2")
+    ap.add_argument("--position-what", default="entity,attribute")
+    ap.add_argument("--parts", default="baseline,factorization,position,table_one,transfer,subspace")
+    ap.add_argument("--n-transfer", type=int, default=None, help="samples for the transfer runs (default n-test)")
+    ap.add_argument("--smoke-first", action="store_true", help="run a tiny study first (fails fast, warms up)")
+    ap.add_argument("--merge", nargs="+", help="merge these report files into --out and exit")
+    args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from lmscope.probes.binding import binding_study, build_prompt, load_task, sample_contexts, score
+
+    model = load(args)
+    if args.smoke_first:
+        t0 = time.perf_counter()
+        binding_study(model, n_train=4, n_test=4, n_factorization=2, n_position=2, n_subspace=2, progress=False)
+        print(f"smoke study ok in {time.perf_counter() - t0:.1f} s", flush=True)
+    task = load_task("capitals")
+    prompts = [build_prompt(model.tokenizer, task, c, 0)
+               for c in sample_contexts(model.tokenizer, task, args.n_test, seed=0)]
+    score(model, prompts[: args.batch_size], batch_size=args.batch_size, progress=False)  # warm-up
+    sync(args.device)
+    t0 = time.perf_counter()
+    score(model, prompts, batch_size=args.batch_size, progress=False)
+    sync(args.device)
+    clean = time.perf_counter() - t0
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    floats = lambda text: tuple(float(x) for x in text.split(","))
+    report = binding_study(model, args.tasks.split(","), n_train=args.n_train, n_test=args.n_test,
+                           n_factorization=args.n_other, n_position=args.n_other, n_subspace=args.n_other,
+                           batch_size=args.batch_size, table_slots=tuple(int(x) for x in args.table_slots.split(",")),
+                           fractions=floats(args.fractions), grid=floats(args.grid), n_transfer=args.n_transfer,
+                           position_what=tuple(args.position_what.split(",")), parts=tuple(args.parts.split(",")),
+                           transfer_rows=("swap_attributes", "swap_entities"))
+    sync(args.device)
+    wall = time.perf_counter() - t0
+    bench = {"device": str(torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"),
+             "wall_s": wall, "clean_pass_s": clean, "ratio_study_over_clean_pass": wall / clean,
+             "peak_rss_mb": rss_kb("VmHWM") / 1024,
+             "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if args.device.startswith("cuda") else None,
+             "n_train": args.n_train, "n_test": args.n_test, "n_other": args.n_other, "batch_size": args.batch_size,
+             "command": " ".join(sys.argv)}
+    report["benchmark"] = bench
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(json.dumps(bench, indent=1))
+    for name, entry in report["tasks"].items():
+        if "table_one" not in entry:
+            continue
+        rows = {k: [round(x, 3) for x in v["accuracy"]] for k, v in entry["table_one"]["rows"].items()}
+        print(name, "baseline acc", round(entry["baseline"]["accuracy"], 3), "calibrated",
+              round(entry["baseline"]["calibrated_accuracy"], 3), "table1 acc (q0, q1):", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Binding IDs (Feng & Steinhardt, arXiv 2310.17191): tasks, factorization, position independence, mean
+interventions (Δ_E, Δ_A), the binding-ID subspace, and a one-call study.
+
+``tasks``/``prompts`` build prompts with exact token spans; ``runs`` scores candidate attributes (raw and
+calibrated accuracy) under interventions with the context frozen; ``experiments`` holds the baseline, the
+factorization test (core ``Patch`` with ``source_positions``) and position shifts (``position_ids``);
+``shift`` is the ``BindingShift`` intervention; ``means`` estimates Δ and runs Table 1, transfer and the
+subspace grid; ``study`` runs everything into one JSON-able report.
+"""
+
+from typing import TYPE_CHECKING
+
+from lmscope.interventions.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .experiments import baseline, factorization, position_shift, predicted_binding, swap_patch
+    from .means import BindingDeltas, estimate_deltas, subspace, table_one, transfer
+    from .prompts import BindingPrompt, Context, build_prompt, sample_contexts
+    from .runs import accuracy, attribute_medians, calibrated_accuracy, candidate_logprobs, score
+    from .shift import BindingShift, random_like
+    from .study import PAPER, binding_study
+    from .tasks import SHIPPED, BindingTask, load_task, split_pool
+
+_LAZY = {
+    "baseline": ".experiments", "factorization": ".experiments", "position_shift": ".experiments",
+    "predicted_binding": ".experiments", "swap_patch": ".experiments",
+    "BindingDeltas": ".means", "estimate_deltas": ".means", "subspace": ".means", "table_one": ".means",
+    "transfer": ".means",
+    "BindingPrompt": ".prompts", "Context": ".prompts", "build_prompt": ".prompts", "sample_contexts": ".prompts",
+    "accuracy": ".runs", "attribute_medians": ".runs", "calibrated_accuracy": ".runs",
+    "candidate_logprobs": ".runs", "score": ".runs",
+    "BindingShift": ".shift", "random_like": ".shift", "PAPER": ".study", "binding_study": ".study",
+    "SHIPPED": ".tasks", "BindingTask": ".tasks", "load_task": ".tasks", "split_pool": ".tasks",
+}
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
