@@ -15,6 +15,7 @@ prefix once, keeps its key/value cache, and re-runs only the final token under e
 
 from __future__ import annotations
 
+import inspect
 import random
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -116,6 +117,7 @@ def final_label_probs(model: HookedModel, prompts: PromptSet,
     from .readings import batches
 
     label_idx = torch.as_tensor(prompts.label_ids, device=model.device)
+    kw = "cache" if "cache" in inspect.signature(model.hf_model.forward).parameters else "past_key_values"
     out: dict[str, list[torch.Tensor]] = {name: [] for name in configs}
     chunks = batches(len(prompts), batch_size)
     bar = tqdm(total=len(chunks) * len(configs), desc="ablations", disable=not progress, leave=False)
@@ -123,13 +125,13 @@ def final_label_probs(model: HookedModel, prompts: PromptSet,
         batch = model.tokenize([prompts.ids[i] for i in rows])
         ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
         pre = model.hf_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                             use_cache=True)
-        past, width = pre.past_key_values, ids.shape[1] - 1
+                             use_cache=True, logits_to_keep=1)
+        past = pre.get("cache", None) or pre.get("past_key_values")
         for name, make in configs.items():
             with model.apply(make()):
                 logits = model.hf_model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
-                                        past_key_values=past, use_cache=True).logits[:, -1]
-            past.crop(width)
+                                        use_cache=True, **{kw: past}).logits[:, -1]
+            past.crop(-1)  # drop the final token again
             out[name].append(logits[:, label_idx].float().softmax(-1).cpu())
             bar.update(1)
     bar.close()

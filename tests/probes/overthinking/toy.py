@@ -7,7 +7,8 @@ from typing import Any
 
 from lmscope.probes.overthinking.tasks import FewShotTask
 
-WORDS = {"a": "ant bee cat dog eel fox gnu hen".split(), "b": "fig kiwi lime pear plum date yam oat".split()}
+WORDS = {"a": [*"ant bee cat dog eel fox".split(), "big gnu", "red hen old owl"],
+         "b": [*"fig kiwi lime pear plum date".split(), "ripe yam", "oat bran and rye"]}
 
 
 class ToyTokenizer:
