@@ -1,4 +1,5 @@
-"""Figures of the overthinking study (matplotlib, Agg; each function returns a Figure)."""
+"""Figures of the overthinking study: each function returns a ``matplotlib.figure.Figure`` built without
+pyplot (no global state, nothing shown by itself; save with ``fig.savefig``)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,17 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(**kwargs: Any) -> Figure:
+    from matplotlib.figure import Figure
 
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def accuracy_figure(tables: dict[str, dict[str, dict[str, list[list[float]]]]], critical: dict[str, Any],
                     n_labels: int, title: str) -> Figure:
     """Accuracy (left) and calibrated accuracy (right) over layers at the final k, one line per lens x setting."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig = _figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     styles = {"logit": "-", "tuned": "--"}
     for ax, key, name in zip(axes, ("acc", "cal"), ("accuracy", "calibrated accuracy")):
         for lens, per_setting in tables.items():
@@ -44,8 +41,8 @@ def accuracy_figure(tables: dict[str, dict[str, dict[str, list[list[float]]]]], 
 
 def demos_figure(tables: dict[str, dict[str, dict[str, list[list[float]]]]], lens: str, title: str) -> Figure:
     """Final-layer accuracy against the number of demos, per setting."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = _figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for setting, t in tables[lens].items():
         ax.plot(t["acc"][-1], marker="o", ms=3, label=setting)
     ax.set_xlabel("number of demos before the position (k-shot)")
@@ -58,10 +55,10 @@ def demos_figure(tables: dict[str, dict[str, dict[str, list[list[float]]]]], len
 
 def heads_figure(scores: list[list[float]], prefix: list[list[float]], top: list[list[int]], title: str) -> Figure:
     """Layer x head heat maps of the false-induction and prefix-matching scores (top heads circled)."""
-    plt = _plt()
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 6))
+    fig = _figure(figsize=(9, 6))
+    axes = fig.subplots(1, 2)
     for ax, data, name, cmap in zip(axes, (scores, prefix), ("false-induction score", "prefix-matching score"),
                                     ("RdBu_r", "viridis")):
         arr = np.asarray(data)
@@ -81,9 +78,9 @@ def heads_figure(scores: list[list[float]], prefix: list[list[float]], top: list
 
 def ablation_figure(ablation: dict[str, Any], title: str) -> Figure:
     """Gap reduction of the top-k heads vs random heads (mean +- std over draws), per ablation method."""
-    plt = _plt()
     methods = list(ablation["methods"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = _figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     xs = range(len(methods))
     top = [ablation["methods"][m]["top"]["gap_reduction"] for m in methods]
     rnd = [ablation["methods"][m]["random"]["gap_reduction_mean"] for m in methods]

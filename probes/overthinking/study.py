@@ -81,13 +81,19 @@ class OverthinkingReport:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "report.json", json.dumps(self.to_dict(), indent=1, allow_nan=False).encode())
+        for name in self.figures:
+            atomic_write_bytes(out / f"{name}.png", self.png(name))
+        return out
+
+    def png(self, name: str) -> bytes:
+        """One figure as PNG bytes (``IPython.display.Image(report.png(name))`` shows it in a notebook)."""
+        if name not in self.figures:
+            raise InputError(f"No figure {name!r}; figures: {', '.join(self.figures) or 'none'}.")
         import io
 
-        for name, fig in self.figures.items():
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=110)
-            atomic_write_bytes(out / f"{name}.png", buf.getvalue())
-        return out
+        buf = io.BytesIO()
+        self.figures[name].savefig(buf, format="png", dpi=110)
+        return buf.getvalue()
 
     def summary(self) -> str:
         """A few human-readable lines: accuracies, critical layer, top heads, gap reductions."""

@@ -164,10 +164,15 @@ def test_qkv_ablation_composes_saves_and_loads(tmp_path: Path) -> None:
         head_ablation([(0, 0)], "resample")
 
 
-def test_mean_ablation_runs_and_study_report_is_json(tmp_path: Path) -> None:
+def _tiny_study(figures: bool):  # noqa: ANN202
     model = toy_model("llama")
     report = run_study(model, toy_task(), score_task=None, n_prompts=6, n_demos=4, lenses={"logit": LogitLens(model)},
-                       top_k=2, n_random=3, batch_size=3, progress=False)
+                       top_k=2, n_random=3, batch_size=6, progress=False, figures=figures)
+    return model, report
+
+
+def test_mean_ablation_runs_and_study_report_is_json() -> None:
+    model, report = _tiny_study(figures=False)
     data = report.to_dict()
     json.dumps(data, allow_nan=False)
     t = data["tables"]["logit"]
@@ -178,7 +183,13 @@ def test_mean_ablation_runs_and_study_report_is_json(tmp_path: Path) -> None:
     # the unablated final-token accuracy is the last layer's logit-lens accuracy at the last k
     assert data["ablation"]["acc_true"] == pytest.approx(t["true"]["acc"][-1][-1])
     assert data["ablation"]["acc_false"] == pytest.approx(t["permuted"]["acc"][-1][-1])
+    assert "critical layer" in report.summary()
+
+
+@pytest.mark.slow
+def test_study_saves_report_and_figures(tmp_path: Path) -> None:
+    _, report = _tiny_study(figures=True)
     out = report.save(tmp_path / "rep")
+    assert json.loads((out / "report.json").read_text())["config"]["n_demos"] == 4
     assert {p.name for p in out.iterdir()} >= {"report.json", "accuracy_layers.png", "head_scores.png",
                                                "ablation.png", "accuracy_demos.png"}
-    assert "critical layer" in report.summary()

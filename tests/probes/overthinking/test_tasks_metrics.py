@@ -45,7 +45,7 @@ def test_prompts_show_what_the_setting_claims() -> None:
     task = toy_task()
     sets = {s: build_prompts(model, task, s, n_prompts=6, n_demos=4, seed=1) for s in ("true", "permuted", "half")}
     tok = model.tokenizer
-    for s, ps in sets.items():
+    for ps in sets.values():
         assert len(ps) == 6 and ps.n_demos == 4
         for i in range(6):
             assert len(ps.query_pos[i]) == 5 and len(ps.true[i]) == 5
