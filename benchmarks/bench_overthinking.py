@@ -1,0 +1,88 @@
+"""Overthinking-study benchmarks on SmolLM2-135M-Instruct (CPU).
+
+Parts (``--part``, default all):
+
+- ``study``: the whole study (``run_study``) with ``--n-prompts`` prompts x 3 settings (true, permuted,
+  random), logit + tuned lens, head scores on the unnatural task, 3 ablation methods with
+  ``--n-random`` random head sets; wall time and peak RSS (one run, no warm-up: the study itself is the
+  unit of work); writes the report + figures to ``--out`` and prints its summary.
+- ``heads``: the one-forward-per-batch head-score pass vs the naive one-forward-per-head loop on the
+  same ``--head-prompts`` prompts, same process; ratio of wall times, and the max score difference.
+
+Run: ``.venv/bin/python benchmarks/bench_overthinking.py --part all``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import torch
+
+
+def bench_study(model, args) -> None:
+    from lmscope.probes.overthinking import run_study
+    from memory import rss_kb
+
+    gc.collect()
+    before = rss_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    t0 = time.perf_counter()
+    report = run_study(model, args.task, n_prompts=args.n_prompts, n_demos=args.n_demos, n_random=args.n_random,
+                       batch_size=args.batch_size, progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    peak = rss_kb("VmHWM")
+    report.save(args.out)
+    print(report.summary())
+    print(f"study: task={args.task} prompts={args.n_prompts} x settings={report.config.settings} "
+          f"demos={args.n_demos} random draws={args.n_random}: wall {wall:.1f} s "
+          f"({', '.join(f'{k} {v:.1f}' for k, v in report.timings.items())}); peak RSS {peak / 1024:.0f} MiB "
+          f"(+{(peak - before) / 1024:.0f} MiB over the loaded model and lens, {before / 1024:.0f} MiB)")
+
+
+def bench_heads(model, args) -> None:
+    from lmscope.probes.overthinking import batched_head_scores, build_prompts, naive_head_scores
+
+    ps = build_prompts(model, "unnatural", "permuted", n_prompts=args.head_prompts, n_demos=args.n_demos)
+    batched_head_scores(model, ps.subset([0]), batch_size=1)  # warm up eager attention
+    t0 = time.perf_counter()
+    fast = batched_head_scores(model, ps, batch_size=args.batch_size)
+    t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    slow = naive_head_scores(model, ps, batch_size=args.batch_size, progress=not args.quiet)
+    t_slow = time.perf_counter() - t0
+    diff = max(float((fast[k] - slow[k]).abs().max()) for k in fast)
+    print(f"head scores, {args.head_prompts} prompts x {args.n_demos} demos, {model.n_layers}x{model.n_heads} heads: "
+          f"one forward per batch {t_fast:.2f} s vs one forward per head {t_slow:.1f} s -> {t_slow / t_fast:.0f}x "
+          f"faster; max |difference| {diff:.2e}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", default="all", choices=["all", "study", "heads"])
+    p.add_argument("--task", default="category")
+    p.add_argument("--n-prompts", type=int, default=100)
+    p.add_argument("--n-demos", type=int, default=12)
+    p.add_argument("--n-random", type=int, default=20)
+    p.add_argument("--head-prompts", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="overthinking-bench")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from lmscope.interventions import HookedModel
+    from lmscope.lens.training import default_lens
+
+    model = HookedModel.default()
+    default_lens(model)  # cached: loaded before the measured study
+    if args.part in ("all", "heads"):
+        bench_heads(model, args)
+    if args.part in ("all", "study"):
+        bench_study(model, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Exact equivalences on tiny random models: lens readings, batching, ablations by hand, the study."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lmscope.interventions import Cache, HookedModel
+from lmscope.interventions.base import Intervention, load_interventions, save_interventions
+from lmscope.interventions.errors import InputError
+from lmscope.lens import LogitLens, TunedLens
+from lmscope.probes.overthinking.ablation import HeadQKVAblate, final_label_probs, head_ablation
+from lmscope.probes.overthinking.heads import batched_head_scores, naive_head_scores
+from lmscope.probes.overthinking.readings import label_logits, read_labels
+from lmscope.probes.overthinking.study import run_study
+from lmscope.probes.overthinking.tasks import PromptSet, build_prompts
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy import toy_model, toy_task  # noqa: E402
+
+
+def _prompts(model: HookedModel, setting: str = "permuted", n: int = 5, demos: int = 4) -> PromptSet:
+    ps = build_prompts(model, toy_task(), setting, n_prompts=n, n_demos=demos, seed=3)
+    lengths = {len(i) for i in ps.ids}
+    assert len(lengths) > 1, "the test needs prompts of different lengths"
+    return ps
+
+
+def test_last_layer_probs_equal_the_model_output_renormalised() -> None:
+    model = toy_model("llama")
+    ps = _prompts(model)
+    r = read_labels(model, ps, {"logit": LogitLens(model)}, batch_size=2, progress=False)
+    for i in range(len(ps)):
+        logits = model.run([ps.ids[i]]).logits[0, ps.query_pos[i]]
+        want = logits[:, ps.label_ids].softmax(-1)
+        full = logits.softmax(-1)[:, ps.label_ids]
+        assert torch.allclose(want, full / full.sum(-1, keepdim=True), atol=1e-6)
+        assert torch.allclose(r.probs["logit"][-1, i], want, atol=1e-5)
+
+
+def test_label_logits_equal_full_lens_decoding() -> None:
+    model = toy_model("gemma")  # embedding scale, tied unembedding
+    lens = TunedLens(model)
+    with torch.no_grad():
+        lens.weight.normal_(0, 0.05)
+        lens.bias.normal_(0, 0.1)
+    h = torch.randn(2, 3, model.d_model)
+    ids = [5, 9, 2]
+    for i in (0, 2):
+        assert torch.allclose(label_logits(lens, h, i, ids), lens.logits(h, i)[..., ids], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_batched_prompts_of_different_lengths_equal_unbatched(name: str) -> None:
+    model = toy_model(name)
+    ps = _prompts(model)
+    lenses = {"logit": LogitLens(model)}
+    batched = read_labels(model, ps, lenses, batch_size=5, head_scores=True, progress=False)
+    single = read_labels(model, ps, lenses, batch_size=1, head_scores=True, progress=False)
+    assert torch.allclose(batched.probs["logit"], single.probs["logit"], atol=1e-5)
+    assert batched.heads is not None and single.heads is not None
+    for key, value in batched.heads.means().items():
+        assert torch.allclose(value, single.heads.means()[key], atol=1e-5), key
+
+
+def test_one_forward_head_scores_equal_the_per_head_loop() -> None:
+    model = toy_model("llama")
+    ps = _prompts(model)
+    fast = batched_head_scores(model, ps, batch_size=3)
+    slow = naive_head_scores(model, ps, batch_size=2)
+    for key in fast:
+        assert torch.allclose(fast[key], slow[key], atol=1e-5), key
+    assert fast["false_induction"].shape == (model.n_layers, model.n_heads)
+    assert fast["prefix_matching"].abs().sum() > 0
+
+
+def _by_hand_head_z_zero(model: HookedModel, layer: int, head: int) -> torch.utils.hooks.RemovableHandle:
+    """Zero one head's slice of the o_proj input at the last column (prompts are left-padded)."""
+    o_proj = model.module(f"{model.arch.layers}.{layer}.{model.arch.attn}.{model.arch.o_proj}")
+    d = model.d_head
+
+    def pre(module: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0].clone()
+        x[:, -1, head * d:(head + 1) * d] = 0
+        return (x, *args[1:])
+
+    return o_proj.register_forward_pre_hook(pre)
+
+
+def test_zero_ablation_equals_zeroing_head_z_by_hand() -> None:
+    model = toy_model("llama")
+    ps = _prompts(model, "true")
+    heads = [(1, 2), (2, 0)]
+    got = final_label_probs(model, ps, {"zero": lambda: head_ablation(heads, "zero")}, batch_size=2,
+                            progress=False)["zero"]
+    handles = [_by_hand_head_z_zero(model, layer, h) for layer, h in heads]
+    try:
+        logits = model.run(ps.ids).last_logits()
+    finally:
+        for hd in handles:
+            hd.remove()
+    want = logits[:, ps.label_ids].softmax(-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    plain = model.run(ps.ids).last_logits()[:, ps.label_ids].softmax(-1)
+    assert not torch.allclose(got, plain, atol=1e-4)  # the ablation did something
+
+
+def _by_hand_qkv(model: HookedModel, layer: int, head: int) -> list[torch.utils.hooks.RemovableHandle]:
+    """Zero the head's q, k and v projection slices at the last column (needs one kv head per head)."""
+    attn = f"{model.arch.layers}.{layer}.{model.arch.attn}"
+    d = model.d_head
+
+    def hook(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[:, -1, head * d:(head + 1) * d] = 0
+        return out
+
+    return [model.module(f"{attn}.{p}").register_forward_hook(hook) for p in ("q_proj", "k_proj", "v_proj")]
+
+
+def test_qkv_variant_equals_zeroing_q_k_v_by_hand() -> None:
+    model = toy_model("llama_tied")  # 4 heads, 4 kv heads: each head owns its k/v slices
+    assert model.n_kv_heads == model.n_heads
+    ps = _prompts(model, "true")
+    heads = [(0, 1), (2, 3)]
+    handles = [h for layer, head in heads for h in _by_hand_qkv(model, layer, head)]
+    try:
+        want = model.run(ps.ids).last_logits()
+    finally:
+        for hd in handles:
+            hd.remove()
+    full = model.run(ps.ids, [HeadQKVAblate(heads)]).last_logits()
+    assert torch.allclose(full, want, atol=1e-5)
+    cached = final_label_probs(model, ps, {"qkv": lambda: head_ablation(heads, "qkv")}, progress=False)["qkv"]
+    assert torch.allclose(cached, want[:, ps.label_ids].softmax(-1), atol=1e-5)
+    assert not torch.allclose(full, model.run(ps.ids).last_logits(), atol=1e-4)
+
+
+def test_qkv_ablation_composes_saves_and_loads(tmp_path: Path) -> None:
+    model = toy_model("llama")
+    ps = _prompts(model, "true")
+    iv = HeadQKVAblate([(1, 0), (1, 3), (2, 1)])
+    res = model.run(ps.ids, [iv, Cache("attn_pattern.1", positions=-1), Cache("head_z.2", positions=-1)])
+    pat = res.cache["attn_pattern.1"][:, :, 0]  # [batch, heads, keys] at each final token
+    mask = res.batch.attention_mask.bool()
+    for b in range(len(ps)):
+        n = int(mask[b].sum())
+        row = pat[b, 0][mask[b]]
+        assert torch.allclose(row[:-1], torch.full((n - 1,), 1 / n)) and row[-1] == 0
+    iv.save(tmp_path / "one")
+    assert Intervention.load(tmp_path / "one") == iv
+    save_interventions([iv, Cache("resid_post.0")], tmp_path / "many")
+    loaded = load_interventions(tmp_path / "many")
+    again = model.run(ps.ids, [loaded[0]]).last_logits()
+    assert torch.allclose(again, res.logits[torch.arange(len(ps)), res.batch.last_index], atol=1e-6)
+    with pytest.raises(InputError, match="Head index 9 out of range"):
+        model.run(ps.ids, [HeadQKVAblate([(0, 9)])])
+    with pytest.raises(InputError, match=r"\(layer, head\) pairs"):
+        HeadQKVAblate([(0, "a")])
+    with pytest.raises(InputError, match="Unknown ablation"):
+        head_ablation([(0, 0)], "resample")
+
+
+def _tiny_study(figures: bool):  # noqa: ANN202
+    model = toy_model("llama")
+    report = run_study(model, toy_task(), score_task=None, n_prompts=6, n_demos=4, lenses={"logit": LogitLens(model)},
+                       top_k=2, n_random=3, batch_size=6, progress=False, figures=figures)
+    return model, report
+
+
+def test_mean_ablation_runs_and_study_report_is_json() -> None:
+    model, report = _tiny_study(figures=False)
+    data = report.to_dict()
+    json.dumps(data, allow_nan=False)
+    t = data["tables"]["logit"]
+    assert set(t) == {"true", "permuted", "random"}
+    assert len(t["true"]["acc"]) == model.n_layers and len(t["true"]["acc"][0]) == 5
+    assert set(data["ablation"]["methods"]) == {"zero", "mean", "qkv"}
+    assert len(data["ablation"]["methods"]["zero"]["random"]["gap_reductions"]) == 3
+    # the unablated final-token accuracy is the last layer's logit-lens accuracy at the last k
+    assert data["ablation"]["acc_true"] == pytest.approx(t["true"]["acc"][-1][-1])
+    assert data["ablation"]["acc_false"] == pytest.approx(t["permuted"]["acc"][-1][-1])
+    assert "critical layer" in report.summary()
+
+
+@pytest.mark.slow
+def test_study_saves_report_and_figures(tmp_path: Path) -> None:
+    _, report = _tiny_study(figures=True)
+    out = report.save(tmp_path / "rep")
+    assert json.loads((out / "report.json").read_text())["config"]["n_demos"] == 4
+    assert {p.name for p in out.iterdir()} >= {"report.json", "accuracy_layers.png", "head_scores.png",
+                                               "ablation.png", "accuracy_demos.png"}
