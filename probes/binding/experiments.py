@@ -124,7 +124,7 @@ def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *,
             rows_t.append(build_prompt(tok, task, t.context, name, allow_absent=True))
             rows_s.append(build_prompt(tok, task, src, name, allow_absent=True))
     cands = [t.candidates + s.candidates for t, s in zip(rows_t, rows_s)]
-    def maker(what: str):
+    def maker(what: str) -> Any:
         def make(rows: range, frozen: FrozenContext | None) -> list:
             assert frozen is not None
             src = [rows_s[i] for i in rows]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -113,7 +113,8 @@ def table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_sa
     out: dict[str, Any] = {"task": task.name, "delta_task": deltas.task, "n_samples": n_samples, "rows": {}}
     for q in query_slots:
         prompts = [build_prompt(tok, task, c, q) for c in contexts]
-        makes = {row: None if plan[row][0] is None else _shift_maker(prompts, *plan[row]) for row in rows}
+        makes: dict[str, Any] = {row: None if plan[row][0] is None else _shift_maker(prompts, *plan[row])  # type: ignore[arg-type]
+                                 for row in rows}
         scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc=f"table 1 q{q}")
         for row, lp in scores.items():
             res = out["rows"].setdefault(row, {"accuracy": [], "calibrated_accuracy": [], "mean_logprob": []})
@@ -126,13 +127,13 @@ def table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_sa
 
 
 def _shift_maker(prompts: Sequence[BindingPrompt], deltas: BindingDeltas, kinds: Sequence[str],
-                 coords: tuple[float, float] | None = None):
+                 coords: tuple[float, float] | None = None) -> Any:
     """Per batch: the frozen context plus one ``BindingShift`` per kind (swap: +Δ(1) at slot 0, −Δ(1) at
     slot 1; ``coords=(a, b)``: slot 1 moved to ``(a−1)Δ(1) + bΔ(2)`` from where it was)."""
     def make(rows: range, frozen: FrozenContext | None) -> list:
         assert frozen is not None
         batch = [prompts[i] for i in rows]
-        ivs = [frozen.patch]
+        ivs: list[Any] = [frozen.patch]
         for kind in kinds:
             if coords is None:
                 ivs.append(deltas.shift(kind, 1, _spans(batch, kind, 0), _spans(batch, kind, 1)))
@@ -172,11 +173,12 @@ def subspace(model: HookedModel, task: BindingTask, deltas3: BindingDeltas, n_sa
     tok = model.tokenizer
     contexts = sample_contexts(tok, task, n_samples, split=split, seed=seed)
     prompts = [build_prompt(tok, task, c, q) for c in contexts for q in (0, 1)]
-    makes = {(i, j): _shift_maker(prompts, deltas3, ("entity", "attribute"), coords=(a, b))
+    makes: dict[Any, Any] = {(i, j): _shift_maker(prompts, deltas3, ("entity", "attribute"), coords=(a, b))
              for i, b in enumerate(grid) for j, a in enumerate(grid)}
     scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc="subspace grid")
     acc = np.zeros((len(grid), len(grid)))
-    for (i, j), lp in scores.items():
-        acc[i, j] = accuracy(lp, [p.query_slot for p in prompts])
+    for key, lp in scores.items():
+        i, j = cast(tuple[int, int], key)
+        acc[i, j] = accuracy(lp, [cast(int, p.query_slot) for p in prompts])
     return {"task": task.name, "n_samples": n_samples, "grid": list(grid), "accuracy": acc.tolist(),
             "axes": "rows: b (Δ(2) coefficient), columns: a (Δ(1) coefficient); (1, 0) = unchanged"}

@@ -142,7 +142,7 @@ def sample_contexts(tokenizer: Any, task: BindingTask, n_samples: int, *, split:
     if len(set(tokens.values())) < n:
         raise InputError(f"Task {task.name!r} split {split!r}: fewer than {n} attributes have distinct answer tokens.")
     rng = random.Random(seed)
-    out = []
+    out: list[Any] = []
     while len(out) < n_samples:
         chosen = rng.sample(attrs, n)
         if len({tokens[a] for a in chosen}) == n:

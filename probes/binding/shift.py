@@ -85,6 +85,7 @@ class BindingShift(Intervention):
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
         if ctx.batch_size != self.n_rows:
             raise InputError(f"BindingShift has spans for {self.n_rows} rows but the batch has {ctx.batch_size}.")
+        assert site.layer is not None
         vec = (self.scale * self.delta[self._index[site.layer]]).to(device=value.device, dtype=value.dtype)
         out = value.clone()
         if self.plus is not None:

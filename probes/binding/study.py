@@ -42,7 +42,7 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
     objs = [t if isinstance(t, BindingTask) else load_task(t) for t in tasks]
     by_name = {t.name: t for t in objs}
     main = by_name.get(main_task) or objs[0]
-    kw = dict(seed=seed, batch_size=batch_size, progress=progress)
+    kw: dict[str, Any] = dict(seed=seed, batch_size=batch_size, progress=progress)
     report: dict[str, Any] = {"model": repr(model), "paper": PAPER, "tasks": {}, "settings": {
         "n_train": n_train, "n_test": n_test, "n_factorization": n_factorization, "n_position": n_position,
         "n_subspace": n_subspace, "grid": list(grid),

@@ -116,7 +116,7 @@ def load_task(name: str) -> BindingTask:
     key = name.lower()
     if key not in SHIPPED:
         raise InputError(f"Unknown binding task {name!r}; shipped: {', '.join(SHIPPED)}.")
-    data: dict[str, Any] = json.loads(resources.files(__package__).joinpath("data", f"{key}.json").read_text())
+    data: dict[str, Any] = json.loads(resources.files(__package__).joinpath("data").joinpath(f"{key}.json").read_text())
     return BindingTask(name=key, prefix=data["prefix"], context=data["context"], query=data["query"],
                        entities={k: tuple(v) for k, v in data["entities"].items()},
                        attributes={k: tuple(v) for k, v in data["attributes"].items()},

@@ -55,7 +55,7 @@ class HeadQKVAblate(Intervention):
     """
 
     def __init__(self, heads: Heads) -> None:
-        self.heads = [tuple(h) for h in heads]
+        self.heads: list[tuple[int, int]] = [(int(h[0]), int(h[1])) for h in heads]
         if not self.heads:
             raise InputError("HeadQKVAblate needs at least one (layer, head) pair.")
         self._by_layer = _group(self.heads)

@@ -73,7 +73,7 @@ def read_labels(model: HookedModel, prompts: PromptSet, lenses: dict[str, Lens],
         if "resid_post" not in lens.site_kinds:
             raise InputError(f"Lens {name!r} does not read resid_post.")
     L = model.n_layers
-    probs = {name: [] for name in lenses}
+    probs: dict[str, list[Any]] = {name: [] for name in lenses}
     sums = HeadScoreSums.empty(L, model.n_heads) if head_scores else None
     sites = ["resid_post.*"] + (["attn_pattern.*"] if head_scores else [])
     for rows in tqdm(batches(len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
