@@ -15,8 +15,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import TEST_DEVICE, TINY_CONFIGS, build_tiny  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-if TEST_DEVICE != "cpu":  # tensors the tests build (token ids, vectors, references) meet the models there
-    torch.set_default_device(TEST_DEVICE)
 
 
 @pytest.fixture
