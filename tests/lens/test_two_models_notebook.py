@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
+from notebook_runner import run_notebook
 
 NOTEBOOK = Path(__file__).parent.parent.parent / "notebooks" / "two_models.ipynb"
 
@@ -20,21 +20,9 @@ def test_two_models_notebook_runs() -> None:
         gguf_path(GEMMA3_270M)
     except Exception as err:  # pragma: no cover - make test installs them
         pytest.skip(f"a real model is not installed: {err}")
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ["LMSCOPE_NOTEBOOK_SMALL"] = "1"
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOK.parent.parent)}}).execute()
-    finally:
-        os.environ.pop("LMSCOPE_NOTEBOOK_SMALL", None)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs, text = run_notebook(NOTEBOOK.name, timeout=300)
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 3, "the rank/probability figure and one heat map per model"
-    text = "".join(o.get("text", "") for o in outputs)
     assert "Gemma 3  layers 18" in text and "SmolLM2  layers 30" in text
     # the Eiffel Tower prompt is known by both models, so it is decoded by every lens
     known = re.search(r"known by both \(answer top-1\): (\d+) of (\d+)", text)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from lmscope.interventions import cli
+from notebook_runner import run_notebook
 
 NOTEBOOK = Path(__file__).parents[3] / "notebooks" / "overthinking.ipynb"
 
@@ -67,18 +67,6 @@ def test_cli_prints_critical_layer_heads_and_gap(use_smollm, tmp_path: Path,
 
 @pytest.mark.slow
 def test_overthinking_notebook_runs(smollm) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ["LMSCOPE_NOTEBOOK_SMALL"] = "1"
-    try:
-        nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOK.parent.parent)}}).execute()
-    finally:
-        os.environ.pop("LMSCOPE_NOTEBOOK_SMALL", None)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs, text = run_notebook(NOTEBOOK.name, timeout=900)
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
-    text = "".join(o.get("text", "") for o in outputs)
     assert "critical layer" in text and "gap reduction" in text
