@@ -16,6 +16,7 @@ traceback; anything else is a bug and keeps its traceback (exit 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -93,12 +94,10 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: 
 
     if threads:
         torch.set_num_threads(threads)
-    try:  # the weight-loading progress bar is noise on a CLI
+    with contextlib.suppress(ImportError):  # the weight-loading progress bar is noise on a CLI
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
     try:
         return HookedModel.from_pretrained(name, dtype=getattr(torch, dtype), device=device)
     except OSError as err:  # missing folder / hub name without a network
