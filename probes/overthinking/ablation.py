@@ -55,10 +55,11 @@ class HeadQKVAblate(Intervention):
     """
 
     def __init__(self, heads: Heads) -> None:
-        self.heads: list[tuple[int, int]] = [(int(h[0]), int(h[1])) for h in heads]
-        if not self.heads:
+        items: list[Any] = [tuple(h) for h in heads]
+        if not items:
             raise InputError("HeadQKVAblate needs at least one (layer, head) pair.")
-        self._by_layer = _group(self.heads)
+        self._by_layer = _group(items)  # validates: (layer, head) pairs of ints
+        self.heads: list[tuple[int, int]] = [(int(h[0]), int(h[1])) for h in items]
         super().__init__([f"attn_pattern.{layer}" for layer in sorted(self._by_layer)], -1)
 
     def bind(self, model: HookedModel) -> None:
