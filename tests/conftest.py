@@ -88,3 +88,12 @@ def real_model(request: pytest.FixtureRequest):
 # `lmscope decode` would use a `lmscope serve` answering on 127.0.0.1:8765; tests decode in-process unless a test
 # points LMSCOPE_SERVER at a server it started itself.
 os.environ["LMSCOPE_SERVER"] = "off"
+
+
+@pytest.fixture
+def use_smollm(smollm, monkeypatch: pytest.MonkeyPatch):
+    """CLI tests: every model load inside ``main()`` returns the session's SmolLM2 instead of loading it again."""
+    from lmscope.interventions import HookedModel
+
+    monkeypatch.setattr(HookedModel, "from_pretrained", classmethod(lambda cls, *a, **k: smollm))
+    return smollm

@@ -40,14 +40,6 @@ def test_tuned_lens_for_another_model_refused_before_loading(command: str, monke
     assert "--lens tuned without a folder only exists for the default model" in err and "--lens logit" in err
 
 
-@pytest.fixture
-def use_smollm(smollm, monkeypatch: pytest.MonkeyPatch):
-    """Serve the session's SmolLM2 instead of loading it again inside main()."""
-    from lmscope.interventions import HookedModel
-
-    monkeypatch.setattr(HookedModel, "from_pretrained", classmethod(lambda cls, *a, **k: smollm))
-    return smollm
-
 
 @pytest.mark.slow
 def test_decode_json_table_and_plots(use_smollm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

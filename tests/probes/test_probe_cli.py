@@ -30,13 +30,6 @@ def test_probe_user_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "--top" in capsys.readouterr().err
 
 
-@pytest.fixture
-def use_smollm(smollm, monkeypatch: pytest.MonkeyPatch):
-    from lmscope.interventions import HookedModel
-
-    monkeypatch.setattr(HookedModel, "from_pretrained", classmethod(lambda cls, *a, **k: smollm))
-    return smollm
-
 
 @pytest.mark.slow
 def test_probe_cli_end_to_end(use_smollm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

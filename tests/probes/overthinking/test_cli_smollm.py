@@ -44,13 +44,6 @@ def test_builtin_tasks_on_the_real_tokenizer(smollm) -> None:
     assert torch.allclose(probs[-1, :, -1], logits.softmax(-1), atol=1e-4)
 
 
-@pytest.fixture
-def use_smollm(smollm, monkeypatch: pytest.MonkeyPatch):
-    from lmscope.interventions import HookedModel
-
-    monkeypatch.setattr(HookedModel, "from_pretrained", classmethod(lambda cls, *a, **k: smollm))
-    return smollm
-
 
 @pytest.mark.slow
 def test_cli_prints_critical_layer_heads_and_gap(use_smollm, tmp_path: Path,

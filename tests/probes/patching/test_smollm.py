@@ -34,11 +34,7 @@ def test_exact_equals_loop_and_attribution_correlates(smollm) -> None:
     assert r > 0.6  # 0.80 over all 480 cells (benchmarks/RESULTS.md)
 
 
-def test_cli_on_smollm(smollm, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                       capsys: pytest.CaptureFixture[str]) -> None:
-    from lmscope.interventions import HookedModel
-
-    monkeypatch.setattr(HookedModel, "from_pretrained", classmethod(lambda cls, *a, **k: smollm))
+def test_cli_on_smollm(use_smollm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["patch", "--clean", CLEAN, "--corrupt", CORRUPT, "--target", " Mary", "--distractor",
                      " John", "--site", "attn_out", "--layers", "-4,-1", "--out", str(tmp_path / "m")]) == 0
     data = json.loads((tmp_path / "m" / "patching.json").read_text())
