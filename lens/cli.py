@@ -55,11 +55,18 @@ TUNED_NEEDS_DEFAULT = ("--lens tuned without a folder only exists for the defaul
                        "a lens trained for this model (lmscope train-lens), or --lens logit.")
 
 
+def is_default_model_name(model: str) -> bool:
+    """Whether ``--model`` names the embedded default model (``default`` or any of its names and aliases)."""
+    from lmscope.interventions.defaults import SMOLLM2, embedded_model
+
+    return embedded_model(model) is SMOLLM2
+
+
 def check_lens_arg(spec: str, model: str = "default") -> None:
     """Refuse an unknown ``--lens``, or ``--lens tuned`` with a non-default ``--model``, before the model loads."""
     if spec not in ("logit", "tuned") and not os.path.isdir(spec):
         raise CliError(f"Unknown --lens {spec!r}: use {LENS_CHOICES}.")
-    if spec == "tuned" and model != "default":
+    if spec == "tuned" and not is_default_model_name(model):
         raise CliError(TUNED_NEEDS_DEFAULT)
 
 
@@ -98,7 +105,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     t1 = time.time()
     if served(args, t1):
         return 0
-    is_default = args.model == "default"
+    is_default = is_default_model_name(args.model)
     model = model_from_args(args)
     lens = lens_from_spec(args.lens, model, is_default, "all" if args.mid else "resid_post")
     t2 = time.time()

@@ -56,7 +56,7 @@ def parse_steer(items: list[str]) -> dict[str, Path]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lmscope.lens.cli import check_lens_arg
+    from lmscope.lens.cli import check_lens_arg, is_default_model_name
 
     if args.host not in LOCAL_HOSTS and not args.token:
         raise CliError(f"Binding to {args.host!r} exposes the model beyond this machine: give --token (or set "
@@ -65,9 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"--port must be in 1..65535, got {args.port}.")
     if args.max_concurrent < 1:
         raise CliError("--max-concurrent must be at least 1.")
-    lens_specs = args.lens or (["logit", "tuned"] if args.model == "default" else ["logit"])
+    lens_specs = args.lens or (["logit", "tuned"] if is_default_model_name(args.model) else ["logit"])
     for spec in lens_specs:
-        check_lens_arg(spec)
+        check_lens_arg(spec, args.model)
     steer_folders = parse_steer(args.steer)
     if args.root is not None and not Path(args.root).is_dir():
         raise CliError(f"--root {args.root!r} is not a folder.")
@@ -89,7 +89,7 @@ def build_state(args: argparse.Namespace, lens_specs: list[str], steer_folders: 
     """Load the model, the lenses and the steering folders named on the command line."""
     from dataclasses import replace
 
-    from lmscope.lens.cli import lens_from_spec
+    from lmscope.lens.cli import is_default_model_name, lens_from_spec
 
     from .schema import LIMITS
     from .state import ServerState, read_interventions
@@ -101,7 +101,7 @@ def build_state(args: argparse.Namespace, lens_specs: list[str], steer_folders: 
     specs: dict[str, str] = {}
     for spec in lens_specs:
         name = spec if spec in ("logit", "tuned") else Path(spec).resolve().name
-        lenses[name] = lens_from_spec(spec, model, args.model == "default")
+        lenses[name] = lens_from_spec(spec, model, is_default_model_name(args.model))
         specs[spec if spec in ("logit", "tuned") else str(Path(spec).resolve())] = name
     steering = {name: read_interventions(folder) for name, folder in steer_folders.items()}
     return ServerState(model, lenses, model_spec=model_spec, dtype=args.dtype, device=args.device,

@@ -11,7 +11,7 @@ from typing import Any
 
 from lmscope.interventions.cli import CliError, add_model_args, model_from_args
 
-from ..cli import add_lens_arg, check_lens_arg, lens_from_spec
+from ..cli import add_lens_arg, check_lens_arg, is_default_model_name, lens_from_spec
 
 
 def register_train(subparsers: Any) -> None:
@@ -107,7 +107,7 @@ def cmd_eval_lens(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_lens, plot_report, save_report
 
     model = model_from_args(args)
-    lens = lens_from_spec(args.lens, model, args.model == "default", "resid_post")
+    lens = lens_from_spec(args.lens, model, is_default_model_name(args.model), "resid_post")
     corpus = _corpus(args, "heldout")
     report = evaluate_lens(lens, corpus, max_tokens=args.max_tokens, seq_len=args.seq_len,
                            progress=not args.quiet)

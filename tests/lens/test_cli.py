@@ -40,6 +40,19 @@ def test_tuned_lens_for_another_model_refused_before_loading(command: str, monke
     assert "--lens tuned without a folder only exists for the default model" in err and "--lens logit" in err
 
 
+@pytest.mark.parametrize("name", ["default", "smollm2-135m", "SmolLM2-135M-Instruct", "smollm2"])
+def test_tuned_lens_accepts_every_name_of_the_default_model(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--model smollm2-135m --lens tuned`` is the default model under another name: it gets the default lens."""
+    from lmscope.lens import cli as lens_cli
+    from lmscope.lens.training import fit
+
+    lens_cli.check_lens_arg("tuned", name)  # no CliError
+    sentinel = object()
+    monkeypatch.setattr(fit, "default_lens", lambda model: sentinel)
+    assert lens_cli.lens_from_spec("tuned", object(), lens_cli.is_default_model_name(name)) is sentinel
+    assert not lens_cli.is_default_model_name("gemma-3-270m")
+
+
 
 @pytest.mark.slow
 def test_decode_json_table_and_plots(use_smollm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
