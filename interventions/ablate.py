@@ -100,8 +100,9 @@ class Ablate(Intervention):
             self._pick = torch.randint(ref.shape[0], (value.shape[0],), generator=gen)
         pick = self._pick
         assert self._ref_len is not None
-        tok = ctx.token_index.clamp(min=0).cpu()
-        last = (self._ref_len[pick] - 1)[:, None]
+        tok = ctx.token_index.clamp(min=0).to(ref.device)
+        pick = pick.to(ref.device)
+        last = (self._ref_len.to(ref.device)[pick] - 1)[:, None]
         return ref[pick[:, None], torch.minimum(tok, last)].to(value)
 
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:

@@ -23,6 +23,7 @@ from .base import Intervention
 from .cache import ActivationCache, session_cache
 from .errors import InputError, SiteError
 from .inputs import Batch, encode
+from .placement import input_device
 from .sites import Site, all_site_names, resolve_sites
 
 #: Backends that run interventions: PyTorch hooks (everything) and an nnsight trace (``run`` only).
@@ -67,7 +68,7 @@ class HookedModel:
         self._dims = dimensions(config, int(self.unembed_weight.shape[0]))
         self.available_kinds = self.arch.available_sites(config)
         self._layers = cast(nn.ModuleList, self.module(self.arch.layers))  # indexed by layer
-        from .placement import check_placement, input_device
+        from .placement import check_placement
 
         hooked = {p: self.module(p) for p in (self.arch.embed, self.arch.final_norm, self.arch.unembed)}
         hooked.update({f"{self.arch.layers}.{i}": layer for i, layer in enumerate(self._layers)})
@@ -200,7 +201,10 @@ class HookedModel:
         return weight
 
     def decode_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Residual-stream vectors to logits through the model's own final norm and unembedding."""
+        """Residual-stream vectors to logits through the model's own final norm and unembedding.
+
+        ``hidden`` may live anywhere (a cache kept on the CPU, say): it is moved to the final norm's device."""
+        hidden = hidden.to(input_device(self.hf_model, self.final_norm))
         return self.arch.finish_logits(self.hf_model.config, self.unembed(self.final_norm(hidden)))
 
     def output_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -119,6 +119,7 @@ def _row_indices(spec: object, prompt_len: int, row: int) -> list[int]:
                              f"(valid: 0..{prompt_len - 1} or -{prompt_len}..-1).")
         return [idx]
     if isinstance(spec, slice):
+        _check_slice(spec)
         picked = list(range(prompt_len))[spec]
         if not picked:
             raise InputError(f"Position slice {spec} selects no token of prompt {row} ({prompt_len} tokens).")
@@ -132,9 +133,21 @@ def _row_indices(spec: object, prompt_len: int, row: int) -> list[int]:
                      "an int, a list of ints, a slice, or one such spec per batch row.")
 
 
+def _check_slice(spec: slice) -> None:
+    """A position slice has int (or None) bounds and a non-zero step, as Python's own slicing requires."""
+    parts = (spec.start, spec.stop, spec.step)
+    if any(p is not None and (not isinstance(p, int) or isinstance(p, bool)) for p in parts):
+        raise InputError(f"Position slice {spec!r}: start, stop and step must be ints or None.")
+    if spec.step == 0:
+        raise InputError(f"Position slice {spec!r} has step 0; use a non-zero step (or None for 1).")
+
+
 def validate_positions(spec: PositionSpec) -> PositionSpec:
     """Reject malformed specs when an intervention is built, not mid-forward."""
-    if spec is None or isinstance(spec, slice) or (isinstance(spec, int) and not isinstance(spec, bool)):
+    if isinstance(spec, slice):
+        _check_slice(spec)
+        return spec
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool)):
         return spec
     if isinstance(spec, str):
         if spec not in _NAMED:
@@ -148,6 +161,8 @@ def validate_positions(spec: PositionSpec) -> PositionSpec:
                 validate_positions(list(s)) if len(s) else None
             elif not isinstance(s, (int, slice)) or isinstance(s, bool):
                 raise InputError(f"positions entry {s!r} is not an int, slice or list.")
+            elif isinstance(s, slice):
+                _check_slice(s)
         return list(spec)
     raise InputError(f"Cannot read positions {spec!r}: use None, {', '.join(map(repr, _NAMED))}, "
                      "an int, a list of ints, a slice, or one such spec per batch row.")

@@ -22,6 +22,7 @@ import torch
 from lmscope.interventions.artifacts import expect_tensor, load_artifact, save_artifact
 from lmscope.interventions.errors import ArtifactError, InputError
 from lmscope.interventions.fingerprint import check_fingerprint
+from lmscope.interventions.placement import input_device
 from torch import nn
 
 if TYPE_CHECKING:
@@ -88,8 +89,9 @@ class Unembedding:
             self.bias = unembed.bias.detach().float() if unembed.bias is not None else None
 
     def normed(self, t: torch.Tensor) -> torch.Tensor:
-        """Final norm of translated states (in the model dtype), back to float32."""
-        return self.model.final_norm(t.to(self.model.dtype)).float()
+        """Final norm of translated states (in the model dtype, on the norm's device), back to float32."""
+        device = input_device(self.model.hf_model, self.model.final_norm)
+        return self.model.final_norm(t.to(device=device, dtype=self.model.dtype)).float()
 
     def blocks(self, t: torch.Tensor, cols: int) -> Iterator[torch.Tensor]:
         """Float32 logits of translated states ``t [..., d]``, ``cols`` vocabulary columns at a time."""
@@ -99,7 +101,7 @@ class Unembedding:
             for s in range(0, vocab, cols):
                 yield z[..., s:s + cols]
             return
-        n = self.normed(t)
+        n = self.normed(t).to(self.weight.device)  # the head may sit on another device under a device_map
         for s in range(0, vocab, cols):
             z = n @ self.weight[s:s + cols].T
             if self.bias is not None:
@@ -250,8 +252,9 @@ class TunedLens(Lens, nn.Module):
         self.meta: dict[str, Any] = {}
 
     def translate(self, h: torch.Tensor, i: int) -> torch.Tensor:
-        """``h + h @ weight[i].T + bias[i]`` in float32 (the caller casts back to the model dtype)."""
-        hf = h.to(self.weight.dtype)
+        """``h + h @ weight[i].T + bias[i]`` in float32 (the caller casts back to the model dtype); ``h`` may
+        live on another device (a CPU cache): it is moved to the translators'."""
+        hf = h.to(device=self.weight.device, dtype=self.weight.dtype)
         return hf + hf @ self.weight[i].T + self.bias[i]
 
     def forward(self, h: torch.Tensor, i: int | str) -> torch.Tensor:

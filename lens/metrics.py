@@ -70,7 +70,8 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
 def kl_from_logprobs(target: TargetStats, logq: torch.Tensor) -> torch.Tensor:
     """``KL(p || q)`` per row from lens log-probabilities ``logq [..., N, V]`` (e.g. several readings at once)."""
     flat = logq.reshape(-1, *target.p.shape)
-    cross = torch.stack([rowdot(target.p, q) for q in flat]).reshape(logq.shape[:-1])  # p is never copied
+    # p is never copied; flat[i] rather than iterating: unbind views break the lazy test device's matmul
+    cross = torch.stack([rowdot(target.p, flat[i]) for i in range(flat.shape[0])]).reshape(logq.shape[:-1])
     return (target.plogp - cross).clamp_min(0)
 
 

@@ -16,6 +16,26 @@ from tiny_models import TEST_DEVICE, TINY_CONFIGS, build_tiny  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+if TEST_DEVICE == "lazy":
+    # PyTorch's lazy-tensor device (TorchScript backend) is a second device type on a CPU-only machine: any
+    # test that mixes a CPU tensor into device work fails here just as it would on CUDA.
+    import torch._lazy.ts_backend
+
+    torch._lazy.ts_backend.init()
+
+    def _sampled_on_cpu(method):  # type: ignore[no-untyped-def]
+        """In-place sampling on a lazy tensor is recomputed each time the graph is materialised (a lazy-backend
+        quirk, not device mixing): sample on the CPU and copy, so a randomly initialised lens stays one tensor."""
+        def sample(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.device.type != "lazy":
+                return method(self, *args, **kwargs)
+            with torch.no_grad():
+                return self.copy_(method(torch.empty(self.shape, dtype=self.dtype), *args, **kwargs))
+        return sample
+
+    torch.Tensor.normal_ = _sampled_on_cpu(torch.Tensor.normal_)  # type: ignore[method-assign]
+    torch.Tensor.uniform_ = _sampled_on_cpu(torch.Tensor.uniform_)  # type: ignore[method-assign]
+
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:

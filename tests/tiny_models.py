@@ -84,13 +84,57 @@ TINY_CONFIGS: dict[str, Callable[[], Any]] = {
 
 
 #: Where test models run: ``LMSCOPE_TEST_DEVICE=cuda make test`` runs the suite on a GPU (default: CPU).
+#: ``LMSCOPE_TEST_DEVICE=lazy`` runs it on PyTorch's lazy-tensor device, a second device type on a CPU-only
+#: machine, so a test or a library path that mixes CPU tensors into device work fails here as it would on CUDA.
 TEST_DEVICE = os.environ.get("LMSCOPE_TEST_DEVICE", "cpu")
+
+#: Architectures whose *unhooked* HF forward already fails (or crashes the process) on the lazy device; lmscope
+#: is not involved, so their tests are skipped there. Checked with a plain ``hf(ids).logits.sum().backward()``.
+LAZY_UNSUPPORTED = {
+    "gpt2": "lazy-tensor internal assert in HF GPT-2 attention",
+    "gpt_neox": "HF GPT-NeoX rotary mixes CPU tensors on the lazy device",
+    "gpt_neox_sequential": "HF GPT-NeoX rotary mixes CPU tensors on the lazy device",
+    "gptj": "HF GPT-J rotary mixes CPU tensors on the lazy device",
+    "phi3": "HF Phi-3 rotary mixes CPU tensors on the lazy device",
+    "mixtral": "torch.histc has no lazy kernel for integer routing counts",
+    "qwen2_moe": "torch.histc has no lazy kernel for integer routing counts",
+    "qwen3_moe": "torch.histc has no lazy kernel for integer routing counts",
+    "stablelm_parallel": "per-head LayerNorm segfaults the lazy TorchScript backend",
+}
+
+
+def skip_lazy_miscompute(model: Any, what: str) -> None:
+    """Skip a Falcon test on the lazy device: there the lazy backend returns one layer's per-head DLA terms for
+    every layer (checked by hand: the same code on the CPU is exact), which is a lazy-backend fault, not lmscope's."""
+    if TEST_DEVICE == "lazy" and model.hf_model.config.model_type == "falcon":
+        import pytest
+
+        pytest.skip(f"{what}: the lazy test device miscomputes Falcon's per-head terms")
+
+
+def skip_unsupported(name: str) -> None:
+    """Skip the current test when architecture ``name`` cannot run on ``TEST_DEVICE`` even without lmscope."""
+    if TEST_DEVICE == "lazy" and name in LAZY_UNSUPPORTED:
+        import pytest
+
+        pytest.skip(f"{name} on the lazy test device: {LAZY_UNSUPPORTED[name]}")
+
+
+def on_device(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on ``TEST_DEVICE``: expectations computed by hand must live where the model's results do."""
+    return x.to(TEST_DEVICE)
+
+
+def random_ids(shape: tuple[int, ...], seed: int, high: int = VOCAB) -> torch.Tensor:
+    """Token ids in ``[1, high)`` from a seeded CPU generator (the same ids on every device), on ``TEST_DEVICE``."""
+    return on_device(torch.randint(1, high, shape, generator=torch.Generator().manual_seed(seed)))
 
 
 def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A tiny random model of architecture ``name`` in eval mode, on ``TEST_DEVICE`` (same weights everywhere)."""
     from transformers import AutoModelForCausalLM
 
+    skip_unsupported(name)
     config = TINY_CONFIGS[name]()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)

@@ -53,7 +53,7 @@ def trajectory_features(lens: Lens, prompts: Sequence[Any], features: str = "ful
                     p = lp.exp()
                     cols.append(-(p * lp).sum(-1))
                     cols.append((final.exp() * (final - lp)).sum(-1))
-        rows.append(torch.stack(cols, 1))
+        rows.append(torch.stack(cols, 1).cpu())  # features are small: keep them on the host
     return torch.cat(rows).numpy()
 
 

@@ -182,20 +182,20 @@ def attribute(model: HookedModel, prompt: Any, target: str | int, contrast: str 
     config = model.hf_model.config
     scale = model.arch.logit_scale(config) or 1.0  # Cohere multiplies the logits: every term scales with it
     u = lin.readout(d) * scale
-    attn, mlp = torch.zeros(L), torch.zeros(L)
+    attn, mlp = torch.zeros(L), torch.zeros(L)  # results live on the CPU; the terms are computed on the model's device
     heads, attn_bias = torch.full((L, H), float("nan")), torch.zeros(L)
     post_maps: list[Any] = []
     for layer in range(L):
-        attn[layer], mlp[layer] = last(f"attn_out.{layer}") @ u, last(f"mlp_out.{layer}") @ u
+        attn[layer], mlp[layer] = float(last(f"attn_out.{layer}") @ u), float(last(f"mlp_out.{layer}") @ u)
         w_o, b_o = model.output_projection(layer)
         per_head = torch.einsum("hd,hdm->hm", last(f"head_z.{layer}"), w_o.detach().float())
-        bias = b_o.detach().float() if b_o is not None else torch.zeros(model.d_model)
+        bias = b_o.detach().float() if b_o is not None else torch.zeros(model.d_model, device=per_head.device)
         post_map = _post_attention_map(model, layer, per_head.sum(0) + bias)
         post_maps.append(post_map)
         if post_map is not None:  # sandwich norm: frozen at this run's scale, the head terms pass through it
             per_head, bias = post_map.linear(per_head), post_map.linear(bias) + post_map.bias
         if torch.allclose(per_head.sum(0) + bias, last(f"attn_out.{layer}"), rtol=1e-4, atol=1e-4):
-            heads[layer], attn_bias[layer] = per_head @ u, bias @ u
+            heads[layer], attn_bias[layer] = (per_head @ u).cpu(), float(bias @ u)
         else:
             notes.append(f"layer {layer}: attn_out is not Σ_h head_z@W_O + b_O (a post-attention norm?); "
                          "per-head terms need that norm linearised and are left NaN.")
@@ -251,4 +251,4 @@ def _head_positions(model: HookedModel, prompt: Any, clean: Any, u: torch.Tensor
         per_key = per_key @ u  # [H, T]
         pattern = clean[f"attn_pattern.{layer}"][0, :, -1].float()  # [H, T] of the last query
         out.append(pattern * per_key)
-    return torch.stack(out)
+    return torch.stack(out).cpu()

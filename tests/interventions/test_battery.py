@@ -9,6 +9,7 @@ import pytest
 import torch
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, Patch, SiteError, Steer
 from lmscope.interventions.adapter_checks import adapter_failures
+from tiny_models import on_device, random_ids
 
 ATOL = 1e-5
 #: Test-side knowledge of HF's layer code, independent of the adapter table: the module (relative to a
@@ -47,7 +48,7 @@ def sliding_layers(model: HookedModel) -> list[int]:
 
 
 def ids(batch: int = 2, seq: int = 7, seed: int = 1) -> torch.Tensor:
-    return torch.randint(1, 97, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    return random_ids((batch, seq), seed)
 
 
 def hf_logits(model: HookedModel, tokens: torch.Tensor, **kw) -> torch.Tensor:
@@ -108,7 +109,7 @@ def test_resid_mid_write_lands_where_residual_is_formed(tiny: HookedModel) -> No
         with pytest.raises(SiteError, match="parallel residual"):
             tiny.run(tokens, [Cache(f"resid_mid.{layer}")])
         return
-    v = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(3))
+    v = on_device(torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(3)))
     steered = tiny.run(tokens, [Steer(f"resid_mid.{layer}", v)]).logits
     name = next((MLP_READS_RESID_MID[t] for t in tiny.arch.model_types if t in MLP_READS_RESID_MID),
                 "post_attention_layernorm")
@@ -163,7 +164,8 @@ def test_frozen_scale_post_norm_splits_attn_out_by_head(tiny: HookedModel) -> No
         return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     w_o, b_o = tiny.output_projection(layer)
     o = outs[0]
-    terms = [norm(o_h) * r(o) / r(o_h) for o_h in torch.einsum("bphd,hdm->hbpm", c[f"head_z.{layer}"], w_o)]
+    per_head = torch.einsum("bphd,hdm->hbpm", c[f"head_z.{layer}"], w_o)
+    terms = [norm(per_head[h]) * r(o) / r(per_head[h]) for h in range(per_head.shape[0])]
     if b_o is not None:
         terms.append(norm(b_o.expand_as(o)) * r(o) / r(b_o.expand_as(o)))
     assert torch.allclose(sum(terms), c[f"attn_out.{layer}"], atol=ATOL, rtol=0)
@@ -210,8 +212,9 @@ def test_zero_steer_changes_nothing(tiny: HookedModel) -> None:
 
 def test_steer_equals_manual_addition(tiny: HookedModel) -> None:
     tokens = ids()
-    v = torch.randn(tiny.d_model)
+    v = torch.randn(tiny.d_model)  # a CPU vector: Steer moves it to the site's device
     steered = tiny.run(tokens, [Steer("resid_pre.1", v, scale=0.5, positions=[2, 4])]).logits
+    v = on_device(v)  # the hand-written Edit is user code: its tensors must be on the model's device
 
     def add(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()

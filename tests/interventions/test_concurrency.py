@@ -15,6 +15,7 @@ import pytest
 import torch
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, Steer
 from lmscope.interventions.backends import hooks
+from tiny_models import on_device
 
 PROMPTS = [[5, 17, 3, 44, 9], [8, 2, 61]]
 
@@ -80,7 +81,7 @@ def test_attn_pattern_session_does_not_leak_eager_attention(tiny: HookedModel) -
 
 def test_pattern_sessions_in_two_threads(llama_tiny: HookedModel) -> None:
     model = llama_tiny
-    zero_head = Edit("attn_pattern.1", lambda p: p * torch.tensor([0.0, 1, 1, 1]).view(1, 4, 1, 1))
+    zero_head = Edit("attn_pattern.1", lambda p: p * on_device(torch.tensor([0.0, 1, 1, 1])).view(1, 4, 1, 1))
     alone = model.run(PROMPTS, [zero_head, Cache("attn_pattern.0")])
     got = while_open(model, [Cache("attn_pattern.*")], lambda: model.run(PROMPTS, [zero_head, Cache("attn_pattern.0")]))
     assert torch.equal(got.logits, alone.logits)

@@ -43,7 +43,7 @@ def _by_hand(model: HookedModel, positions) -> tuple[dict[str, np.ndarray], list
             rows[s] += [cache[s][0, t].reshape(-1) for t in keep]
         p_idx += [i] * len(keep)
         t_idx += keep
-    return {s: torch.stack(v).numpy() for s, v in rows.items()}, p_idx, t_idx
+    return {s: torch.stack(v).cpu().numpy() for s, v in rows.items()}, p_idx, t_idx
 
 
 def _check_sharded(model: HookedModel, path: Path, positions) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lmscope.interventions import Cache, Edit, HookedModel, InputError, Steer
+from tiny_models import on_device
 
 
 def hook_count(model: HookedModel) -> int:
@@ -61,7 +62,7 @@ def test_validation_error_attaches_nothing(llama_tiny: HookedModel) -> None:
 
 
 def test_apply_affects_plain_hf_calls(llama_tiny: HookedModel) -> None:
-    tokens = torch.tensor([[1, 2, 3, 4]])
+    tokens = on_device(torch.tensor([[1, 2, 3, 4]]))  # raw HF calls need ids on the model's device
     v = torch.randn(llama_tiny.d_model)
     with torch.no_grad():
         plain = llama_tiny.hf_model(tokens).logits
@@ -76,7 +77,8 @@ def test_composition_order_on_one_site(llama_tiny: HookedModel) -> None:
     v = torch.ones(llama_tiny.d_model)
     before, after = Cache("resid_post.0"), Cache("resid_post.0")
     llama_tiny.run(tokens, [before, Steer("resid_post.0", v, scale=2.0), after])
-    assert torch.allclose(after["resid_post.0"] - before["resid_post.0"], 2.0 * v.expand(1, 4, -1), atol=1e-6)
+    assert torch.allclose(after["resid_post.0"] - before["resid_post.0"], 2.0 * on_device(v).expand(1, 4, -1),
+                          atol=1e-6)
     # Edits compose in list order: (x * 2) + 1 vs (x + 1) * 2
     a = llama_tiny.run(tokens, [Edit("resid_post.0", lambda x: x * 2), Edit("resid_post.0", lambda x: x + 1),
                                 Cache("resid_post.0")]).cache["resid_post.0"]
@@ -88,7 +90,7 @@ def test_write_resid_mid(llama_tiny: HookedModel) -> None:
     v = torch.randn(llama_tiny.d_model)
     base = llama_tiny.run(tokens, [Cache(["resid_mid.1", "resid_post.1", "mlp_out.1"])]).cache
     new = llama_tiny.run(tokens, [Steer("resid_mid.1", v), Cache(["resid_mid.1", "resid_post.1", "mlp_out.1"])]).cache
-    assert torch.allclose(new["resid_mid.1"], base["resid_mid.1"] + v, atol=1e-5)
+    assert torch.allclose(new["resid_mid.1"], base["resid_mid.1"] + on_device(v), atol=1e-5)
     # the MLP reads the steered stream and the residual carries it
     assert torch.allclose(new["resid_post.1"], new["resid_mid.1"] + new["mlp_out.1"], atol=1e-5)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lmscope.interventions import ARCHITECTURES, HookedModel, UnsupportedArchitectureError
-from tiny_models import COMMON, IDS, build_tiny
+from tiny_models import COMMON, IDS, TEST_DEVICE, build_tiny, random_ids
 from transformers import AutoModelForCausalLM, BloomConfig, GraniteConfig, Olmo3Config, OlmoConfig
 
 
@@ -15,11 +15,11 @@ def build(config) -> torch.nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    return model.eval()
+    return model.eval().to(TEST_DEVICE)
 
 
 def assert_exact(model: HookedModel) -> None:
-    tokens = torch.randint(1, 97, (2, 7), generator=torch.Generator().manual_seed(0))
+    tokens = random_ids((2, 7), 0)
     with torch.no_grad():
         hf = model.hf_model(tokens).logits
     assert torch.allclose(model.run(tokens).logits, hf, atol=1e-5, rtol=0)

@@ -6,10 +6,11 @@ import pytest
 import torch
 from lmscope.interventions import Cache, InputError, Steer
 from lmscope.interventions.partial import forward_with_kv, kv_prefix, run_from_layer, start_at_layer
+from tiny_models import random_ids
 
 
 def _ids(n: int = 7, seed: int = 0) -> torch.Tensor:
-    return torch.randint(1, 97, (1, n), generator=torch.Generator().manual_seed(seed))
+    return random_ids((1, n), seed)
 
 
 def test_run_from_every_layer_after_every_prefix_equals_full_forward(tiny) -> None:

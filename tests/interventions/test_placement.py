@@ -14,7 +14,7 @@ PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
 
 
 def _saved_llama(tmp_path: Path) -> Path:
-    hf = build_tiny("llama")
+    hf = build_tiny("llama").cpu()  # accelerate placement is tested from the CPU (offload to CPU and disk)
     hf.save_pretrained(tmp_path / "m")
     return tmp_path / "m"
 

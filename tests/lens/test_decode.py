@@ -23,6 +23,19 @@ def test_prompt_indices() -> None:
         prompt_indices([[0], [1]], [3, 2, 2])
     with pytest.raises(InputError, match="selects no prompt token"):
         prompt_indices("generated", [3])
+    with pytest.raises(InputError, match="has step 0"):  # found by the property test: was a raw ValueError
+        prompt_indices(slice(None, None, 0), [3])
+    with pytest.raises(InputError, match="must be ints or None"):
+        prompt_indices([slice(0.5, 2)], [3])
+
+
+def test_step_zero_slice_is_refused_when_the_intervention_is_built() -> None:
+    from lmscope.interventions import Steer
+
+    with pytest.raises(InputError, match="has step 0"):
+        Steer("resid_post.0", torch.ones(4), positions=slice(None, None, 0))
+    with pytest.raises(InputError, match="has step 0"):
+        Steer("resid_post.0", torch.ones(4), positions=[1, slice(0, 2, 0)])
 
 
 @torch.no_grad()
@@ -54,5 +67,6 @@ def test_kl_entropy_equal_reference(llama_tiny: HookedModel) -> None:
         logq = F.log_softmax(lens.logits(cache.cache[r][0], i).float(), -1)
         kl = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1)
         ent = torch.distributions.Categorical(logits=logq).entropy()
-        torch.testing.assert_close(traj.kl[i], kl.clamp_min(0), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(traj.entropy[i], ent, rtol=1e-4, atol=1e-5)
+        # trajectories keep their numbers on the CPU; the reference is computed on the model's device
+        torch.testing.assert_close(traj.kl[i], kl.clamp_min(0), rtol=1e-4, atol=1e-5, check_device=False)
+        torch.testing.assert_close(traj.entropy[i], ent, rtol=1e-4, atol=1e-5, check_device=False)

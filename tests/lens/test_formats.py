@@ -11,7 +11,7 @@ import torch
 from lmscope.interventions import HookedModel, InputError, ModelMismatchError
 from lmscope.lens import TunedLens
 from lmscope.lens.formats import load_tuned_lens_folder, save_tuned_lens_folder
-from tiny_models import build_tiny
+from tiny_models import build_tiny, random_ids
 
 tuned_lens = pytest.importorskip("tuned_lens", reason="the tuned-lens==0.2.0 reference package (make test installs it)")
 
@@ -39,9 +39,10 @@ def _assert_same_logits(ours: TunedLens, theirs, model: HookedModel, ids: torch.
 def test_import_equals_the_package_and_round_trips(llama_tiny: HookedModel, tmp_path: Path) -> None:
     theirs = _their_lens(llama_tiny.hf_model)
     theirs.save(tmp_path / "tl")
+    theirs.to(llama_tiny.device)
     with pytest.warns(UserWarning, match="translator 0"):
         ours = load_tuned_lens_folder(tmp_path / "tl", llama_tiny)
-    ids = torch.randint(0, 97, (2, 7))
+    ids = random_ids((2, 7), 0)
     _assert_same_logits(ours, theirs, llama_tiny, ids)
     ours.save(tmp_path / "ours")  # and out again as lmscope's safetensors format
     again = TunedLens.load(tmp_path / "ours", llama_tiny)
@@ -52,6 +53,7 @@ def test_import_equals_the_package_and_round_trips(llama_tiny: HookedModel, tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reread = TheirLens.from_model_and_pretrained(llama_tiny.hf_model, str(tmp_path / "back"))
+    reread.to(llama_tiny.device)  # the package loads its translators on the CPU
     _assert_same_logits(ours, reread, llama_tiny, ids)
 
 
@@ -112,7 +114,7 @@ def test_lens_trained_by_the_package_on_smollm2(smollm: HookedModel, tmp_path: P
     from tuned_lens.nn import TunedLens as TheirLens
 
     hf = smollm.hf_model
-    theirs = TheirLens.from_model(hf).float()
+    theirs = TheirLens.from_model(hf).float().to(smollm.device)
     opt = torch.optim.SGD(theirs.parameters(), lr=0.5, momentum=0.9)
     ids = smollm.tokenize("The quick brown fox jumps over the lazy dog.").input_ids
     with torch.no_grad():

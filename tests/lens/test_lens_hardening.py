@@ -28,7 +28,7 @@ def test_damaged_lens_files(llama_tiny: HookedModel, tmp_path: Path) -> None:
     ]
     from safetensors.torch import save_file
     for tensors, message in cases:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tfile))
+        save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tfile))
         with pytest.raises(ArtifactError, match=message):
             TunedLens.load(tmp_path / "lens", llama_tiny)
     tfile.write_bytes(good)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from lmscope.interventions import Cache, HookedModel, InputError
 from lmscope.lens import LogitLens, Trajectory, TrajectoryBatch, TunedLens
-from tiny_models import build_tiny
+from tiny_models import build_tiny, random_ids
 
 
 def _ids(n: int = 7, seed: int = 0) -> torch.Tensor:
-    return torch.randint(1, 97, (2, n), generator=torch.Generator().manual_seed(seed))
+    return random_ids((2, n), seed)
 
 
 def test_last_reading_equals_model_logits(tiny: HookedModel) -> None:

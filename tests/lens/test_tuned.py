@@ -8,11 +8,11 @@ import pytest
 import torch
 from lmscope.interventions import Cache, HookedModel, ModelMismatchError
 from lmscope.lens import LogitLens, TunedLens
-from tiny_models import build_tiny
+from tiny_models import build_tiny, on_device, random_ids
 
 
 def test_zero_init_equals_logit_lens(tiny: HookedModel) -> None:
-    ids = torch.randint(1, 97, (2, 6), generator=torch.Generator().manual_seed(1))
+    ids = random_ids((2, 6), 1)
     tuned, logit = TunedLens(tiny, sites="all"), LogitLens(tiny, sites="all")
     r = tiny.run(ids, [Cache([*tuned.readings])])
     for a, b in zip(tuned.forward_all(r.cache), logit.forward_all(r.cache)):
@@ -25,7 +25,7 @@ def test_translator_is_affine(llama_tiny: HookedModel) -> None:
     with torch.no_grad():
         lens.weight.normal_(std=0.1)
         lens.bias.normal_(std=0.1)
-    h = torch.randn(4, 32)
+    h = on_device(torch.randn(4, 32))
     torch.testing.assert_close(lens.translate(h, 1), h + h @ lens.weight[1].T + lens.bias[1])
     torch.testing.assert_close(lens.logits(h, 1), llama_tiny.decode_hidden(lens.translate(h, 1)))
     assert not torch.equal(lens.logits(h, 1), LogitLens(llama_tiny).logits(h, 1))

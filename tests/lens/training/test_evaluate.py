@@ -15,6 +15,7 @@ from lmscope.interventions import Cache
 from lmscope.lens.lenses import LogitLens, TunedLens
 from lmscope.lens.training.corpus import Corpus, model_tokenizer
 from lmscope.lens.training.evaluate import evaluate_lens, plot_report, save_report
+from tiny_models import build_tiny, on_device
 
 SEQ = 32
 
@@ -59,7 +60,7 @@ def test_cli_train_and_eval(llama_tiny, text_dir: Path, tmp_path: Path, capsys: 
     from lmscope.interventions.cli import main
 
     model_dir = tmp_path / "model"
-    llama_tiny.hf_model.save_pretrained(model_dir)
+    build_tiny("llama").cpu().save_pretrained(model_dir)  # llama_tiny's weights, saved from the CPU
     out = tmp_path / "lens"
     rc = main(["train-lens", str(text_dir), "--model", str(model_dir), "--out", str(out), "--steps", "2",
                "--tokens-per-step", str(2 * SEQ), "--seq-len", str(SEQ), "--init-tokens", str(4 * SEQ),
@@ -85,7 +86,7 @@ def reference_sums(lenses: dict, corpus: Corpus, n_chunks: int) -> dict[str, dic
     readings = next(iter(lenses.values())).readings
     sums = {n: {m: [0.0] * len(readings) for m in ("kl", "ce", "entropy")} for n in lenses}
     for chunk in itertools.islice(corpus.chunks(model_tokenizer(model), SEQ, batch_size=1), n_chunks):
-        ids = torch.tensor(chunk)
+        ids = on_device(torch.tensor(chunk))
         out = model.run(ids, [Cache(readings)])
         logp = F.log_softmax(out.logits[0].float(), -1)
         for name, ln in lenses.items():

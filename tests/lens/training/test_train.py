@@ -15,6 +15,7 @@ from lmscope.lens.training.corpus import Corpus, CorpusExhaustedError
 from lmscope.lens.training.evaluate import evaluate_lens
 from lmscope.lens.training.fit import train_tuned_lens
 from lmscope.lens.training.kernels import FusedKLFunction
+from tiny_models import on_device
 
 SEQ = 32
 
@@ -37,8 +38,8 @@ def test_fused_kl_matches_autograd(llama_tiny) -> None:
     torch.manual_seed(0)
     dec = Unembedding(llama_tiny)
     assert dec.fused
-    n = torch.randn(10, llama_tiny.d_model, requires_grad=True)
-    target = target_stats(torch.randn(10, llama_tiny.d_vocab) * 3)
+    n = on_device(torch.randn(10, llama_tiny.d_model)).requires_grad_()
+    target = target_stats(on_device(torch.randn(10, llama_tiny.d_vocab)) * 3)
     p = target.p
     fused = FusedKLFunction.apply(n, dec.weight, dec.bias, p, target.plogp, 4)
     (g1,) = torch.autograd.grad(fused, n)

@@ -84,7 +84,7 @@ def test_shift_composes_with_cache_in_one_run(toy_model, toy_task, fake_tok) -> 
         got = result.cache.unpad("resid_pre.1", i)
         want = cache.unpad("resid_pre.1", i).clone()
         a, b = p.entity_spans[0]
-        want[a:b] += delta[1, 0]
+        want[a:b] += delta[1, 0].to(want.device)  # the shift itself took a CPU delta
         torch.testing.assert_close(got[:p.context_len], want[:p.context_len], rtol=1e-5, atol=1e-5)
 
 

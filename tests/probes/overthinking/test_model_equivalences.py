@@ -38,7 +38,7 @@ def test_last_layer_probs_equal_the_model_output_renormalised() -> None:
         want = logits[:, ps.label_ids].softmax(-1)
         full = logits.softmax(-1)[:, ps.label_ids]
         assert torch.allclose(want, full / full.sum(-1, keepdim=True), atol=1e-6)
-        assert torch.allclose(r.probs["logit"][-1, i], want, atol=1e-5)
+        assert torch.allclose(r.probs["logit"][-1, i], want.cpu(), atol=1e-5)  # readings are kept on the CPU
 
 
 def test_label_logits_equal_full_lens_decoding() -> None:
@@ -102,10 +102,10 @@ def test_zero_ablation_equals_zeroing_head_z_by_hand() -> None:
     finally:
         for hd in handles:
             hd.remove()
-    want = logits[:, ps.label_ids].softmax(-1)
-    assert torch.allclose(got, want, atol=1e-5)
-    plain = model.run(ps.ids).last_logits()[:, ps.label_ids].softmax(-1)
-    assert not torch.allclose(got, plain, atol=1e-4)  # the ablation did something
+    want = logits[:, ps.label_ids].softmax(-1).cpu()
+    assert torch.allclose(got.cpu(), want, atol=1e-5)
+    plain = model.run(ps.ids).last_logits()[:, ps.label_ids].softmax(-1).cpu()
+    assert not torch.allclose(got.cpu(), plain, atol=1e-4)  # the ablation did something
 
 
 def _by_hand_qkv(model: HookedModel, layer: int, head: int) -> list[torch.utils.hooks.RemovableHandle]:
@@ -135,7 +135,7 @@ def test_qkv_variant_equals_zeroing_q_k_v_by_hand() -> None:
     full = model.run(ps.ids, [HeadQKVAblate(heads)]).last_logits()
     assert torch.allclose(full, want, atol=1e-5)
     cached = final_label_probs(model, ps, {"qkv": lambda: head_ablation(heads, "qkv")}, progress=False)["qkv"]
-    assert torch.allclose(cached, want[:, ps.label_ids].softmax(-1), atol=1e-5)
+    assert torch.allclose(cached.cpu(), want[:, ps.label_ids].softmax(-1).cpu(), atol=1e-5)
     assert not torch.allclose(full, model.run(ps.ids).last_logits(), atol=1e-4)
 
 
@@ -149,7 +149,7 @@ def test_qkv_ablation_composes_saves_and_loads(tmp_path: Path) -> None:
     for b in range(len(ps)):
         n = int(mask[b].sum())
         row = pat[b, 0][mask[b]]
-        assert torch.allclose(row[:-1], torch.full((n - 1,), 1 / n)) and row[-1] == 0
+        assert torch.allclose(row[:-1], torch.full((n - 1,), 1 / n, device=row.device)) and row[-1] == 0
     iv.save(tmp_path / "one")
     assert Intervention.load(tmp_path / "one") == iv
     save_interventions([iv, Cache("resid_post.0")], tmp_path / "many")

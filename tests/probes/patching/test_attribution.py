@@ -7,6 +7,7 @@ import torch
 from lmscope.interventions import Cache
 from lmscope.interventions.partial import run_from_layer
 from lmscope.probes.patching import LARGE_DELTA, head_sweep, patching_sweep
+from tiny_models import random_ids
 
 
 def metric(logits: torch.Tensor) -> torch.Tensor:
@@ -14,7 +15,7 @@ def metric(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _pair() -> tuple[torch.Tensor, torch.Tensor]:
-    clean = torch.randint(1, 97, (6,), generator=torch.Generator().manual_seed(3))
+    clean = random_ids((6,), 3)
     corrupt = clean.clone()
     corrupt[2] = (corrupt[2] + 9) % 97
     return clean, corrupt
@@ -36,9 +37,10 @@ def test_estimate_equals_first_order_term_computed_by_hand(tiny) -> None:
         (grad,) = torch.autograd.grad(m.sum(), [hidden])
         delta = src[f"resid_pre.{layer}"] - base[f"resid_pre.{layer}"]
         expected = float(m.detach()) + (delta * grad).sum(-1)[0]
-        torch.testing.assert_close(result.values[r], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result.values[r], expected, atol=1e-5, rtol=1e-5, check_device=False)
         rel = delta.norm(dim=-1)[0] / base[f"resid_pre.{layer}"].norm(dim=-1)[0]
-        torch.testing.assert_close(result.extras["relative_delta"][r], rel, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result.extras["relative_delta"][r], rel, atol=1e-5, rtol=1e-5,
+                                   check_device=False)
     assert result.method == "attribution" and any("AtP*" in n for n in result.notes)
 
 
@@ -53,7 +55,7 @@ def test_no_difference_means_no_estimated_effect_and_heads_work(llama_tiny) -> N
 
 
 def test_large_patches_are_counted_in_the_notes(llama_tiny) -> None:
-    clean = torch.randint(1, 97, (5,), generator=torch.Generator().manual_seed(4))
+    clean = random_ids((5,), 4)
     corrupt = (clean + 13) % 97  # every token differs: embeddings differ by about their own norm
     result = patching_sweep(llama_tiny, clean, corrupt, "resid_pre.0", None, metric, method="attribution")
     large = int((result.extras["relative_delta"] > LARGE_DELTA).sum())

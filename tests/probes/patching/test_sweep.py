@@ -6,6 +6,7 @@ import pytest
 import torch
 from lmscope.interventions import InputError, SiteError
 from lmscope.probes.patching import head_sweep, patching_sweep, resid_pre_sweep
+from tiny_models import random_ids
 
 
 def metric(logits: torch.Tensor) -> torch.Tensor:
@@ -13,7 +14,7 @@ def metric(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _pair(n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    clean = torch.randint(1, 97, (n,), generator=torch.Generator().manual_seed(seed))
+    clean = random_ids((n,), seed)
     corrupt = clean.clone()
     corrupt[1] = (corrupt[1] + 5) % 97
     corrupt[3] = (corrupt[3] + 11) % 97

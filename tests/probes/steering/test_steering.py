@@ -15,7 +15,7 @@ NEG = [[2, 2, 3, 9], [5, 7, 8], [8, 9, 1, 11, 13], [3, 4, 5], [20, 25, 22, 24]]
 def _resid(model: HookedModel, prompt: list[int], site: str, token: int = -1) -> torch.Tensor:
     from lmscope.interventions import Cache
 
-    return model.run([prompt], [Cache(site, positions=token)]).cache[site][0, 0]
+    return model.run([prompt], [Cache(site, positions=token)]).cache[site][0, 0].cpu()  # vectors live on the CPU
 
 
 # -- construction ------------------------------------------------------------------------------------
