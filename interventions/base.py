@@ -22,7 +22,16 @@ from .sites import Site
 if TYPE_CHECKING:
     from .model import HookedModel
 
-_REGISTRY: dict[str, type[Intervention]] = {}
+class _Registry(dict[str, Any]):
+    """Intervention classes by name, for loading saved interventions. Pickles as an empty registry: a remote
+    (NDIF) request ships lmscope's code by value, and must not drag along every subclass this process defined
+    (a test's or a user's module the server cannot import); loading from disk never happens there."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Registry, ())
+
+
+_REGISTRY: dict[str, type[Intervention]] = _Registry()
 
 
 def encode_positions(spec: PositionSpec) -> Any:
@@ -55,9 +64,13 @@ class Intervention:
     #: False for interventions that only read (``Cache``, ``LensReadout``): ``__call__`` must return None,
     #: and the backend raises :class:`InputError` if one returns a value (it would silently change the forward).
     writes: ClassVar[bool] = True
+    #: Attributes a session fills (those ``start()`` resets): a remote (NDIF) run executes the server's copy of
+    #: the intervention, so the nnsight backend brings these back into this object afterwards. A read-only
+    #: intervention must list them to run remotely.
+    session_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
+        super(Intervention, cls).__init_subclass__(**kwargs)  # noqa: UP008 - nnsight rebuilds classes from source
         _REGISTRY[cls.__name__] = cls
 
     def __init__(self, site: str | list[str], positions: PositionSpec = None) -> None:

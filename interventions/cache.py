@@ -27,6 +27,7 @@ class Cache(Intervention):
     """
 
     writes = False
+    session_fields = ("_chunks", "_mask")
 
     def __init__(self, sites: str | list[str], positions: PositionSpec = None, *, device: str | None = None,
                  dtype: torch.dtype | None = None, detach: bool = True) -> None:

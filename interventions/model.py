@@ -270,7 +270,7 @@ class HookedModel:
 
     def run(self, inputs: Any, interventions: Sequence[Intervention] = (), *, padding_side: str = "left",
             grad: bool = False, position_ids: torch.Tensor | None = None, backend: str | None = None,
-            remote: bool = False) -> RunResult:
+            remote: bool | str = False) -> RunResult:
         """One forward over ``inputs`` (padded; per-prompt results equal unbatched runs).
 
         ``interventions`` run in list order; the result's ``cache`` merges every ``Cache``.
@@ -278,7 +278,8 @@ class HookedModel:
         padded batch) overrides the positions the model sees, e.g. to shift a span's positions
         (position-independence experiments); by default they count real tokens from 0.
         ``backend`` overrides the model's default (``"hooks"`` or ``"nnsight"``; equal results); ``remote=True``
-        (nnsight only) runs the trace on NDIF (see :mod:`lmscope.interventions.backends.nnsight`).
+        (nnsight only) runs the trace on NDIF, ``remote="local"`` is nnsight's serverless dry run of that request
+        (see :mod:`lmscope.interventions.backends.nnsight`).
         """
         if isinstance(interventions, Intervention):
             interventions = [interventions]

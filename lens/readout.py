@@ -38,6 +38,7 @@ class LensReadout(Intervention):
     """
 
     writes = False
+    session_fields = ("_records", "_masks", "_first_site")
 
     def __init__(self, lens: Lens | str | Path, positions: PositionSpec = None, top_k: int = 5,
                  log_probs: bool = False, sites: Any = "resid_post") -> None:

@@ -103,6 +103,14 @@ LAZY_UNSUPPORTED = {
 }
 
 
+def skip_on_lazy(reason: str) -> None:
+    """Skip on the lazy test device for a limitation of that device itself (named in ``reason``)."""
+    if TEST_DEVICE == "lazy":
+        import pytest
+
+        pytest.skip(f"lazy test device: {reason}")
+
+
 def skip_lazy_miscompute(model: Any, what: str) -> None:
     """Skip a Falcon test on the lazy device: there the lazy backend returns one layer's per-head DLA terms for
     every layer (checked by hand: the same code on the CPU is exact), which is a lazy-backend fault, not lmscope's."""

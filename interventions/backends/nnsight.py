@@ -10,9 +10,15 @@ What differs:
 
 - ``attn_pattern`` is not available (the probabilities exist only inside the attention function; the hooks
   backend swaps in an eager attention for that) -- a :class:`SiteError` says so;
-- ``remote=True`` sends the trace to NDIF (nnsight's hosted models) instead of running it here: it needs
-  ``NDIF_API_KEY`` (or nnsight's configured key) and a network, and is refused up front, naming them, for
-  interventions that run arbitrary Python (``Edit``) since a remote server will not execute it.
+- ``remote=True`` sends the trace to NDIF (nnsight's hosted models) instead of running it here. NDIF runs
+  its own copy of the checkpoint, named by its Hugging Face id, so the model must have been loaded by that
+  id (``HookedModel.from_pretrained("meta-llama/Llama-3.1-8B")``); the request goes through nnsight's
+  ``LanguageModel`` wrapper of the already-loaded model, with lmscope registered for serialisation by value
+  (``nnsight.register``) so the server rebuilds the interventions' code. It needs ``NDIF_API_KEY`` (or
+  nnsight's configured key) and a network. It is refused up front, with a :class:`RemoteError` naming what
+  is missing, without a key, for a model with no Hugging Face id (a local folder, the embedded GGUF models,
+  an in-memory model) and for interventions that run arbitrary Python (``Edit``); an unreachable server is
+  a :class:`RemoteError` too. Nothing ever silently runs locally instead.
 
 nnsight 0.8 runs the trace body interleaved with the real forward, so the values seen here are real tensors.
 """
@@ -20,6 +26,8 @@ nnsight 0.8 runs the trace body interleaved with the real forward, so the values
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -72,12 +80,65 @@ def nnsight_model(model: HookedModel) -> Any:
     return wrapped
 
 
-def check_remote(interventions: list[Intervention]) -> None:
-    """Refuse a remote run before anything is sent: no key, or interventions that run arbitrary Python."""
+#: A Hugging Face repository id (``name`` or ``owner/name``), as NDIF names the checkpoints it hosts.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+#: Top-level modules of the HTTP / socket stacks nnsight and huggingface_hub use: their errors mean "offline".
+_NETWORK_MODULES = {"httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3", "socketio", "engineio",
+                    "websocket", "websockets", "aiohttp", "socket", "ssl"}
+
+
+def hub_name(model: HookedModel) -> str:
+    """The Hugging Face id NDIF would run ``model`` as, or a :class:`RemoteError` saying why there is none."""
+    hf = model.hf_model
+    name = getattr(hf, "name_or_path", "") or getattr(hf.config, "_name_or_path", "") or ""
+    if not name or os.path.exists(name) or not _REPO_ID.match(name):
+        where = f"was loaded from {name!r}" if name else "has no Hugging Face id (it was built in memory)"
+        raise RemoteError(f"remote=True runs the model NDIF hosts under its Hugging Face id, but this model {where}. "
+                          "Load it by its hub name (HookedModel.from_pretrained('meta-llama/Llama-3.1-8B'), "
+                          "say), or run locally (remote=False).")
+    return str(name)
+
+
+def remote_nnsight_model(model: HookedModel) -> Any:
+    """nnsight's ``LanguageModel`` around the loaded model (its hub id keys the NDIF request), built once."""
+    wrapped = getattr(model, "_nnsight_remote", None)
+    if wrapped is None:
+        hub_name(model)
+        if model.tokenizer is None:
+            raise RemoteError("remote=True needs the model's tokenizer (nnsight's LanguageModel wraps both); "
+                              "load the model with HookedModel.from_pretrained(name).")
+        import nnsight
+        from nnsight import LanguageModel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # LanguageModel's deprecation notice: it is still nnsight's remote path
+            wrapped = LanguageModel(model.hf_model, tokenizer=model.tokenizer)
+        nnsight.register("lmscope")  # the server rebuilds lmscope's intervention code from source
+        setattr(model, "_nnsight_remote", wrapped)  # noqa: B010 - kept on the HookedModel, built once
+    return wrapped
+
+
+def _is_network_error(err: BaseException) -> bool:
+    """Whether ``err`` says the network (NDIF or the Hub) could not be reached."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    return any(c.__module__.split(".")[0] in _NETWORK_MODULES for c in type(err).__mro__)
+
+
+def check_remote(interventions: list[Intervention], need_key: bool = True) -> None:
+    """Refuse a remote run before anything is sent: no key (unless ``need_key`` is False: nnsight's local
+    simulation), interventions that run arbitrary Python, or readers whose records could not come back."""
     local = [type(iv).__name__ for iv in interventions if type(iv).__name__ in LOCAL_ONLY]
     if local:
         raise RemoteError(f"{', '.join(sorted(set(local)))} runs arbitrary Python and cannot run on a remote NDIF "
                           "server; express it with Steer/Patch/Ablate, or run locally (remote=False).")
+    silent = [type(iv).__name__ for iv in interventions if not iv.writes and not iv.session_fields]
+    if silent:
+        raise RemoteError(f"{', '.join(sorted(set(silent)))} records into itself but lists no session_fields, so "
+                          "its records would stay on the server; declare them (see Intervention.session_fields) "
+                          "or run locally (remote=False).")
+    if not need_key:
+        return
     key = os.environ.get("NDIF_API_KEY")
     if not key:
         try:
@@ -90,6 +151,33 @@ def check_remote(interventions: list[Intervention]) -> None:
         raise RemoteError("remote=True needs an NDIF API key: set NDIF_API_KEY (or nnsight.CONFIG.set_default_api_key"
                           "(...)) and make sure this machine can reach ndif.us; remote runs also need the model to "
                           "be one NDIF hosts (load it by its HF name).")
+
+
+def save_session_state(interventions: list[Intervention]) -> list[dict[str, Any]]:
+    """Each intervention's session state (its ``session_fields``), marked to come back from the trace: a
+    remote run records into the server's copies of the interventions."""
+    from nnsight import save
+
+    return save([{name: getattr(iv, name) for name in iv.session_fields} for iv in interventions])
+
+
+def _fresh_on_unpickle() -> None:
+    """Let a request ship lmscope's code by value: the process-local objects its modules hold (the hooks
+    backend's ContextVar and lock) travel as fresh ones (a server-side run starts with no hooks session)."""
+    import _thread
+    import contextvars
+    import copyreg
+
+    copyreg.pickle(contextvars.ContextVar, lambda cv: (contextvars.ContextVar, (cv.name,)))
+    copyreg.pickle(_thread.LockType, lambda lock: (_thread.allocate_lock, ()))
+    copyreg.pickle(_thread.RLock, lambda lock: (_thread.RLock, ()))
+
+
+def _tag_modules(root: Any) -> None:
+    """Give every module its nnsight persistent id up front, so a request that reaches a module through the
+    HookedModel (not an envoy) references the server's module instead of shipping the weights."""
+    for env in root.modules():
+        env._module._persistent_id = f"Module:{env.path}"
 
 
 class _Visitor:
@@ -166,15 +254,20 @@ def _with_resid_pre(session: Session) -> list[Site]:
     return sorted(sites | extra, key=_forward_order)
 
 
-def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Intervention], *, remote: bool = False,
-                grad: bool = False) -> tuple[torch.Tensor, ActivationCache]:
-    """One forward of ``batch`` inside an nnsight trace with ``interventions``; returns (logits, cache)."""
+def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Intervention], *,
+                remote: bool | str = False, grad: bool = False) -> tuple[torch.Tensor, ActivationCache]:
+    """One forward of ``batch`` inside an nnsight trace with ``interventions``; returns (logits, cache).
+
+    ``remote=True`` sends it to NDIF; ``remote="local"`` is nnsight's serverless dry run of exactly that
+    request (serialised as for NDIF, deserialised with lmscope hidden as on a server, run here)."""
     for iv in interventions:
         if not isinstance(iv, Intervention):
             raise InputError(f"Expected intervention objects (Cache, Steer, Patch, Ablate, Edit...), "
                              f"got {type(iv).__name__}.")
+    if remote not in (False, True, "local"):
+        raise InputError(f"remote must be False, True (NDIF) or 'local' (a dry run of the request), got {remote!r}.")
     if remote:
-        check_remote(interventions)
+        check_remote(interventions, need_key=remote is True)
     for iv in interventions:
         iv.bind(model)
     session = Session(model, interventions)
@@ -183,12 +276,15 @@ def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Interventi
     if any(s.kind == "attn_pattern" for s in session.per_site):
         raise SiteError("attn_pattern is not available with backend='nnsight' (the probabilities exist only "
                         "inside the attention function); use the hooks backend for pattern reads/writes.")
-    root = nnsight_model(model)
+    root = remote_nnsight_model(model) if remote else nnsight_model(model)
     order = _with_resid_pre(session)
     session.ctx = ForwardContext.from_mask(batch.attention_mask, 0, int(batch.input_ids.shape[1]))
     kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                               "position_ids": batch.position_ids, "use_cache": False}
     ctx = torch.enable_grad() if grad else torch.no_grad()
+    if remote:
+        _tag_modules(root)
+        _fresh_on_unpickle()
     with ctx:
         try:
             with root.trace(**kwargs, remote=remote) if remote else root.trace(**kwargs):
@@ -196,11 +292,17 @@ def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Interventi
                 for site in order:
                     visitor.visit(site)
                 saved = root.output.save()
+                records = save_session_state(interventions)
         except LmscopeError:
             raise
-        except (ConnectionError, OSError) as err:
-            if remote:
-                raise RemoteError(f"The NDIF server could not be reached: {err}") from None
+        except Exception as err:
+            if remote and _is_network_error(err):
+                raise RemoteError(f"NDIF (or the Hugging Face Hub, which names the model) could not be reached: "
+                                  f"{type(err).__name__}: {err}. Check the network, or run locally "
+                                  "(remote=False).") from None
             raise
+    for iv, state in zip(interventions, records):  # a remote run recorded into the server's copies: take theirs
+        for name, value in state.items():
+            setattr(iv, name, value)
     logits = saved.logits if hasattr(saved, "logits") else saved[0]
     return logits, session_cache(model, session, batch.attention_mask)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, InputError, Patch, SiteError, Steer
+from tiny_models import skip_on_lazy
 
 pytest.importorskip("nnsight", reason="the nnsight extra (pip install 'lmscope[nnsight]')")
 
@@ -68,6 +69,102 @@ def test_remote_is_refused_up_front(llama_tiny: HookedModel, monkeypatch: pytest
         llama_tiny.run(PROMPTS, [Steer("resid_pre.1", torch.ones(32))], backend="nnsight", remote=True)
 
 
+def _word_tokenizer():
+    """A word-level tokenizer over the tiny vocabulary (nnsight's LanguageModel wraps model + tokenizer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(97)}, unk_token="t0"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="t0", pad_token="t0")
+
+
+def test_remote_needs_a_model_ndif_hosts(llama_tiny: HookedModel, monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path) -> None:
+    """A model with no Hugging Face id (in memory, or loaded from a folder) is refused before any request."""
+    from lmscope.interventions.backends.nnsight import RemoteError
+
+    monkeypatch.setenv("NDIF_API_KEY", "not-a-real-key")
+    steer = [Steer("resid_pre.1", torch.ones(32)), Cache("resid_post.0")]
+    with pytest.raises(RemoteError, match="has no Hugging Face id"):
+        llama_tiny.run(PROMPTS, steer, backend="nnsight", remote=True)
+    llama_tiny.hf_model.name_or_path = str(tmp_path)  # an existing local folder
+    with pytest.raises(RemoteError, match="was loaded from"):
+        llama_tiny.run(PROMPTS, steer, backend="nnsight", remote=True)
+
+
+def test_remote_request_without_network_is_a_remote_error(llama_tiny: HookedModel,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a key and a hub id the request is really built and sent (never run locally instead); with no
+    network (name resolution fails, simulated so the test is the same on a connected machine) it is a
+    RemoteError naming the network, and lmscope is registered to ship by value."""
+    import socket
+
+    from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+    from lmscope.interventions.backends.nnsight import RemoteError
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setenv("NDIF_API_KEY", "not-a-real-key")
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    llama_tiny.hf_model.name_or_path = "EleutherAI/pythia-160m"
+    llama_tiny.tokenizer = _word_tokenizer()
+    seen = Cache("resid_post.0")
+    with pytest.raises(RemoteError, match="could not be reached.*remote=False"):
+        llama_tiny.run(PROMPTS, [Steer("resid_pre.1", torch.ones(32)), seen], backend="nnsight", remote=True)
+    assert "lmscope" in _PICKLE_BY_VALUE_MODULES
+    with pytest.raises(KeyError):
+        seen.cache["resid_post.0"]  # nothing ran locally in its place
+
+
+def _as_hub_model(model: HookedModel) -> HookedModel:
+    """Give a tiny model what a remote run needs: a Hugging Face id and a tokenizer (no download happens)."""
+    skip_on_lazy("lazy tensors cannot be pickled into a request (CUDA tensors can)")
+    model.hf_model.name_or_path = "EleutherAI/pythia-160m"
+    model.tokenizer = _word_tokenizer()
+    return model
+
+
+def test_remote_dry_run_equals_hooks(tiny: HookedModel) -> None:
+    """``remote="local"``: nnsight serialises the request exactly as for NDIF, deserialises it with lmscope
+    hidden (as on a server, so lmscope's code ships by value) and runs it here. Logits and every cached site
+    equal the hooks backend, and the caches came back from the server's copies of the interventions."""
+    model = _as_hub_model(tiny)
+    mid = ["resid_mid.1"] if "resid_mid" in model.available_kinds else []
+    ivs = [Steer("resid_pre.1", torch.ones(model.d_model), positions=-1), Ablate("head_z.-1", heads=[0, 2]),
+           Patch("resid_post.0", SOURCE), Cache(["resid_post.*", "head_z.1", "logits", *mid])]
+    hooks = model.run(PROMPTS, ivs)
+    dry = model.run(PROMPTS, ivs, backend="nnsight", remote="local")
+    torch.testing.assert_close(dry.logits, hooks.logits, atol=1e-5, rtol=0)
+    assert sorted(dry.cache) == sorted(hooks.cache)
+    for name in hooks.cache:
+        torch.testing.assert_close(dry.cache[name], hooks.cache[name], atol=1e-5, rtol=0)
+
+
+def test_remote_dry_run_brings_lens_readouts_back(llama_tiny: HookedModel) -> None:
+    from lmscope.lens import LensReadout, LogitLens
+
+    model = _as_hub_model(llama_tiny)
+    here, there = LensReadout(LogitLens(model), top_k=3), LensReadout(LogitLens(model), top_k=3)
+    model.run(PROMPTS, [here])
+    model.run(PROMPTS, [there], backend="nnsight", remote="local")
+    for name in ("resid_post.0", "resid_post.2"):
+        assert torch.equal(there[name]["top_ids"], here[name]["top_ids"])
+
+
+def test_remote_refuses_readers_whose_records_cannot_come_back(llama_tiny: HookedModel) -> None:
+    from lmscope.interventions.backends.nnsight import RemoteError
+
+    class Counter(Cache):
+        session_fields = ()  # records into itself, but would leave them on the server
+
+    with pytest.raises(RemoteError, match="Counter records into itself but lists no session_fields"):
+        _as_hub_model(llama_tiny).run(PROMPTS, [Counter("resid_post.0")], backend="nnsight", remote="local")
+    with pytest.raises(InputError, match="remote must be False, True .* or 'local'"):
+        llama_tiny.run(PROMPTS, [Cache("resid_post.0")], backend="nnsight", remote="yes")
+
+
 @pytest.mark.slow
 def test_nnsight_equals_hooks_on_smollm2(smollm: HookedModel) -> None:
     prompts = ["The capital of France is", "Hello"]
@@ -77,3 +174,30 @@ def test_nnsight_equals_hooks_on_smollm2(smollm: HookedModel) -> None:
     torch.testing.assert_close(nns.logits, hooks.logits, atol=1e-4, rtol=0)
     for name in hooks.cache:
         torch.testing.assert_close(nns.cache[name], hooks.cache[name], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_remote_dry_run_on_smollm2_ships_code_not_weights(smollm: HookedModel,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NDIF request for SmolLM2 (under its hub id) reproduces the hooks backend, and its payload is
+    lmscope's code and the inputs: a few hundred kB, not the 540 MB of weights."""
+    skip_on_lazy("lazy tensors cannot be pickled into a request (CUDA tensors can)")
+    from nnsight.schema.request import RequestModel
+
+    sizes: list[int] = []
+    serialize = RequestModel.serialize
+
+    def measured(*args: object, **kwargs: object) -> bytes:
+        blob = serialize(*args, **kwargs)
+        sizes.append(len(blob))
+        return blob
+    monkeypatch.setattr(RequestModel, "serialize", measured)
+    monkeypatch.setattr(smollm.hf_model, "name_or_path", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    ivs = [Steer("resid_pre.10", torch.ones(576), positions=-1), Ablate("head_z.20", heads=[3]),
+           Cache(["resid_post.29", "head_z.20"])]
+    prompts = ["The capital of France is", "Hello"]
+    hooks, dry = smollm.run(prompts, ivs), smollm.run(prompts, ivs, backend="nnsight", remote="local")
+    torch.testing.assert_close(dry.logits, hooks.logits, atol=1e-4, rtol=0)
+    for name in hooks.cache:
+        torch.testing.assert_close(dry.cache[name], hooks.cache[name], atol=1e-4, rtol=0)
+    assert len(sizes) == 1 and sizes[0] < 5_000_000, sizes
