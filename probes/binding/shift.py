@@ -29,6 +29,9 @@ def _check_spans(spans: RowSpans | None, what: str) -> list[list[tuple[int, int]
         return None
     out = []
     for i, row in enumerate(spans):
+        if not isinstance(row, (list, tuple)):
+            raise InputError(f"BindingShift {what} spans: row {i} is {row!r}; give a list of (start, stop) spans "
+                             "per batch row ([] for none).")
         cleaned = []
         for span in row:
             if len(span) != 2 or int(span[0]) < 0 or int(span[1]) <= int(span[0]):

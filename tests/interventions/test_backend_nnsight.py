@@ -201,3 +201,25 @@ def test_remote_dry_run_on_smollm2_ships_code_not_weights(smollm: HookedModel,
     for name in hooks.cache:
         torch.testing.assert_close(dry.cache[name], hooks.cache[name], atol=1e-4, rtol=0)
     assert len(sizes) == 1 and sizes[0] < 5_000_000, sizes
+
+
+def test_lens_readouts_and_method_interventions_equal_hooks(tiny: HookedModel) -> None:
+    """Beyond the core kinds: a LensReadout and a method's intervention (the binding study's BindingShift)
+    give the hooks backend's results through nnsight; pattern-writing ones are refused by name."""
+    from lmscope.lens import LensReadout, LogitLens
+    from lmscope.probes.binding import BindingShift
+    from lmscope.probes.overthinking import HeadQKVAblate
+
+    delta = torch.randn(2, 2, tiny.d_model, generator=torch.Generator().manual_seed(0))
+    shift = BindingShift(delta, [0, 2], plus=[[(1, 3)], [(0, 2)]], minus=[[(3, 5)], []])
+    here, there = LensReadout(LogitLens(tiny), top_k=3), LensReadout(LogitLens(tiny), top_k=3)
+    hooks = tiny.run(PROMPTS, [shift, here])
+    nns = tiny.run(PROMPTS, [shift, there], backend="nnsight")
+    torch.testing.assert_close(nns.logits, hooks.logits, atol=1e-5, rtol=0)
+    assert here.readings and there.readings == here.readings
+    for name in here.readings:
+        assert torch.equal(there[name]["top_ids"], here[name]["top_ids"])
+        torch.testing.assert_close(there[name]["top_probs"], here[name]["top_probs"], atol=1e-5, rtol=0)
+    if "attn_pattern" in tiny.available_kinds:
+        with pytest.raises(SiteError, match="attn_pattern is not available with backend='nnsight'"):
+            tiny.run(PROMPTS, [HeadQKVAblate([(1, 0)])], backend="nnsight")

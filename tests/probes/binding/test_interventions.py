@@ -126,6 +126,8 @@ def test_shift_bad_input_leaves_no_hooks(toy_model, toy_task, fake_tok) -> None:
         BindingShift(torch.zeros(1, 1, toy_model.d_model), [0], [[(3, 3)]])
     with pytest.raises(InputError, match="plus and/or minus"):
         BindingShift(torch.zeros(1, 1, toy_model.d_model), [0])
+    with pytest.raises(InputError, match=r"row 1 is None; give a list of \(start, stop\) spans"):
+        BindingShift(torch.zeros(1, 1, toy_model.d_model), [0], [[(1, 2)], None])
     with pytest.raises(InputError, match="d_model"):
         toy_model.run(_batch(prompts), [BindingShift(torch.zeros(1, 1, 5), [0], [[(1, 2)], [(1, 2)]])])
     one_row = BindingShift(torch.ones(1, 1, toy_model.d_model), [1], [[(1, 2)]])
