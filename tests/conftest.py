@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import TEST_DEVICE, TINY_CONFIGS, build_tiny  # noqa: E402
+from tiny_models import TEST_DEVICE, TINY_CONFIGS, build_tiny, skip_on_lazy  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -66,11 +66,9 @@ def llama_tiny(one_thread: None):
     return HookedModel(build_tiny("llama"))
 
 
-def skip_real_model_on_lazy() -> None:
-    """The lazy device recompiles a real model's graph for each new shape (~1-2 min per forward here): it checks
-    device handling on the tiny models only; the real models run on the CPU or a GPU."""
-    if TEST_DEVICE == "lazy":
-        pytest.skip("real models are not run on the lazy test device (minutes per forward)")
+#: The lazy device recompiles a real model's graph for each new shape (~1-2 min per forward here): it checks
+#: device handling on the tiny models only; the real models run on the CPU or a GPU.
+REAL_ON_LAZY = "real models take minutes per forward there"
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +78,7 @@ def smollm():
     from lmscope.interventions import HookedModel
     from lmscope.interventions.defaults import default_gguf_path
 
-    skip_real_model_on_lazy()
+    skip_on_lazy(REAL_ON_LAZY)
     try:
         default_gguf_path()
     except Exception as err:  # pragma: no cover - make test installs it
@@ -94,7 +92,7 @@ def gemma3():
     from lmscope.interventions import HookedModel
     from lmscope.interventions.defaults import GEMMA3_270M, gguf_path
 
-    skip_real_model_on_lazy()
+    skip_on_lazy(REAL_ON_LAZY)
     try:
         gguf_path(GEMMA3_270M)
     except Exception as err:  # pragma: no cover - make test installs it

@@ -104,7 +104,7 @@ LAZY_UNSUPPORTED = {
 
 
 def skip_on_lazy(reason: str) -> None:
-    """Skip on the lazy test device for a limitation of that device itself (named in ``reason``)."""
+    """Skip the current test on the lazy test device, for a limitation of that device itself (``reason``)."""
     if TEST_DEVICE == "lazy":
         import pytest
 
@@ -114,18 +114,14 @@ def skip_on_lazy(reason: str) -> None:
 def skip_lazy_miscompute(model: Any, what: str) -> None:
     """Skip a Falcon test on the lazy device: there the lazy backend returns one layer's per-head DLA terms for
     every layer (checked by hand: the same code on the CPU is exact), which is a lazy-backend fault, not lmscope's."""
-    if TEST_DEVICE == "lazy" and model.hf_model.config.model_type == "falcon":
-        import pytest
-
-        pytest.skip(f"{what}: the lazy test device miscomputes Falcon's per-head terms")
+    if model.hf_model.config.model_type == "falcon":
+        skip_on_lazy(f"{what}: it miscomputes Falcon's per-head terms")
 
 
 def skip_unsupported(name: str) -> None:
     """Skip the current test when architecture ``name`` cannot run on ``TEST_DEVICE`` even without lmscope."""
-    if TEST_DEVICE == "lazy" and name in LAZY_UNSUPPORTED:
-        import pytest
-
-        pytest.skip(f"{name} on the lazy test device: {LAZY_UNSUPPORTED[name]}")
+    if name in LAZY_UNSUPPORTED:
+        skip_on_lazy(f"{name}: {LAZY_UNSUPPORTED[name]}")
 
 
 def on_device(x: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,8 @@ def remote_nnsight_model(model: HookedModel) -> Any:
             warnings.simplefilter("ignore")  # LanguageModel's deprecation notice: it is still nnsight's remote path
             wrapped = LanguageModel(model.hf_model, tokenizer=model.tokenizer)
         nnsight.register("lmscope")  # the server rebuilds lmscope's intervention code from source
+        _fresh_on_unpickle()
+        _tag_modules(wrapped)
         setattr(model, "_nnsight_remote", wrapped)  # noqa: B010 - kept on the HookedModel, built once
     return wrapped
 
@@ -282,9 +284,7 @@ def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Interventi
     kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                               "position_ids": batch.position_ids, "use_cache": False}
     ctx = torch.enable_grad() if grad else torch.no_grad()
-    if remote:
-        _tag_modules(root)
-        _fresh_on_unpickle()
+    records: list[dict[str, Any]] = []  # only values saved inside the trace come back out of it
     with ctx:
         try:
             with root.trace(**kwargs, remote=remote) if remote else root.trace(**kwargs):
@@ -292,7 +292,8 @@ def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Interventi
                 for site in order:
                     visitor.visit(site)
                 saved = root.output.save()
-                records = save_session_state(interventions)
+                if remote:
+                    records = save_session_state(interventions)
         except LmscopeError:
             raise
         except Exception as err:
