@@ -28,8 +28,9 @@ def load(args: argparse.Namespace):
 
     if args.gguf is None:
         return HookedModel.default(device=args.device)
-    from lmscope.interventions.defaults import load_gguf
     from transformers import AutoTokenizer
+
+    from lmscope.interventions.defaults import load_gguf
 
     model, tok = load_gguf(args.gguf)
     if args.tokenizer:

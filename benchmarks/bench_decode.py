@@ -49,6 +49,7 @@ def cli_runs(runs: int, lens: str) -> None:
 
 def memory_child(which: str, n_tokens: int, lens_kind: str) -> None:
     import torch
+
     from lmscope.interventions import HookedModel
     from lmscope.lens import LogitLens
     from lmscope.lens.training.fit import default_lens

@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 import torch
+
 from lmscope.interventions import Cache, HookedModel
 
 #: SmolLM2-135M-Instruct's configuration (LLaMA, 30 layers, d_model 576, 9 heads / 3 KV heads).

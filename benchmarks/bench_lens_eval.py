@@ -26,6 +26,7 @@ from typing import Any
 def evaluate_before(lens: Any, corpus: Any, max_tokens: int, seq_len: int, row_block: int = 512) -> dict[str, Any]:
     """The previous ``evaluate_lens`` loop (metric sums only), for the baseline."""
     import torch
+
     from lmscope.interventions.collect import run_readings
     from lmscope.lens.lenses import LogitLens
     from lmscope.lens.training.corpus import model_tokenizer

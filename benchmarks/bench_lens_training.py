@@ -36,8 +36,9 @@ def train_reference(model, chunks, lr: float = 0.1, momentum: float = 0.9, weigh
     import torch
 
     sys.path.insert(0, str(ROOT / ".venv-bench"))
-    from lmscope.interventions.collect import run_readings as collect
     from tuned_lens.nn import TunedLens as RefTunedLens
+
+    from lmscope.interventions.collect import run_readings as collect
 
     readings = [f"resid_post.{i}" for i in range(model.n_layers)]
     t0 = time.perf_counter()

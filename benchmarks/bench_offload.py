@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import torch
+
 from lmscope.interventions import Cache, HookedModel, Steer
 
 

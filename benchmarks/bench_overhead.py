@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
 from lmscope.interventions import Cache, HookedModel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -91,8 +92,9 @@ def runners(model: HookedModel, batch, is_default: bool = True) -> dict[str, Cal
     try:
         if not is_default:
             raise RuntimeError("only measured on the default model")
-        from lmscope.interventions.defaults import default_model_dir
         from transformer_lens.model_bridge import TransformerBridge
+
+        from lmscope.interventions.defaults import default_model_dir
 
         bridge = TransformerBridge.boot_transformers(str(default_model_dir()), hf_model=hf,
                                                      tokenizer=model.tokenizer)

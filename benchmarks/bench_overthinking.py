@@ -22,8 +22,9 @@ import torch
 
 
 def bench_study(model, args) -> None:
-    from lmscope.probes.overthinking import run_study
     from memory import rss_kb
+
+    from lmscope.probes.overthinking import run_study
 
     gc.collect()
     before = rss_kb("VmRSS")

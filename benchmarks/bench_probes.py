@@ -61,8 +61,9 @@ def bench_memory(model, budget_mb: float, shard_rows: int, batch_size: int) -> d
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from lmscope.interventions import write_dataset
     from memory import rss_kb
+
+    from lmscope.interventions import write_dataset
 
     row_bytes = model.n_layers * model.d_model * 4
     words = 24
@@ -93,6 +94,7 @@ def bench_memory(model, budget_mb: float, shard_rows: int, batch_size: int) -> d
 
 def bench_sweep(model, rows: int, batch_size: int) -> dict:
     import numpy as np
+
     from lmscope.interventions import write_dataset
     from lmscope.probes.linear import default_estimator, probe_sweep
 

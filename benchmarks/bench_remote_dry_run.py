@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+
 from lmscope.interventions import Cache, HookedModel, Steer
 
 #: (label, backend, remote)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from lmscope.interventions import Cache, HookedModel
 from lmscope.interventions.backends import hooks
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.positions import prompt_indices
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.artifacts import atomic_dir
 from lmscope.interventions.errors import InputError, ModelMismatchError
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
+from torch import nn
+
 from lmscope.interventions.artifacts import expect_tensor, load_artifact, save_artifact
 from lmscope.interventions.errors import ArtifactError, InputError
 from lmscope.interventions.fingerprint import check_fingerprint
 from lmscope.interventions.placement import input_device
-from torch import nn
 
 if TYPE_CHECKING:
     from lmscope.interventions import ActivationCache, HookedModel

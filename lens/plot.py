@@ -77,6 +77,7 @@ def _xlabels(traj: Trajectory) -> list[str]:
 
 def _matplotlib(traj: Trajectory, out: Path, values: Any, cbar: str, color: str, title: str) -> None:
     import matplotlib.pyplot as plt
+
     from lmscope.interventions.artifacts import atomic_save_figure
 
     n_r, n_p = values.shape

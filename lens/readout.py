@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.base import Intervention, decode_positions
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.positions import ForwardContext, PositionSpec, gather_positions

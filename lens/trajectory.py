@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+
 from lmscope.interventions.errors import InputError
 
 

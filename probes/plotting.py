@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union, cast
 
 import numpy as np
+
 from lmscope.interventions.artifacts import atomic_save_figure
 from lmscope.interventions.errors import InputError
 

@@ -19,8 +19,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from lmscope.interventions.errors import LmscopeError
 from starlette.concurrency import run_in_threadpool
+
+from lmscope.interventions.errors import LmscopeError
 
 from .schema import (
     SCHEMA_VERSION,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.artifacts import load_artifact, save_artifact
 from lmscope.interventions.errors import InputError, LmscopeError
 

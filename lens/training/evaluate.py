@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
+
 from lmscope.interventions.collect import run_readings
 from lmscope.interventions.errors import InputError
 
@@ -178,6 +179,7 @@ def save_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 def plot_report(report: dict[str, Any], path: str | os.PathLike[str], unit: str = "nats_per_token") -> Path:
     """PNG of per-reading KL (left) and cross-entropy (right) for every lens in ``report`` (written atomically)."""
     import matplotlib.pyplot as plt
+
     from lmscope.interventions.artifacts import atomic_save_figure
 
     readings = report["readings"]

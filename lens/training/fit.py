@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
+
 from lmscope.interventions.collect import run_readings
 from lmscope.interventions.distributed import DataParallel
 from lmscope.interventions.errors import InputError, LmscopeError

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.specs import as_prompt_list

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.edit import Edit
 from lmscope.interventions.errors import InputError, UnsupportedArchitectureError

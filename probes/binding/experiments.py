@@ -6,6 +6,7 @@ import random
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.patch import Patch
 

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 import torch
-from lmscope.interventions.errors import InputError
 from tqdm.auto import tqdm
+
+from lmscope.interventions.errors import InputError
 
 from .experiments import calibration
 from .prompts import BindingPrompt, build_prompt, sample_contexts

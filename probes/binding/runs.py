@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.patch import Patch
-from tqdm.auto import tqdm
 
 from .prompts import BindingPrompt
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.positions import ForwardContext

@@ -18,8 +18,9 @@ def random_init_model(model: HookedModel, seed: int = 0) -> HookedModel:
 
     Probing it tells how much a probe reads from the token identities and the architecture alone.
     """
-    from lmscope.interventions import HookedModel
     from transformers import AutoModelForCausalLM
+
+    from lmscope.interventions import HookedModel
 
     torch.manual_seed(seed)
     hf = AutoModelForCausalLM.from_config(model.hf_model.config, dtype=model.dtype).to(model.device)

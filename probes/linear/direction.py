@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
+
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.steer import Steer
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+
 from lmscope.interventions.errors import InputError
 
 if TYPE_CHECKING:

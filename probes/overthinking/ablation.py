@@ -20,6 +20,7 @@ import random
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
+
 from lmscope.interventions.ablate import Ablate
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.errors import InputError

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.cache import Cache
 
 if TYPE_CHECKING:

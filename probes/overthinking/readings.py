@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 

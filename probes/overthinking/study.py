@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+
 from lmscope.interventions.artifacts import atomic_write_bytes
 from lmscope.interventions.errors import InputError
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.positions import ForwardContext

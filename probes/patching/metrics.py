@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 import torch
+
 from lmscope.interventions.errors import InputError
 
 if TYPE_CHECKING:

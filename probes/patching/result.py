@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from lmscope.interventions.artifacts import atomic_dir, load_artifact
 from lmscope.interventions.errors import InputError
 

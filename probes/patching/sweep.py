@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import torch
+
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
@@ -174,8 +175,9 @@ def exact_values(model: HookedModel, pair: Pair, cells: list[Cell], source: dict
                  metric: Metric, *, batch_size: int = 64, layer_block: int = 6, position_block: int = 2,
                  progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Metric of every cell by batched partial forwards; also returns the base run's last logits."""
-    from lmscope.interventions.partial import forward_with_kv, kv_prefix, run_from_layer
     from tqdm.auto import tqdm
+
+    from lmscope.interventions.partial import forward_with_kv, kv_prefix, run_from_layer
 
     for name, v in (("batch_size", batch_size), ("layer_block", layer_block), ("position_block", position_block)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import torch
+
 from lmscope.interventions.errors import InputError
 
 if TYPE_CHECKING:

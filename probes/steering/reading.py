@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.collect import collect_activations
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.specs import LayerSpec, Prompts

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import numpy as np
+
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.specs import LayerSpec
 

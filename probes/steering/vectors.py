@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from lmscope.interventions.artifacts import load_artifact, save_artifact
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.collect import TokenSpec, collect_activations, validate_token

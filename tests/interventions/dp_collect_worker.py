@@ -14,10 +14,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: tiny_models
 
+from tiny_models import build_tiny  # noqa: E402
+
 from lmscope.interventions import HookedModel  # noqa: E402
 from lmscope.interventions.datasets import write_dataset  # noqa: E402
 from lmscope.interventions.distributed import DataParallel  # noqa: E402
-from tiny_models import build_tiny  # noqa: E402
 
 PROMPTS = [[i % 90 + 1, (3 * i) % 90 + 2, (7 * i) % 90 + 3, i % 5 + 4][: 2 + i % 3] for i in range(11)]
 SITES = ["resid_post.0", "head_z.1"]

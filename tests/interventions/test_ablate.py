@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, InputError, Patch
 
 TOKENS = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]

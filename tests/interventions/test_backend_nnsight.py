@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lmscope.interventions import Ablate, Cache, Edit, HookedModel, InputError, Patch, SiteError, Steer
 from tiny_models import skip_on_lazy
+
+from lmscope.interventions import Ablate, Cache, Edit, HookedModel, InputError, Patch, SiteError, Steer
 
 pytest.importorskip("nnsight", reason="the nnsight extra (pip install 'lmscope[nnsight]')")
 
@@ -101,6 +102,7 @@ def test_remote_request_without_network_is_a_remote_error(llama_tiny: HookedMode
     import socket
 
     from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+
     from lmscope.interventions.backends.nnsight import RemoteError
 
     def offline(*args: object, **kwargs: object) -> None:

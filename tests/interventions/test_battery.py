@@ -7,9 +7,10 @@ from typing import Iterator
 
 import pytest
 import torch
+from tiny_models import on_device, random_ids
+
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, Patch, SiteError, Steer
 from lmscope.interventions.adapter_checks import adapter_failures
-from tiny_models import on_device, random_ids
 
 ATOL = 1e-5
 #: Test-side knowledge of HF's layer code, independent of the adapter table: the module (relative to a

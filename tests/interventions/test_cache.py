@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import Cache, HookedModel, InputError, SiteError
 
 TOKENS = [[1, 2, 3, 4, 5], [6, 7, 8]]

@@ -13,9 +13,10 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from tiny_models import on_device
+
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, Steer
 from lmscope.interventions.backends import hooks
-from tiny_models import on_device
 
 PROMPTS = [[5, 17, 3, 44, 9], [8, 2, 61]]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from lmscope.interventions import ActivationDataset, Cache, HookedModel, ModelMismatchError, write_dataset
 from lmscope.interventions.errors import InputError, SiteError
 

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+
 from lmscope.interventions import defaults
 from lmscope.interventions.errors import LmscopeError
 

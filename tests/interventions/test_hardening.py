@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel, Steer, load_interventions, save_interventions
 from lmscope.interventions.artifacts import load_artifact, save_artifact
 from lmscope.interventions.errors import ArtifactError, InputError

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lmscope.interventions import Cache, Edit, HookedModel, InputError, Steer
 from tiny_models import on_device
+
+from lmscope.interventions import Cache, Edit, HookedModel, InputError, Steer
 
 
 def hook_count(model: HookedModel) -> int:

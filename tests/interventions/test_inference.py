@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lmscope.interventions import ARCHITECTURES, HookedModel, UnsupportedArchitectureError
 from tiny_models import COMMON, IDS, TEST_DEVICE, build_tiny, random_ids
 from transformers import AutoModelForCausalLM, BloomConfig, GraniteConfig, Olmo3Config, OlmoConfig
+
+from lmscope.interventions import ARCHITECTURES, HookedModel, UnsupportedArchitectureError
 
 
 def build(config) -> torch.nn.Module:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lmscope.interventions import HookedModel, InputError, Steer, UnsupportedArchitectureError
 from torch import nn
+
+from lmscope.interventions import HookedModel, InputError, Steer, UnsupportedArchitectureError
 
 
 def test_sizes(tiny: HookedModel) -> None:

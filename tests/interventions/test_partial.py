@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import random_ids
+
 from lmscope.interventions import Cache, InputError, Steer
 from lmscope.interventions.partial import forward_with_kv, kv_prefix, run_from_layer, start_at_layer
-from tiny_models import random_ids
 
 
 def _ids(n: int = 7, seed: int = 0) -> torch.Tensor:

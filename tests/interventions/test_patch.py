@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import Cache, HookedModel, InputError, Patch
 
 SRC = [[11, 12, 13, 14, 15, 16]]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import build_tiny
+
 from lmscope.interventions import Ablate, Cache, HookedModel, Patch, Steer
 from lmscope.interventions.placement import PlacementError
-from tiny_models import build_tiny
 
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
 

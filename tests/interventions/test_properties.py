@@ -13,11 +13,12 @@ import torch
 hypothesis = pytest.importorskip("hypothesis", reason="pip install hypothesis (in the dev extra)")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from tiny_models import build_tiny  # noqa: E402
+
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, Patch, Steer  # noqa: E402
 from lmscope.interventions.backends import hooks  # noqa: E402
 from lmscope.interventions.errors import LmscopeError  # noqa: E402
 from lmscope.interventions.sites import LAYER_SITES, MODEL_SITES  # noqa: E402
-from tiny_models import build_tiny  # noqa: E402
 
 MODEL = HookedModel(build_tiny("llama"))
 PROMPTS = [[5, 17, 3, 44], [8, 2]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import Cache, HookedModel, Steer
 
 pytestmark = pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+
 from lmscope.interventions import (
     Ablate,
     Cache,
@@ -58,6 +59,7 @@ def test_round_trip_list_behaves_the_same(llama_tiny: HookedModel, tmp_path) -> 
 
 def test_unsaveable_edit_says_why(llama_tiny: HookedModel, tmp_path) -> None:
     import pytest
+
     from lmscope.interventions import InputError
 
     with pytest.raises(InputError, match="module-level"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lmscope.interventions import HookedModel, SiteError
 from lmscope.interventions.sites import Site, resolve_sites
 

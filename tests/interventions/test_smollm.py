@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import Ablate, Cache, HookedModel, Steer
 
 pytestmark = pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from lmscope.interventions import Cache, HookedModel, InputError
 from lmscope.interventions.positions import prompt_indices
 from lmscope.lens import LogitLens, TunedLens

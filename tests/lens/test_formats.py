@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import build_tiny, random_ids
+
 from lmscope.interventions import HookedModel, InputError, ModelMismatchError
 from lmscope.lens import TunedLens
 from lmscope.lens.formats import load_tuned_lens_folder, save_tuned_lens_folder
-from tiny_models import build_tiny, random_ids
 
 tuned_lens = pytest.importorskip("tuned_lens", reason="the tuned-lens==0.2.0 reference package (make test installs it)")
 

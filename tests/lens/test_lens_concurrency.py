@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel, Steer
 from lmscope.lens.lenses import LogitLens, TunedLens
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel
 from lmscope.interventions.errors import ArtifactError
 from lmscope.lens.lenses import TENSORS_NAME, TunedLens

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+from tiny_models import build_tiny, random_ids
+
 from lmscope.interventions import Cache, HookedModel, InputError
 from lmscope.lens import LogitLens, Trajectory, TrajectoryBatch, TunedLens
-from tiny_models import build_tiny, random_ids
 
 
 def _ids(n: int = 7, seed: int = 0) -> torch.Tensor:

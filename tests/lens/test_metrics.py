@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributions import Categorical
+
 from lmscope.lens.lenses import Unembedding
 from lmscope.lens.metrics import (
     bits_per_byte,
@@ -18,7 +20,6 @@ from lmscope.lens.metrics import (
     rowdot,
     target_stats,
 )
-from torch.distributions import Categorical
 
 N, V = 7, 53
 

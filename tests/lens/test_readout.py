@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel, InputError, Intervention, Steer
 from lmscope.lens import LensReadout, LogitLens, TunedLens
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from lmscope.interventions import HookedModel, InputError
 from lmscope.lens import LogitLens
 

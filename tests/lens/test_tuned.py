@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+from tiny_models import build_tiny, on_device, random_ids
+
 from lmscope.interventions import Cache, HookedModel, ModelMismatchError
 from lmscope.lens import LogitLens, TunedLens
-from tiny_models import build_tiny, on_device, random_ids
 
 
 def test_zero_init_equals_logit_lens(tiny: HookedModel) -> None:

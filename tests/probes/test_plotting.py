@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from lmscope.interventions.artifacts import atomic_save_figure
 from lmscope.interventions.errors import InputError
 from lmscope.probes.plotting import Series, heatmap, line_plot, panels, save_figure

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import requests
 import torch
+from serve_helpers import post, steer_vector
+
 from lmscope.interventions import HookedModel, Steer
 from lmscope.lens.serve.runner import ServerThread
 from lmscope.lens.serve.schema import LIMITS, SCHEMA_VERSION
 from lmscope.lens.serve.state import ServerState
-from serve_helpers import post, steer_vector
 
 PROMPTS = [[5, 17, 3, 44, 9], [8, 2, 61]]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel, Steer, save_interventions
 
 ENABLE = ("install the browser and driver to run it: `apt-get install -y chromium chromium-driver` and "
@@ -68,12 +69,13 @@ def last_column(driver: Any, lens: str = "logit") -> dict[str, str]:
 
 @pytest.mark.slow
 def test_explorer_in_chromium(browser: Any, smollm: HookedModel, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
     from lmscope.lens.lenses import LogitLens
     from lmscope.lens.serve.runner import ServerThread
     from lmscope.lens.serve.state import ServerState, read_interventions
     from lmscope.lens.training.fit import default_lens
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
 
     model = smollm
     berlin = model.token_id(" Berlin")

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import pytest
+
 from lmscope.interventions import HookedModel, cli
 from lmscope.interventions.cli import CliError
 from lmscope.lens.serve.client import decode_via_server, server_address

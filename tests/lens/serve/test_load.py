@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import pytest
+from serve_helpers import post
+
 from lmscope.interventions import HookedModel, Steer
 from lmscope.lens.lenses import LogitLens
 from lmscope.lens.serve.runner import ServerThread
 from lmscope.lens.serve.state import ServerState
-from serve_helpers import post
 
 CLIENTS = int(os.environ.get("LMSCOPE_LOAD_CLIENTS", "4"))
 SECONDS = float(os.environ.get("LMSCOPE_LOAD_SECONDS", "6"))

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+
 from lmscope.lens.training.corpus import ByteTokenizer, Corpus, CorpusError, CorpusExhaustedError, default_corpus
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel, InputError
 from lmscope.interventions.distributed import DataParallel
 from lmscope.lens.lenses import TunedLens

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import build_tiny, on_device
+
 from lmscope.interventions import Cache
 from lmscope.lens.lenses import LogitLens, TunedLens
 from lmscope.lens.training.corpus import Corpus, model_tokenizer
 from lmscope.lens.training.evaluate import evaluate_lens, plot_report, save_report
-from tiny_models import build_tiny, on_device
 
 SEQ = 32
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import on_device
+
 from lmscope.lens.lenses import TunedLens, Unembedding
 from lmscope.lens.metrics import target_stats
 from lmscope.lens.training.checkpoint import STATE_JSON, STATE_TENSORS
@@ -15,7 +17,6 @@ from lmscope.lens.training.corpus import Corpus, CorpusExhaustedError
 from lmscope.lens.training.evaluate import evaluate_lens
 from lmscope.lens.training.fit import train_tuned_lens
 from lmscope.lens.training.kernels import FusedKLFunction
-from tiny_models import on_device
 
 SEQ = 32
 

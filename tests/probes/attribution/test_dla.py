@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import skip_lazy_miscompute
+
 from lmscope.interventions import Ablate, Cache, HookedModel, Patch
 from lmscope.interventions.errors import InputError, UnsupportedArchitectureError
 from lmscope.probes.attribution import attribute, linearise_norm
-from tiny_models import skip_lazy_miscompute
 
 PROMPT = [3, 17, 42, 8, 55, 21]
 

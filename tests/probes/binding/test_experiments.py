@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from lmscope.interventions.errors import InputError
 from lmscope.probes.binding import (
     accuracy,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import Cache, Intervention, Patch, Steer, load_interventions, save_interventions
 from lmscope.interventions.errors import InputError
 from lmscope.probes.binding import BindingShift, build_prompt, candidate_logprobs, random_like

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.probes.binding import SHIPPED, build_prompt, load_task, sample_contexts
 from lmscope.probes.binding.prompts import Context
 from lmscope.probes.binding.runs import FrozenContext, candidate_logprobs

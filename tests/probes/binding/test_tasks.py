@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lmscope.interventions.errors import InputError
 from lmscope.probes.binding import SHIPPED, BindingTask, build_prompt, load_task, sample_contexts, split_pool
 from lmscope.probes.binding.prompts import Context

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel, write_dataset
 from lmscope.interventions.errors import InputError
 from lmscope.probes.linear import (

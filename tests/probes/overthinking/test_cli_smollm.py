@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lmscope.interventions import cli
 from notebook_runner import run_notebook
+
+from lmscope.interventions import cli
 
 NOTEBOOK = Path(__file__).parents[3] / "notebooks" / "overthinking.ipynb"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmscope.interventions import Cache, HookedModel
 from lmscope.interventions.base import Intervention, load_interventions, save_interventions
 from lmscope.interventions.errors import InputError

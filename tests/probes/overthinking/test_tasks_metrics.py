@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmscope.interventions.errors import InputError
 from lmscope.probes.overthinking.ablation import gap_reduction, random_head_sets
 from lmscope.probes.overthinking.heads import false_induction_terms, prefix_matching_terms, top_heads

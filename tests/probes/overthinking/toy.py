@@ -40,7 +40,8 @@ def toy_task(labels: tuple[str, str] = ("yes", "no")) -> FewShotTask:
 
 
 def toy_model(name: str = "llama_tied") -> Any:
-    from lmscope.interventions import HookedModel
     from tiny_models import build_tiny
+
+    from lmscope.interventions import HookedModel
 
     return HookedModel(build_tiny(name), ToyTokenizer())

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import random_ids
+
 from lmscope.interventions import Cache
 from lmscope.interventions.partial import run_from_layer
 from lmscope.probes.patching import LARGE_DELTA, head_sweep, patching_sweep
-from tiny_models import random_ids
 
 
 def metric(logits: torch.Tensor) -> torch.Tensor:

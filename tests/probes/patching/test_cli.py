@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import build_tiny
+
 from lmscope.interventions import cli
 from lmscope.probes.patching import PatchingResult, logit_diff, patching_sweep
-from tiny_models import build_tiny
 
 
 class CharTokenizer:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from lmscope.interventions import InputError
 from lmscope.probes.patching import PatchingResult
 

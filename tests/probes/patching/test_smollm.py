@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from lmscope.interventions import cli
 from lmscope.probes.patching import logit_diff, patching_sweep
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import random_ids
+
 from lmscope.interventions import InputError, SiteError
 from lmscope.probes.patching import head_sweep, patching_sweep, resid_pre_sweep
-from tiny_models import random_ids
 
 
 def metric(logits: torch.Tensor) -> torch.Tensor:

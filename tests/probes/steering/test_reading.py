@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel
 from lmscope.interventions.collect import collect_activations
 from lmscope.interventions.errors import InputError, SiteError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel, ModelMismatchError, Steer
 from lmscope.interventions.errors import InputError, SiteError
 from lmscope.probes.steering import SteeringVector

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from lmscope.interventions import HookedModel
 from lmscope.interventions.errors import InputError
 from lmscope.probes.steering import (
