@@ -9,7 +9,7 @@ import torch
 from .base import Intervention, decode_positions
 from .errors import InputError
 from .positions import ForwardContext, PositionSpec, position_mask
-from .sites import Site
+from .sites import ATTENTION_MAP_SITES, Site
 
 if TYPE_CHECKING:
     from .model import HookedModel
@@ -49,8 +49,8 @@ class Ablate(Intervention):
     def bind(self, model: HookedModel) -> None:
         sites = self.sites(model)
         for s in sites:
-            if s.kind == "attn_pattern":
-                raise InputError("Ablate does not act on attn_pattern; ablate heads at 'head_z.L'.")
+            if s.kind in ATTENTION_MAP_SITES:
+                raise InputError(f"Ablate does not act on {s.kind}; ablate heads at 'head_z.L'.")
             if self.heads is not None:
                 if s.kind != "head_z":
                     raise InputError(f"heads= selects heads of a 'head_z.L' site, not of {s.name}.")

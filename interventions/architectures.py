@@ -30,6 +30,14 @@ def _no_value(config: Any) -> float | None:
     return None
 
 
+def fixed_layout(name: str) -> Callable[[Any], str]:
+    """A ``qkv_layout`` reader that gives ``name`` on every config."""
+    def read(config: Any) -> str:
+        return name
+    read.__qualname__ = f"fixed_layout({name!r})"
+    return read
+
+
 def config_flag(name: str, default: bool) -> Callable[[Any], bool]:
     """A ``parallel_residual`` reader: the boolean config attribute ``name`` (``default`` when absent)."""
     def read(config: Any) -> bool:
@@ -82,6 +90,19 @@ class Architecture:
       and ``embed`` (which includes any embedding scale HF applies inside the module, as Gemma's) is
       ``resid_pre.0``.
 
+    Inside attention and MLP (the circuit-level sites, see :mod:`lmscope.interventions.projections`):
+
+    - ``qkv``: the query/key/value projections relative to the attention module: three paths
+      ``(q, k, v)`` for separate modules, or one path of a fused module whose output ``qkv_layout(config)``
+      describes (``"concat"``, ``"interleaved"`` or ``"grouped"``). ``q``/``k``/``v`` are those outputs,
+      before any q/k norm and rotary. None: those sites are unavailable.
+    - ``mlp_in`` / ``mlp_down``: relative to the MLP module, the projection whose output is the
+      pre-activation (the gate on gated MLPs; ``mlp_in_fused`` when it is the first half of a fused
+      gate/up projection, Phi-3) and the output projection, whose input is ``mlp_post``. None (MoE
+      blocks): ``mlp_pre``/``mlp_post`` are unavailable. ``o_proj_layout`` also gives ``mlp_down``'s layout.
+    - ``rot_q``/``rot_k``/``attn_scores`` are read where the attention calls transformers' attention
+      interface, so they need no path (``attn_scores`` follows ``pattern_attention``).
+
     ``inferred`` marks an adapter guessed from the module tree for an unregistered model type.
     """
 
@@ -104,6 +125,11 @@ class Architecture:
     logit_scale: Callable[[Any], float | None] = field(default=_no_value)
     logit_softcap: Callable[[Any], float | None] = field(default=_no_value)
     position_embed: str | None = None
+    qkv: str | tuple[str, str, str] | None = None
+    qkv_layout: Callable[[Any], str] = field(default=fixed_layout("concat"))
+    mlp_in: str | None = None
+    mlp_in_fused: bool = False
+    mlp_down: str | None = None
     inferred: bool = False
 
     def available_sites(self, config: Any) -> frozenset[str]:
@@ -111,8 +137,26 @@ class Architecture:
         if self.parallel_residual(config):
             kinds.discard("resid_mid")
         if not self.pattern_attention(config):
-            kinds.discard("attn_pattern")
+            kinds -= {"attn_pattern", "attn_scores"}
+        if self.qkv is None:
+            kinds -= {"q", "k", "v"}
+        if self.mlp_in is None or self.mlp_down is None:
+            kinds -= {"mlp_pre", "mlp_post"}
         return frozenset(kinds)
+
+    def qkv_path(self, config: Any, layer: int, kind: str) -> tuple[str, str]:
+        """``(module path, layout)`` of the projection whose output holds ``kind`` (q, k or v) of ``layer``."""
+        assert self.qkv is not None
+        attn = f"{self.layers}.{layer}.{self.attn}"
+        if isinstance(self.qkv, tuple):
+            return f"{attn}.{self.qkv['qkv'.index(kind)]}", "separate"
+        return f"{attn}.{self.qkv}", self.qkv_layout(config)
+
+    def mlp_paths(self, layer: int) -> tuple[str, str]:
+        """``(pre-activation projection, output projection)`` module paths of ``layer``'s MLP."""
+        assert self.mlp_in is not None and self.mlp_down is not None
+        mlp = f"{self.layers}.{layer}.{self.mlp}"
+        return f"{mlp}.{self.mlp_in}", f"{mlp}.{self.mlp_down}"
 
     def attn_out_path(self, layer: int) -> str:
         """The module whose output is layer ``layer``'s attention contribution to the residual."""
@@ -132,8 +176,11 @@ class Architecture:
         return logits
 
 
+_SEPARATE_QKV = ("q_proj", "k_proj", "v_proj")
 _LLAMA_LIKE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
-                                   unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
+                                   unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj",
+                                   qkv=_SEPARATE_QKV, mlp_in="gate_proj", mlp_down="down_proj")
+_MOE: dict[str, Any] = dict(mlp_in=None, mlp_down=None)  # no single neuron activation: mlp_pre/post refused
 _SANDWICH: dict[str, Any] = dict(attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm")
 _SOFTCAP = config_value("final_logit_softcapping")
 
@@ -147,9 +194,13 @@ def register_architecture(arch: Architecture) -> Architecture:
     return arch
 
 
-# LLaMA-shaped, sequential, pre-norm only (MoE blocks, fused projections and q/k norms live inside attn/mlp)
-for _type in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "phi3", "smollm3"):
+# LLaMA-shaped, sequential, pre-norm only (q/k norms live inside attn)
+for _type in ("llama", "mistral", "qwen2", "qwen3", "smollm3"):
     register_architecture(Architecture(name=_type, model_types=(_type,), **_LLAMA_LIKE))
+for _type in ("mixtral", "qwen2_moe", "qwen3_moe"):
+    register_architecture(Architecture(name=_type, model_types=(_type,), **{**_LLAMA_LIKE, **_MOE}))
+register_architecture(Architecture(name="phi3", model_types=("phi3",), **{
+    **_LLAMA_LIKE, "qkv": "qkv_proj", "mlp_in": "gate_up_proj", "mlp_in_fused": True}))
 register_architecture(Architecture(name="gemma", model_types=("gemma",), logit_softcap=_SOFTCAP, **_LLAMA_LIKE))
 for _type in ("gemma2", "gemma3_text"):
     register_architecture(Architecture(name=_type, model_types=(_type,), logit_softcap=_SOFTCAP,
@@ -162,17 +213,18 @@ register_architecture(Architecture(name="cohere", model_types=("cohere",), paral
 register_architecture(Architecture(
     name="gpt_neox", model_types=("gpt_neox",), layers="gpt_neox.layers", embed="gpt_neox.embed_in",
     final_norm="gpt_neox.final_layer_norm", unembed="lm_head|embed_out", attn="attention", mlp="mlp", o_proj="dense",
-    parallel_residual=config_flag("use_parallel_residual", True),
+    parallel_residual=config_flag("use_parallel_residual", True), qkv="query_key_value",
+    qkv_layout=fixed_layout("interleaved"), mlp_in="dense_h_to_4h", mlp_down="dense_4h_to_h",
 ))
 register_architecture(Architecture(
     name="gpt2", model_types=("gpt2",), layers="transformer.h", embed="transformer.wte",
     final_norm="transformer.ln_f", unembed="lm_head", attn="attn", mlp="mlp", o_proj="c_proj",
-    o_proj_layout="conv1d", position_embed="transformer.wpe",
+    o_proj_layout="conv1d", position_embed="transformer.wpe", qkv="c_attn", mlp_in="c_fc", mlp_down="c_proj",
 ))
 register_architecture(Architecture(
     name="gptj", model_types=("gptj",), layers="transformer.h", embed="transformer.wte",
     final_norm="transformer.ln_f", unembed="lm_head", attn="attn", mlp="mlp", o_proj="out_proj",
-    parallel_residual=_always,
+    parallel_residual=_always, qkv=_SEPARATE_QKV, mlp_in="fc_in", mlp_down="fc_out",
 ))
 
 
@@ -261,6 +313,13 @@ def dimensions(config: Any, d_vocab: int) -> Dimensions:
     )
 
 
+def weight_in_out(module: nn.Module, layout: str) -> torch.Tensor:
+    """A projection's weight as ``[in, out]`` (``nn.Linear`` stores ``[out, in]``, GPT-2's Conv1D ``[in, out]``)."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.T if layout == "linear" else weight
+
+
 def output_projection(o_proj: nn.Module, layout: str, n_heads: int,
                       d_head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attention output projection as per-head matrices ``W_O[h]: d_head -> d_model`` plus bias.
@@ -268,7 +327,5 @@ def output_projection(o_proj: nn.Module, layout: str, n_heads: int,
     Returns ``(W_O [n_heads, d_head, d_model], b_O [d_model] or None)`` so that the projection's output is
     ``einsum('bphd,hdm->bpm', head_z, W_O) + b_O`` (``attn_out`` before any post-attention norm).
     """
-    weight = o_proj.weight
-    assert isinstance(weight, torch.Tensor)
-    w_in_out = weight.T if layout == "linear" else weight  # [n_heads*d_head, d_model]
+    w_in_out = weight_in_out(o_proj, layout)  # [n_heads*d_head, d_model]
     return w_in_out.reshape(n_heads, d_head, -1), getattr(o_proj, "bias", None)

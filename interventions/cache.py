@@ -9,7 +9,7 @@ import torch
 from .base import Intervention, decode_positions
 from .errors import InputError, SiteError
 from .positions import ForwardContext, PositionSpec, gather_positions
-from .sites import Site
+from .sites import ATTENTION_MAP_SITES, Site
 
 if TYPE_CHECKING:
     from .model import HookedModel
@@ -47,7 +47,7 @@ class Cache(Intervention):
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> None:
         v = value.detach() if self.detach else value
         if self.positions is not None:
-            if site.kind == "attn_pattern":  # [b, h, q, k]: select query positions
+            if site.kind in ATTENTION_MAP_SITES:  # [b, h, q, k]: select query positions
                 v = gather_positions(v.transpose(1, 2), self.positions, ctx, "Cache").transpose(1, 2)
             else:
                 v = gather_positions(v, self.positions, ctx, "Cache")
@@ -61,7 +61,7 @@ class Cache(Intervention):
         for site, chunks in self._chunks.items():
             if len(chunks) == 1:
                 out[site] = chunks[0]
-            elif site.kind == "attn_pattern":
+            elif site.kind in ATTENTION_MAP_SITES:
                 out[site] = chunks  # key length grows step by step: keep one tensor per forward
             else:
                 out[site] = torch.cat(chunks, dim=1)

@@ -10,7 +10,7 @@ import torch
 from .base import Intervention, decode_positions
 from .errors import InputError
 from .positions import ForwardContext, PositionSpec, position_mask
-from .sites import Site
+from .sites import ATTENTION_MAP_SITES, Site
 
 
 class Edit(Intervention):
@@ -37,8 +37,8 @@ class Edit(Intervention):
                              f"which has shape {tuple(value.shape)}.")
         if self.positions is None:
             return new
-        if site.kind == "attn_pattern":
-            raise InputError("Edit with positions is not supported on attn_pattern; select queries inside fn.")
+        if site.kind in ATTENTION_MAP_SITES:
+            raise InputError(f"Edit with positions is not supported on {site.kind}; select queries inside fn.")
         mask = position_mask(self.positions, ctx).reshape(*value.shape[:2], *([1] * (value.dim() - 2)))
         return torch.where(mask, new, value)
 

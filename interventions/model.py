@@ -17,7 +17,14 @@ from typing import Any, Iterator, Sequence, cast
 import torch
 from torch import nn
 
-from .architectures import Architecture, detect_architecture, dimensions, get_module, output_projection
+from .architectures import (
+    Architecture,
+    detect_architecture,
+    dimensions,
+    get_module,
+    output_projection,
+    weight_in_out,
+)
 from .backends.hooks import Session, attach
 from .base import Intervention
 from .cache import ActivationCache, session_cache
@@ -167,13 +174,22 @@ class HookedModel:
     def site_shape(self, site: Site | str) -> tuple[int, ...]:
         """Trailing shape of a site's value after ``[batch, pos]`` (``attn_pattern`` has query/key dims)."""
         s = site if isinstance(site, Site) else self.resolve(site)[0]
-        if s.kind == "head_z":
-            return (self.n_heads, self.d_head)
-        if s.kind == "logits":
-            return (self.d_vocab,)
-        if s.kind == "attn_pattern":
-            return (self.n_heads,)
-        return (self.d_model,)
+        shapes: dict[str, tuple[int, ...]] = {
+            "q": (self.n_heads, self.d_head), "rot_q": (self.n_heads, self.d_head),
+            "k": (self.n_kv_heads, self.d_head), "rot_k": (self.n_kv_heads, self.d_head),
+            "v": (self.n_kv_heads, self.d_head), "head_z": (self.n_heads, self.d_head),
+            "head_out": (self.n_heads, self.d_model), "attn_scores": (self.n_heads,), "attn_pattern": (self.n_heads,),
+            "logits": (self.d_vocab,),
+        }
+        if s.kind in ("mlp_pre", "mlp_post"):
+            return (self.d_mlp,)
+        return shapes.get(s.kind, (self.d_model,))
+
+    @property
+    def d_mlp(self) -> int:
+        """Width of the MLP's hidden layer (the ``mlp_pre``/``mlp_post`` neurons); a SiteError on MoE models."""
+        w_out, _ = self.mlp_output_projection(0)
+        return int(w_out.shape[0])
 
     def module(self, path: str) -> nn.Module:
         """The HF submodule at a dotted path of the adapter table."""
@@ -213,6 +229,14 @@ class HookedModel:
         index = self.resolve(f"head_z.{layer}")[0].layer
         o_proj = self.module(f"{self.arch.layers}.{index}.{self.arch.attn}.{self.arch.o_proj}")
         return output_projection(o_proj, self.arch.o_proj_layout, self.n_heads, self.d_head)
+
+    def mlp_output_projection(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W_out [d_mlp, d_model], b_out)`` of a layer's MLP: ``mlp_post @ W_out + b_out`` is the MLP module's
+        output, which is ``mlp_out`` unless a post-MLP norm follows. A SiteError on MoE models (no such matrix)."""
+        index = self.resolve(f"mlp_post.{layer}")[0].layer
+        assert index is not None
+        down = self.module(self.arch.mlp_paths(index)[1])
+        return weight_in_out(down, self.arch.o_proj_layout), getattr(down, "bias", None)
 
     def fingerprint(self) -> dict[str, Any]:
         from .fingerprint import model_fingerprint

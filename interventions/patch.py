@@ -16,7 +16,7 @@ import torch
 from .base import Intervention, decode_positions, encode_positions
 from .errors import InputError
 from .positions import ForwardContext, PositionSpec, _row_indices, position_mask, token_indices, validate_positions
-from .sites import Site
+from .sites import ATTENTION_MAP_SITES, Site
 
 if TYPE_CHECKING:
     from .model import HookedModel
@@ -79,8 +79,8 @@ class Patch(Intervention):
 
     def bind(self, model: HookedModel) -> None:
         sites = self.sites(model)
-        if any(s.kind == "attn_pattern" for s in sites):
-            raise InputError("Patch does not write attn_pattern; use Edit for attention patterns.")
+        if any(s.kind in ATTENTION_MAP_SITES for s in sites):
+            raise InputError("Patch does not write attn_scores or attn_pattern; use Edit for attention maps.")
         if self.source is not None:
             from .cache import Cache
 

@@ -19,30 +19,74 @@ from .errors import SiteError
 #: Sites that exist once per layer, in the order they occur inside a layer.
 LAYER_SITES: tuple[str, ...] = (
     "resid_pre",
-    "head_z",
+    "q",
+    "k",
+    "v",
+    "rot_q",
+    "rot_k",
+    "attn_scores",
     "attn_pattern",
+    "head_z",
+    "head_out",
     "attn_out",
     "resid_mid",
+    "mlp_pre",
+    "mlp_post",
     "mlp_out",
     "resid_post",
 )
 #: Sites that exist once per model.
 MODEL_SITES: tuple[str, ...] = ("embed", "final_norm", "logits")
+#: Sites shaped [batch, heads, query_pos, key_pos] (position selections act on the query axis).
+ATTENTION_MAP_SITES: tuple[str, ...] = ("attn_scores", "attn_pattern")
 
 SITE_DOCS: dict[str, str] = {
     "embed": "token embedding module output [batch, pos, d_model] (with any scale applied inside the module, as "
              "Gemma's; before learned position embeddings)",
     "resid_pre": "residual stream entering layer L [batch, pos, d_model]",
-    "head_z": "per-head attention outputs before the output projection [batch, pos, n_heads, d_head]",
+    "q": "queries as the projection produces them, before any q-norm and rotary [batch, pos, n_heads, d_head]",
+    "k": "keys as the projection produces them, before any k-norm and rotary [batch, pos, n_kv_heads, d_head]",
+    "v": "values as the projection produces them [batch, pos, n_kv_heads, d_head]",
+    "rot_q": "queries as the attention's dot product uses them: after any q-norm and rotary "
+             "[batch, pos, n_heads, d_head]",
+    "rot_k": "keys as the attention's dot product uses them: after any k-norm and rotary, before grouped-query "
+             "repetition [batch, pos, n_kv_heads, d_head]",
+    "attn_scores": "pre-softmax attention scores with scale, soft-cap and mask included "
+                   "[batch, n_heads, query_pos, key_pos] (runs eager attention)",
     "attn_pattern": "attention probabilities [batch, n_heads, query_pos, key_pos] (runs eager attention)",
+    "head_z": "per-head attention outputs before the output projection [batch, pos, n_heads, d_head]",
+    "head_out": "each head's output through its slice of the output projection (no bias) "
+                "[batch, pos, n_heads, d_model]",
     "attn_out": "attention contribution added to the residual stream, after any post-attention norm "
                 "[batch, pos, d_model]",
     "resid_mid": "residual stream after attention, before the MLP [batch, pos, d_model] (sequential-residual models)",
+    "mlp_pre": "MLP neuron pre-activations: the gate projection's output on gated MLPs, else the input "
+               "projection's [batch, pos, d_mlp] (not on MoE models)",
+    "mlp_post": "MLP neurons: the input of the MLP's output projection (act(gate) * up on gated MLPs) "
+                "[batch, pos, d_mlp] (not on MoE models)",
     "mlp_out": "MLP (or MoE) contribution added to the residual stream, after any post-MLP norm [batch, pos, d_model]",
     "resid_post": "residual stream leaving layer L [batch, pos, d_model]",
     "final_norm": "final normalisation output [batch, pos, d_model]",
     "logits": "the logits the model returns, after any logit scale or soft-cap [batch, pos, vocab]",
 }
+
+#: Why a kind can be missing on an architecture (the SiteError says so, then lists what is available).
+UNAVAILABLE_WHY: dict[str, str] = {
+    "resid_mid": "This model uses a parallel residual (attention and MLP read the same input), so there is no "
+                 "residual stream between them; use 'resid_pre', 'attn_out' and 'mlp_out' instead.",
+    "attn_pattern": "This model's attention computes its probabilities inline (e.g. Falcon with ALiBi) and its "
+                    "adapter has no port exposing them; 'head_z' is available.",
+    "attn_scores": "This model's attention computes its scores inline (e.g. Falcon with ALiBi) and its adapter "
+                   "has no port exposing them; 'head_z' is available.",
+    "mlp_pre": "This model's MLP is a mixture of experts: each token's neurons live in the experts it is routed "
+               "to, so there is no single [batch, pos, d_mlp] activation; use 'mlp_out'.",
+    "mlp_post": "This model's MLP is a mixture of experts: each token's neurons live in the experts it is routed "
+                "to, so there is no single [batch, pos, d_mlp] activation; use 'mlp_out'.",
+}
+for _kind in ("q", "k", "v"):
+    UNAVAILABLE_WHY[_kind] = "This model's adapter names no query/key/value projection."
+for _kind in ("rot_q", "rot_k"):
+    UNAVAILABLE_WHY[_kind] = "This model's attention does not call transformers' attention interface."
 
 _PATTERN = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+|\*))?$")
 
@@ -107,13 +151,9 @@ def _resolve_one(spec: str, n_layers: int, available: frozenset[str] | None) -> 
         raise SiteError(f"Unknown site kind {kind!r} in {spec!r}.{_suggest(kind, sorted(kinds))} "
                         f"Valid kinds: {', '.join(k for k in LAYER_SITES + MODEL_SITES if k in kinds)}.")
     if kind not in kinds:
-        why = (" This model uses a parallel residual (attention and MLP read the same input), so there is no "
-               "residual stream between them; use 'resid_pre', 'attn_out' and 'mlp_out' instead."
-               if kind == "resid_mid" else
-               " This model's attention computes its probabilities inline (e.g. Falcon with ALiBi) and its "
-               "adapter has no port exposing them; 'head_z' is available."
-               if kind == "attn_pattern" else "")
-        raise SiteError(f"Site kind {kind!r} is not available for this architecture.{why}")
+        why = f" {UNAVAILABLE_WHY[kind]}" if kind in UNAVAILABLE_WHY else ""
+        raise SiteError(f"Site kind {kind!r} is not available for this architecture.{why} Available kinds: "
+                        f"{', '.join(k for k in LAYER_SITES + MODEL_SITES if k in kinds)}.")
     if kind in MODEL_SITES:
         if layer is not None:
             raise SiteError(f"Site {kind!r} is model-wide and takes no layer; write {kind!r}, not {spec!r}.")

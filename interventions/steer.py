@@ -10,7 +10,7 @@ import torch
 from .base import Intervention, decode_positions
 from .errors import InputError
 from .positions import ForwardContext, PositionSpec, position_mask
-from .sites import Site
+from .sites import ATTENTION_MAP_SITES, Site
 
 if TYPE_CHECKING:
     from .model import HookedModel
@@ -52,8 +52,8 @@ class Steer(Intervention):
     def bind(self, model: HookedModel) -> None:
         for site in self.sites(model):
             want = model.site_shape(site)
-            if site.kind == "attn_pattern":
-                raise InputError("Steer cannot add a vector to attention patterns; use Edit or Patch.")
+            if site.kind in ATTENTION_MAP_SITES:
+                raise InputError(f"Steer cannot add a vector to {site.kind}; use Edit.")
             if tuple(self.vector.shape) != want:
                 raise InputError(f"Steer vector has shape {tuple(self.vector.shape)} but {site.name} needs {want} "
                                  f"(d_model={model.d_model}, n_heads={model.n_heads}, d_head={model.d_head}).")

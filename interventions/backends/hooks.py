@@ -19,10 +19,15 @@ Nested sessions compose: inside an inner session the outer one still applies, an
 a site both use the outer's interventions run first (as if the inner list were
 appended to the outer's); leaving the inner session restores the outer alone.
 
-``attn_pattern`` sites need the probabilities, which SDPA never forms: while any
-session wants them the model's config points at an eager attention (and mask) of
-ours, which, for forwards of contexts that want no patterns, calls the model's
-original implementation, so other threads' forwards are unchanged.
+Sites inside attention (``rot_q``, ``rot_k``, ``attn_scores``, ``attn_pattern``) need the
+attention function itself; scores and probabilities need an eager attention, which SDPA never
+is. While any session wants one of them the model's config points at an attention function
+(and mask) of ours, which runs the hooks, then the eager attention for contexts that want scores
+or probabilities and the model's original implementation for every other forward, so other
+threads' forwards are unchanged.
+
+Every other kind attaches through one entry of :data:`ATTACH` (kind -> attach function); most are
+one hook on the module side that :data:`lmscope.interventions.locations.MODULE_SITES` names.
 """
 
 from __future__ import annotations
@@ -44,23 +49,26 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from ..base import Intervention
 from ..cache import session_cache
 from ..errors import InputError
+from ..locations import ATTENTION_FUNCTION_SITES, EAGER_SITES, MODULE_SITES, head_out_value
 from ..positions import ForwardContext
-from ..sites import LAYER_SITES, MODEL_SITES, Site
+from ..sites import LAYER_SITES, Site
 
 if TYPE_CHECKING:
     from ..model import HookedModel
 
 PATTERN_ATTENTION = "lmscope_eager"
-_PATTERN_HOOKS: dict[nn.Module, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
+#: attention module -> site kind (rot_q, rot_k, attn_scores, attn_pattern) -> hooks, outer sessions first
+_PATTERN_HOOKS: dict[nn.Module, dict[str, list[Callable[[torch.Tensor, int], torch.Tensor]]]] = {}
 #: The sessions open in the current context (thread / asyncio task), outermost first.
 _ACTIVE: ContextVar[tuple[Session, ...]] = ContextVar("lmscope_sessions", default=())
 _PATTERN_LOCK = threading.Lock()
-#: id(config) -> [config, number of open sessions wanting patterns, original attention implementation]
+#: id(config) -> [config, number of open sessions using our attention function, original attention implementation]
 _PATTERN_USERS: dict[int, list[Any]] = {}
 
 
 def _wants_pattern(config: Any) -> bool:
-    """Whether a session open in the current context reads or writes ``attn_pattern`` on this config's model."""
+    """Whether a session open in the current context needs the eager attention (``attn_scores``/``attn_pattern``)
+    on this config's model."""
     return any(s.wants_pattern and s.model.hf_model.config is config for s in _ACTIVE.get())
 
 
@@ -86,10 +94,27 @@ def _pattern_mask(*args: Any, config: Any = None, **kwargs: Any) -> Any:
     return fn(*args, config=config, **kwargs)
 
 
+def _run_hooks(hooks: dict[str, list[Callable[[torch.Tensor, int], torch.Tensor]]], kind: str,
+               value: torch.Tensor, q_len: int) -> torch.Tensor:
+    for hook in tuple(hooks.get(kind, ())):  # each hook checks that its own session is open here
+        value = hook(value, q_len)
+    return value
+
+
 def _eager_with_pattern_hook(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, scaling: float | None = None,
                              dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention that exposes the probabilities to ``attn_pattern`` hooks (read and write)."""
+    """The attention function while a session reads or writes a site inside attention.
+
+    ``rot_q``/``rot_k`` hooks see the query and key as they arrive (after q/k norms and rotary, before any
+    grouped-query repetition); a context that wants no scores or pattern then runs the model's own attention
+    function on them. Otherwise an eager attention exposes the pre-softmax scores (scale, soft-cap and mask
+    included) to ``attn_scores`` hooks and the probabilities to ``attn_pattern`` hooks (read and write).
+    """
+    hooks = _PATTERN_HOOKS.get(module, {})
+    q_len = query.shape[2]
+    query = _run_hooks(hooks, "rot_q", query, q_len)
+    key = _run_hooks(hooks, "rot_k", key, q_len)
     config = getattr(module, "config", None)
     if config is not None and not _wants_pattern(config):
         original = _original_attention(module, config)
@@ -107,9 +132,9 @@ def _eager_with_pattern_hook(module: nn.Module, query: torch.Tensor, key: torch.
         weights = torch.tanh(weights / softcap) * softcap
     if attention_mask is not None:
         weights = weights + attention_mask[:, :, :, : key.shape[-2]]
+    weights = _run_hooks(hooks, "attn_scores", weights, q_len)
     weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    for hook in tuple(_PATTERN_HOOKS.get(module, ())):  # each hook checks that its own session is open here
-        weights = hook(weights)
+    weights = _run_hooks(hooks, "attn_pattern", weights, q_len)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return out, weights
@@ -131,7 +156,9 @@ class Session:
             for site in iv.sites(model):
                 self.per_site.setdefault(site, []).append(iv)
         self._resid_pre: dict[int, torch.Tensor] = {}
-        self.wants_pattern = any(s.kind == "attn_pattern" for s in self.per_site)
+        #: whether this session needs the eager attention (scores / probabilities), or only our attention function
+        self.wants_pattern = any(s.kind in EAGER_SITES for s in self.per_site)
+        self.wants_attention_fn = any(s.kind in ATTENTION_FUNCTION_SITES for s in self.per_site)
 
     def is_active(self) -> bool:
         """Whether this session is open in the current context (its hooks act only then)."""
@@ -206,100 +233,127 @@ def _copying(hook: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
-    model, arch = session.model, session.model.arch
+Attacher = Callable[[Session, Site, list[RemovableHandle]], None]
 
-    def out_hook(module: nn.Module, args: Any, output: Any) -> Any:
+
+def _attach_module_site(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
+    """A kind of :data:`MODULE_SITES`: one hook on one side of one module, through the entry's read/write."""
+    model = session.model
+    loc = MODULE_SITES[site.kind]
+    module = model.module(loc.path(model, site.layer))
+    if loc.side == "output":
+        def out_hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if not session.is_active():
+                return None
+            raw = _first(output)
+            new = session.run_site(site, loc.read(model, site, raw))
+            return None if new is None else _replace_first(output, loc.write(model, site, raw, new))
+        handles.append(module.register_forward_hook(_copying(out_hook) if loc.copy(model.arch) else out_hook))
+        return
+
+    def in_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not session.is_active():
             return None
-        new = session.run_site(site, _first(output))
-        return None if new is None else _replace_first(output, new)
+        raw = args[0] if args else kwargs["hidden_states"]
+        new = session.run_site(site, loc.read(model, site, raw))
+        if new is None:
+            return None
+        new = loc.write(model, site, raw, new)
+        return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+    handles.append(module.register_forward_pre_hook(in_hook, with_kwargs=True))
 
-    kind, layer = site.kind, site.layer
-    if kind == "logits":  # what the model returns: after any logit scale / soft-cap of its head
-        handles.append(model.hf_model.register_forward_hook(_logits_hook(session, site)))
-        return
-    if kind in MODEL_SITES:
-        path = {"embed": arch.embed, "final_norm": arch.final_norm}[kind]
-        handles.append(model.module(path).register_forward_hook(out_hook))
-        return
+
+def _attach_logits(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
+    """What the model returns: after any logit scale / soft-cap of its head."""
+    handles.append(session.model.hf_model.register_forward_hook(_logits_hook(session, site)))
+
+
+def _attach_head_out(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
+    """Per-head outputs computed from the output projection's input; a write adds Σ_h (new - old) to its output
+    (so an unchanged value leaves the output bit for bit as it was)."""
+    model, layer = session.model, site.layer
     assert layer is not None
-    block = model.layer_module(layer)
-    if kind == "resid_pre":
-        def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
-            if kwargs is None or not session.is_active():
-                return None
-            value = args[0] if args else kwargs["hidden_states"]
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if not session.is_active():
+            return None
+        per_head = head_out_value(model, layer, args[0])
+        new = session.run_site(site, per_head)
+        if new is None:
+            return None
+        return _replace_first(output, _first(output) + (new - per_head).sum(2))
+    handles.append(model.module(MODULE_SITES["head_z"].path(model, layer)).register_forward_hook(hook))
+
+
+def _attach_attention_function(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
+    """rot_q / rot_k / attn_scores / attn_pattern: a hook inside our attention function (see module docs)."""
+    model, kind = session.model, site.kind
+    attn = model.module(f"{model.arch.layers}.{site.layer}.{model.arch.attn}")
+
+    def attention_hook(value: torch.Tensor, q_len: int) -> torch.Tensor:
+        if not session.is_active():
+            return value
+        if kind in EAGER_SITES:
             new = session.run_site(site, value)
-            if new is None:
-                return None
-            if args:
-                return (new, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new}
-        handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
-    elif kind == "resid_post":
-        handles.append(block.register_forward_hook(out_hook))
-    elif kind == "attn_out":  # the contribution to the residual: after a post-attention norm if there is one
-        handles.append(model.module(arch.attn_out_path(layer)).register_forward_hook(out_hook))
-    elif kind == "mlp_out":
-        hook = _copying(out_hook) if arch.mlp_output_mutated else out_hook
-        handles.append(model.module(arch.mlp_out_path(layer)).register_forward_hook(hook))
-    elif kind == "head_z":
-        o_proj = model.module(f"{arch.layers}.{layer}.{arch.attn}.{arch.o_proj}")
+            return value if new is None else new
+        own = value[:, :, value.shape[2] - q_len:]  # keys: this forward's tokens (a KV cache holds the rest)
+        new = session.run_site(site, own.transpose(1, 2))
+        if new is None:
+            return value
+        new = new.transpose(1, 2)
+        return new if own.shape[2] == value.shape[2] else torch.cat([value[:, :, : value.shape[2] - q_len], new], 2)
 
-        def z_hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
-            if not session.is_active():
-                return None
-            z = args[0]
-            heads = z.reshape(*z.shape[:-1], model.n_heads, model.d_head)
-            new = session.run_site(site, heads)
-            return None if new is None else (new.reshape(z.shape), *args[1:])
-        handles.append(o_proj.register_forward_pre_hook(z_hook))
-    elif kind == "attn_pattern":
-        attn = model.module(f"{arch.layers}.{layer}.{arch.attn}")
+    with _PATTERN_LOCK:
+        per_kind = _PATTERN_HOOKS.setdefault(attn, {})
+        per_kind[kind] = [*per_kind.get(kind, ()), attention_hook]
+    if model.arch.attention_forward is not None and kind in EAGER_SITES:  # attention computed inline: a port
+        attn.forward = functools.partial(model.arch.attention_forward, attn, _eager_with_pattern_hook)
 
-        def pattern_hook(weights: torch.Tensor) -> torch.Tensor:
-            if not session.is_active():
-                return weights
-            new = session.run_site(site, weights)
-            return weights if new is None else new
-        with _PATTERN_LOCK:
-            _PATTERN_HOOKS[attn] = [*_PATTERN_HOOKS.get(attn, ()), pattern_hook]
-        if arch.attention_forward is not None:  # attention computed inline: run the adapter's port instead
-            attn.forward = functools.partial(arch.attention_forward, attn, _eager_with_pattern_hook)
+    class _Unregister:
+        def remove(self) -> None:
+            with _PATTERN_LOCK:
+                per_kind = _PATTERN_HOOKS.get(attn, {})
+                rest = [h for h in per_kind.get(kind, ()) if h is not attention_hook]
+                if rest:
+                    per_kind[kind] = rest
+                else:
+                    per_kind.pop(kind, None)
+                if not any(per_kind.get(k) for k in EAGER_SITES):
+                    attn.__dict__.pop("forward", None)
+                if not per_kind:
+                    _PATTERN_HOOKS.pop(attn, None)
+    handles.append(_Unregister())  # type: ignore[arg-type]
 
-        class _Unregister:
-            def remove(self) -> None:
-                with _PATTERN_LOCK:
-                    rest = [h for h in _PATTERN_HOOKS.get(attn, ()) if h is not pattern_hook]
-                    if rest:
-                        _PATTERN_HOOKS[attn] = rest
-                    else:
-                        _PATTERN_HOOKS.pop(attn, None)
-                        attn.__dict__.pop("forward", None)
-        handles.append(_Unregister())  # type: ignore[arg-type]
-    elif kind == "resid_mid":
-        # resid_mid = resid_pre + attn_out, read where HF adds them; a write is turned into the
-        # attention contribution (after any post-attention norm) that produces it (exact up to one
-        # rounding of the subtraction).
-        stash = session._resid_pre
 
-        def stash_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
-            if kwargs is None or not session.is_active():
-                return
+def _attach_resid_mid(session: Session, site: Site, handles: list[RemovableHandle]) -> None:
+    """resid_mid = resid_pre + attn_out, read where HF adds them; a write is turned into the attention contribution
+    (after any post-attention norm) that produces it (exact up to one rounding of the subtraction)."""
+    model, layer = session.model, site.layer
+    assert layer is not None
+    stash = session._resid_pre
+
+    def stash_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if session.is_active():
             stash[layer] = args[0] if args else kwargs["hidden_states"]
-        handles.append(block.register_forward_pre_hook(stash_hook, with_kwargs=True))
+    handles.append(model.layer_module(layer).register_forward_pre_hook(stash_hook, with_kwargs=True))
 
-        def mid_hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if not session.is_active():
-                return None
-            base = stash.pop(layer)
-            attn = _first(output)
-            new = session.run_site(site, base + attn)
-            return None if new is None else _replace_first(output, new - base)
-        handles.append(model.module(arch.attn_out_path(layer)).register_forward_hook(mid_hook))
-    else:  # pragma: no cover - sites.py rejects unknown kinds first
-        raise AssertionError(kind)
+    def mid_hook(module: nn.Module, args: Any, output: Any) -> Any:
+        if not session.is_active():
+            return None
+        base = stash.pop(layer)
+        new = session.run_site(site, base + _first(output))
+        return None if new is None else _replace_first(output, new - base)
+    handles.append(model.module(model.arch.attn_out_path(layer)).register_forward_hook(mid_hook))
+
+
+#: One attach function per site kind (every kind of sites.py has an entry).
+ATTACH: dict[str, Attacher] = {
+    **dict.fromkeys(MODULE_SITES, _attach_module_site),
+    **dict.fromkeys(ATTENTION_FUNCTION_SITES, _attach_attention_function),
+    "head_out": _attach_head_out,
+    "resid_mid": _attach_resid_mid,
+    "logits": _attach_logits,
+}
 
 
 _ORDER = {k: i for i, k in enumerate(("embed", *LAYER_SITES, "final_norm", "logits"))}
@@ -330,8 +384,8 @@ def attach(model: HookedModel, interventions: list[Intervention]) -> Iterator[Se
             handles.append(model.hf_model.register_forward_pre_hook(_context_prehook(session), with_kwargs=True))
             # register in forward order so that several kinds on one module run in the documented order
             for site in sorted(session.per_site, key=_forward_order):
-                _attach_site(session, site, handles)
-        if session.wants_pattern:
+                ATTACH[site.kind](session, site, handles)
+        if session.wants_attention_fn:
             _acquire_pattern(config)
         token = _ACTIVE.set((*_ACTIVE.get(), session))
         yield session
@@ -340,7 +394,7 @@ def attach(model: HookedModel, interventions: list[Intervention]) -> Iterator[Se
             _deactivate(session, token)
         for h in handles:
             h.remove()
-        if session.wants_pattern and token is not None:
+        if session.wants_attention_fn and token is not None:
             _release_pattern(config)
 
 

@@ -8,8 +8,10 @@ the result back. Results equal the hooks backend's (tests compare them on every 
 
 What differs:
 
-- ``attn_pattern`` is not available (the probabilities exist only inside the attention function; the hooks
-  backend swaps in an eager attention for that) -- a :class:`SiteError` says so;
+- ``rot_q``, ``rot_k``, ``attn_scores`` and ``attn_pattern`` are not available (they exist only inside the
+  attention function; the hooks backend swaps in an attention function of its own for them) -- a
+  :class:`SiteError` says so. Every other kind is visited through the same declarative table as the hooks
+  backend (:data:`lmscope.interventions.locations.MODULE_SITES`) or one handler in :data:`VISIT`;
 - ``remote=True`` sends the trace to NDIF (nnsight's hosted models) instead of running it here. NDIF runs
   its own copy of the checkpoint, named by its Hugging Face id, so the model must have been loaded by that
   id (``HookedModel.from_pretrained("meta-llama/Llama-3.1-8B")``); the request goes through nnsight's
@@ -28,15 +30,16 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..base import Intervention
 from ..cache import session_cache
 from ..errors import InputError, LmscopeError, SiteError
+from ..locations import MODULE_SITES, head_out_value
 from ..positions import ForwardContext
-from ..sites import Site
+from ..sites import LAYER_SITES, MODEL_SITES, Site
 from .hooks import Session, _forward_order
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ class RemoteError(LmscopeError):
     """A remote (NDIF) run that cannot start: no API key, no network, or an intervention it cannot ship."""
 
 
+ALL_KINDS = (*MODEL_SITES[:1], *LAYER_SITES, *MODEL_SITES[1:])
 #: Interventions whose behaviour is arbitrary user Python (refused for remote runs).
 LOCAL_ONLY = ("Edit",)
 
@@ -183,68 +187,73 @@ def _tag_modules(root: Any) -> None:
 
 
 class _Visitor:
-    """Reads and writes every requested site, in forward order, through nnsight envoys."""
+    """Reads and writes every requested site, in forward order, through nnsight envoys (:data:`VISIT`)."""
 
     def __init__(self, model: HookedModel, session: Session, root: Any) -> None:
         self.model, self.session, self.root, self.arch = model, session, root, model.arch
         self.stash: dict[int, torch.Tensor] = {}  # resid_pre of a layer, for resid_mid
 
     def visit(self, site: Site) -> None:
-        kind, layer, arch = site.kind, site.layer, self.arch
-        if kind == "embed":
-            self._output(_envoy(self.root, arch.embed), site)
-        elif kind == "final_norm":
-            self._output(_envoy(self.root, arch.final_norm), site)
-        elif kind == "logits":
-            out = self.root.output
-            new = self.session.run_site(site, out.logits if hasattr(out, "logits") else out[0])
-            if new is not None:
-                out.logits = new
-        else:
-            assert layer is not None
-            self._layer_site(kind, layer, site)
+        VISIT[site.kind](self, site)
 
-    def _layer_site(self, kind: str, layer: int, site: Site) -> None:
-        arch = self.arch
-        block = _envoy(self.root, f"{arch.layers}.{layer}")
-        if kind == "resid_pre":
-            value = block.input
-            new = self.session.run_site(site, value)
+    def module_site(self, site: Site) -> None:
+        """A kind of :data:`MODULE_SITES`: the named side of one module, through the entry's read/write."""
+        loc = MODULE_SITES[site.kind]
+        env = _envoy(self.root, loc.path(self.model, site.layer))
+        if loc.side == "input":
+            raw = env.input
+            new = self.session.run_site(site, loc.read(self.model, site, raw))
             if new is not None:
-                block.input = new
-            self.stash[layer] = value if new is None else new
-        elif kind == "resid_post":
-            self._output(block, site)
-        elif kind == "head_z":
-            o_proj = _envoy(self.root, f"{arch.layers}.{layer}.{arch.attn}.{arch.o_proj}")
-            z = o_proj.input
-            new = self.session.run_site(site, z.reshape(*z.shape[:-1], self.model.n_heads, self.model.d_head))
-            if new is not None:
-                o_proj.input = new.reshape(z.shape)
-        elif kind in ("attn_out", "resid_mid"):
-            env = _envoy(self.root, arch.attn_out_path(layer))
-            if kind == "attn_out":
-                self._output(env, site)
-            else:
-                out = env.output
-                attn = out[0] if isinstance(out, tuple) else out
-                base = self.stash[layer]
-                new = self.session.run_site(site, base + attn)
-                if new is not None:
-                    env.output = (new - base, *out[1:]) if isinstance(out, tuple) else new - base
-        elif kind == "mlp_out":
-            self._output(_envoy(self.root, arch.mlp_out_path(layer)), site, copy=arch.mlp_output_mutated)
-        else:  # pragma: no cover - sites.py rejects unknown kinds first
-            raise AssertionError(kind)
-
-    def _output(self, env: Any, site: Site, copy: bool = False) -> None:
+                raw = loc.write(self.model, site, raw, new)
+                env.input = raw
+            if site.kind == "resid_pre":  # the base of resid_mid
+                assert site.layer is not None
+                self.stash[site.layer] = raw
+            return
         out = env.output
-        value = out[0] if isinstance(out, tuple) else out
-        new = self.session.run_site(site, value)
+        raw = out[0] if isinstance(out, tuple) else out
+        new = self.session.run_site(site, loc.read(self.model, site, raw))
+        copy = loc.copy(self.arch)
         if new is None and not copy:
             return
-        new = (value if new is None else new).clone() if copy else new
-        env.output = (new, *out[1:]) if isinstance(out, tuple) else new
+        value = raw if new is None else loc.write(self.model, site, raw, new)
+        value = value.clone() if copy else value
+        env.output = (value, *out[1:]) if isinstance(out, tuple) else value
+
+    def logits(self, site: Site) -> None:
+        out = self.root.output
+        new = self.session.run_site(site, out.logits if hasattr(out, "logits") else out[0])
+        if new is not None:
+            out.logits = new
+
+    def resid_mid(self, site: Site) -> None:
+        assert site.layer is not None
+        env = _envoy(self.root, self.arch.attn_out_path(site.layer))
+        out = env.output
+        attn = out[0] if isinstance(out, tuple) else out
+        base = self.stash[site.layer]
+        new = self.session.run_site(site, base + attn)
+        if new is not None:
+            env.output = (new - base, *out[1:]) if isinstance(out, tuple) else new - base
+
+    def head_out(self, site: Site) -> None:
+        assert site.layer is not None
+        o_proj = _envoy(self.root, MODULE_SITES["head_z"].path(self.model, site.layer))
+        per_head = head_out_value(self.model, site.layer, o_proj.input)
+        new = self.session.run_site(site, per_head)
+        if new is not None:
+            out = o_proj.output
+            o_proj.output = out + (new - per_head).sum(2)
+
+
+#: One visit function per site kind this backend gives (keyed like the hooks backend's ``ATTACH``); the kinds
+#: read inside the attention function are missing: nnsight sees module inputs and outputs only.
+VISIT: dict[str, Callable[[_Visitor, Site], None]] = {
+    **dict.fromkeys(MODULE_SITES, _Visitor.module_site),
+    "logits": _Visitor.logits,
+    "resid_mid": _Visitor.resid_mid,
+    "head_out": _Visitor.head_out,
+}
 
 
 def _with_resid_pre(session: Session) -> list[Site]:
@@ -275,9 +284,12 @@ def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Interventi
     session = Session(model, interventions)
     for iv in interventions:
         iv.start()
-    if any(s.kind == "attn_pattern" for s in session.per_site):
-        raise SiteError("attn_pattern is not available with backend='nnsight' (the probabilities exist only "
-                        "inside the attention function); use the hooks backend for pattern reads/writes.")
+    missing = sorted({s.kind for s in session.per_site if s.kind not in VISIT})
+    if missing:
+        gives = [k for k in ALL_KINDS if k in VISIT and k in model.available_kinds]
+        raise SiteError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not available with "
+                        "backend='nnsight' (they exist only inside the attention function); use the hooks backend "
+                        f"for them. nnsight gives: {', '.join(gives)}.")
     root = remote_nnsight_model(model) if remote else nnsight_model(model)
     order = _with_resid_pre(session)
     session.ctx = ForwardContext.from_mask(batch.attention_mask, 0, int(batch.input_ids.shape[1]))

@@ -257,7 +257,7 @@ def test_ablate_one_head_matches_manual_projection(tiny: HookedModel) -> None:
 def test_patch_from_own_run_is_identity(tiny: HookedModel) -> None:
     """Patching every site with its own cached value (all at once) changes nothing."""
     tokens = ids()
-    sites = [s for s in tiny.sites() if not s.startswith("attn_pattern")]
+    sites = [s for s in tiny.sites() if not s.startswith(("attn_pattern", "attn_scores"))]
     base = tiny.run(tokens, [Cache(sites)])
     patched = tiny.run(tokens, [Patch(sites, base.cache)]).logits
     assert torch.allclose(patched, base.logits, atol=ATOL, rtol=0)
