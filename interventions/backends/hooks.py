@@ -265,8 +265,8 @@ def _attach_site(session: Session, site: Site, handles: list[RemovableHandle]) -
             return weights if new is None else new
         with _PATTERN_LOCK:
             _PATTERN_HOOKS[attn] = [*_PATTERN_HOOKS.get(attn, ()), pattern_hook]
-        if arch.attention_forward is not None:  # attention computed inline: run the adapter's port instead
-            attn.forward = functools.partial(arch.attention_forward, attn, _eager_with_pattern_hook)
+        if model.attention_port is not None:  # attention computed inline: run the adapter's port instead
+            attn.forward = functools.partial(model.attention_port, attn, _eager_with_pattern_hook)
 
         class _Unregister:
             def remove(self) -> None:
