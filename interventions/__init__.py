@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from .collect import collect_activations
     from .datasets import ActivationDataset, write_dataset
     from .edit import Edit
-    from .errors import InputError, LmscopeError, ModelMismatchError, SiteError, UnsupportedArchitectureError
+    from .errors import (
+        InputError,
+        LibraryVersionError,
+        LmscopeError,
+        ModelMismatchError,
+        SiteError,
+        UnsupportedArchitectureError,
+    )
     from .inputs import Batch
     from .model import Generation, HookedModel, RunResult
     from .patch import Patch
@@ -40,7 +47,7 @@ _LAZY = {
     "Intervention": ".base", "load_interventions": ".base", "save_interventions": ".base",
     "ActivationCache": ".cache", "Cache": ".cache", "Edit": ".edit",
     "InputError": ".errors", "LmscopeError": ".errors", "ModelMismatchError": ".errors", "SiteError": ".errors",
-    "UnsupportedArchitectureError": ".errors", "Batch": ".inputs",
+    "UnsupportedArchitectureError": ".errors", "LibraryVersionError": ".errors", "Batch": ".inputs",
     "Generation": ".model", "HookedModel": ".model", "RunResult": ".model", "Patch": ".patch",
     "ForwardContext": ".positions", "Site": ".sites", "Steer": ".steer",
     "collect_activations": ".collect", "ActivationDataset": ".datasets",
@@ -48,7 +55,8 @@ _LAZY = {
 }
 __all__ = [
     "ARCHITECTURES", "Ablate", "ActivationCache", "Architecture", "Batch", "Cache", "Edit", "ForwardContext",
-    "Generation", "HookedModel", "InputError", "Intervention", "LmscopeError", "ModelMismatchError", "Patch",
+    "Generation", "HookedModel", "InputError", "Intervention", "LibraryVersionError", "LmscopeError",
+    "ModelMismatchError", "Patch",
     "RunResult", "Site", "SiteError", "Steer", "UnsupportedArchitectureError", "collect_activations",
     "load_interventions", "parse_layers", "register_architecture", "resolve_layers", "save_interventions",
     "supported_model_types", "ActivationDataset", "write_dataset",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedArchitectureError
-from .ported_attention import falcon_attention
+from .ported_attention import AttentionPort, falcon_port
 from .sites import LAYER_SITES, MODEL_SITES
 
 
@@ -82,8 +82,9 @@ class Architecture:
     - ``pattern_attention(config)``: whether ``attn_pattern`` exists. The backend exposes the
       probabilities by swapping in an eager attention through transformers' attention interface
       (sliding windows come with the mask, soft-capping and GQA with the call); attention classes
-      that compute attention inline name a port in ``attention_forward`` (Falcon, see
-      :mod:`lmscope.interventions.ported_attention`), installed only on layers whose pattern is hooked.
+      that compute attention inline name a resolver in ``attention_port`` (Falcon before transformers 5.25,
+      see :mod:`lmscope.interventions.ported_attention`): given the attention module it returns the port to
+      install (only on layers whose pattern is hooked) or None, and refuses an HF signature it does not know.
     - ``logit_scale(config)`` / ``logit_softcap(config)``: what the causal-LM head does after the
       unembedding (Cohere multiplies by ``logit_scale``; Gemma 2/3 soft-cap ``tanh(x/c)*c``).
     - ``position_embed``: a learned absolute position embedding added after ``embed`` (GPT-2), else None
@@ -121,7 +122,7 @@ class Architecture:
     mlp_post_norm: str | None = None
     mlp_output_mutated: bool = False
     pattern_attention: Callable[[Any], bool] = field(default=_always)
-    attention_forward: Callable[..., Any] | None = None
+    attention_port: Callable[[nn.Module], AttentionPort | None] | None = None
     logit_scale: Callable[[Any], float | None] = field(default=_no_value)
     logit_softcap: Callable[[Any], float | None] = field(default=_no_value)
     position_embed: str | None = None
@@ -236,7 +237,7 @@ register_architecture(Architecture(
     name="falcon", model_types=("falcon",), layers="transformer.h", embed="transformer.word_embeddings",
     final_norm="transformer.ln_f", unembed="lm_head", attn="self_attention", mlp="mlp", o_proj="dense",
     parallel_residual=_falcon_parallel, mlp_output_mutated=True,
-    pattern_attention=lambda config: not getattr(config, "alibi", False), attention_forward=falcon_attention,
+    pattern_attention=lambda config: not getattr(config, "alibi", False), attention_port=falcon_port,
 ))
 
 

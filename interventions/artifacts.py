@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +19,28 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import ArtifactError, InputError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where available; elsewhere set and restored under a lock)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: Path, directory: bool) -> None:
+    """Give a ``mkstemp``/``mkdtemp`` result (0600 / 0700) the mode a plain ``open``/``mkdir`` would have had,
+    so artifacts in a shared folder are as readable as any other file the user writes (0644 / 0755 under 022)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 @contextmanager
@@ -31,6 +54,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        for sub in [tmp, *tmp.rglob("*")]:  # writers such as safetensors create their files 0600
+            _as_if_created(sub, directory=sub.is_dir())
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
@@ -48,6 +73,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; on success it replaces ``path`` in one rename.
 
     Readers never see half a file; if the body raises, ``path`` is untouched and the temporary file removed.
+    The file gets the mode a plain ``open`` would give it under the user's umask (not ``mkstemp``'s 0600).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +81,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _as_if_created(Path(tmp), directory=False)  # mkstemp (and writers such as safetensors) make files 0600
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -28,3 +28,8 @@ class ModelMismatchError(LmscopeError, ValueError):
 
 class ArtifactError(InputError):
     """A saved artifact that cannot be read: truncated or corrupted file, wrong dtype, wrong shapes, bad JSON."""
+
+
+class LibraryVersionError(UnsupportedArchitectureError):
+    """An installed library (transformers, torch...) changed an internal lmscope relies on: the message names the
+    installed version and the range lmscope is tested with."""

@@ -29,6 +29,7 @@ from .backends.hooks import Session, attach
 from .base import Intervention
 from .cache import ActivationCache, session_cache
 from .errors import InputError, SiteError
+from .hf_compat import check_internals
 from .inputs import Batch, encode
 from .placement import input_device
 from .sites import Site, all_site_names, resolve_sites
@@ -71,10 +72,15 @@ class HookedModel:
         #: Default backend of :meth:`run`: "hooks" (PyTorch hooks) or "nnsight" (an nnsight trace).
         self.backend = backend
         self.arch: Architecture = detect_architecture(hf_model)
+        check_internals()
         config = hf_model.config
         self._dims = dimensions(config, int(self.unembed_weight.shape[0]))
         self.available_kinds = self.arch.available_sites(config)
         self._layers = cast(nn.ModuleList, self.module(self.arch.layers))  # indexed by layer
+        #: The attention port ``attn_pattern`` installs on this transformers version (None: the attention interface
+        #: is enough); resolved, and an unknown HF signature refused, here rather than mid-forward.
+        self.attention_port = (self.arch.attention_port(self.module(f"{self.arch.layers}.0.{self.arch.attn}"))
+                               if self.arch.attention_port is not None and len(self._layers) else None)
         from .placement import check_placement
 
         hooked = {p: self.module(p) for p in (self.arch.embed, self.arch.final_norm, self.arch.unembed)}

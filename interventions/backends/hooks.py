@@ -306,8 +306,8 @@ def _attach_attention_function(session: Session, site: Site, handles: list[Remov
     with _PATTERN_LOCK:
         per_kind = _PATTERN_HOOKS.setdefault(attn, {})
         per_kind[kind] = [*per_kind.get(kind, ()), attention_hook]
-    if model.arch.attention_forward is not None and kind in EAGER_SITES:  # attention computed inline: a port
-        attn.forward = functools.partial(model.arch.attention_forward, attn, _eager_with_pattern_hook)
+    if model.attention_port is not None:  # attention computed inline: run the adapter's port, which calls ours
+        attn.forward = functools.partial(model.attention_port, attn, _eager_with_pattern_hook)
 
     class _Unregister:
         def remove(self) -> None:
@@ -318,10 +318,9 @@ def _attach_attention_function(session: Session, site: Site, handles: list[Remov
                     per_kind[kind] = rest
                 else:
                     per_kind.pop(kind, None)
-                if not any(per_kind.get(k) for k in EAGER_SITES):
-                    attn.__dict__.pop("forward", None)
                 if not per_kind:
                     _PATTERN_HOOKS.pop(attn, None)
+                    attn.__dict__.pop("forward", None)
     handles.append(_Unregister())  # type: ignore[arg-type]
 
 

@@ -18,8 +18,8 @@ import torch
 
 from lmscope.interventions import HookedModel, Steer, save_interventions
 
-ENABLE = ("install the browser and driver to run it: `apt-get install -y chromium chromium-driver` and "
-          "`pip install selenium` (both in the dev set-up)")
+ENABLE = ("include it with `make test BROWSER=1` (as root: apt-get installs Debian's chromium and chromium-driver; "
+          "selenium is in the dev set-up), as CI does")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 PROMPT = "The capital of France is"
