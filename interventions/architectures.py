@@ -233,11 +233,20 @@ def _falcon_parallel(config: Any) -> bool:
     return bool(getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False))
 
 
+def _falcon_qkv_layout(config: Any) -> str:
+    """Falcon's fused query_key_value: per kv group (new_decoder_architecture), [q | k | v] (multi-query), or
+    per head (otherwise)."""
+    if getattr(config, "new_decoder_architecture", False):
+        return "grouped"
+    return "concat" if getattr(config, "multi_query", False) else "interleaved"
+
+
 register_architecture(Architecture(
     name="falcon", model_types=("falcon",), layers="transformer.h", embed="transformer.word_embeddings",
     final_norm="transformer.ln_f", unembed="lm_head", attn="self_attention", mlp="mlp", o_proj="dense",
     parallel_residual=_falcon_parallel, mlp_output_mutated=True,
     pattern_attention=lambda config: not getattr(config, "alibi", False), attention_port=falcon_port,
+    qkv="query_key_value", qkv_layout=_falcon_qkv_layout, mlp_in="dense_h_to_4h", mlp_down="dense_4h_to_h",
 ))
 
 
