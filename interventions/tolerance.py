@@ -20,7 +20,7 @@ from typing import Union
 import torch
 
 #: Relative error floor of float32 accumulation in another order (reductions over up to ~1e4 elements).
-ACCUMULATION = 1e-4
+ACCUMULATION = 1e-5
 #: ``atol`` as a fraction of ``rtol``: results whose expected values are all below this on an order-one scale
 #: count as zero (pass ``scale=`` when the inputs' scale is known instead).
 ABS_FLOOR = 1e-3
