@@ -25,6 +25,7 @@ Cost of the CPU default (1b, 1x256): the bfloat16 weights take 2.5 GB, the lens 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -85,7 +86,7 @@ def build(config: str, device: str, dtype: torch.dtype = torch.bfloat16, seed: i
     hf.tie_weights()  # to_empty gives each module its own storage: re-tie the embeddings where the config ties them
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        for name, p in hf.named_parameters():
+        for p in hf.parameters():
             if p.dim() == 1:  # norm weights
                 p.fill_(1.0)
             else:
@@ -154,9 +155,12 @@ def patching(model: HookedModel, ids: torch.Tensor, layers: int, positions: int,
         return logits[:, 1] - logits[:, 2]
 
     results: dict[str, Any] = {}
+
+    def sweep(method: str) -> None:
+        results[method] = patching_sweep(model, clean, corrupt, sites, cols, metric, method=method, progress=False)
+
     for method in ("loop", "exact"):
-        results[f"{method}_s"] = timer(lambda: results.__setitem__(method, patching_sweep(
-            model, clean, corrupt, sites, cols, metric, method=method, progress=False)))
+        results[f"{method}_s"] = timer(functools.partial(sweep, method))
     cells = results["exact"].values.numel()
     err = float((results["exact"].values - results["loop"].values).abs().max())
     return {"cells": cells, "loop_cells_per_s": cells / results["loop_s"],

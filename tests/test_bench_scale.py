@@ -29,7 +29,7 @@ def test_bench_scale_tiny(tmp_path: Path, one_thread: None, capsys) -> None:  # 
     assert report["params"] == cfg["vocab_size"] * d + n_layers * per_layer + d
     p = report["patching"]
     assert p["cells"] == 4 * 2 and p["exact_cells_per_s"] > 0 and p["loop_cells_per_s"] > 0
-    assert is_close(p["max_abs_exact_minus_loop"], 0.0, torch.bfloat16, n_ops=2 * n_layers + 2, scale=1.0)
+    assert is_close(p["max_abs_exact_minus_loop"], 0.0, torch.bfloat16, scale=1.0)
     assert report["lens"]["init_tokens_per_s"] > 0 and report["lens"]["kl_tokens_per_s"] > 0
     cached_bytes = n_layers * batch * seq * d * 2  # every resid_post of every token, bfloat16
     assert report["collection"]["gb"] * 1e9 >= cached_bytes

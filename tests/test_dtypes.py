@@ -97,9 +97,8 @@ def test_exact_sweep_equals_loop_within_rounding(model: HookedModel, dtype: torc
                           batch_size=5)
     slow = patching_sweep(model, clean, corrupt, sites, [0, 2, 3, 5], metric, method="loop")
     logits = model.run(clean[None]).logits[0, -1].float()
-    # the metric is a difference of two logits: its rounding is on the logits' scale, through every layer
-    n_ops = 2 * model.n_layers + 2
-    assert_close(fast.values, slow.values, dtype, n_ops, scale=float(logits.abs().max()), msg="exact vs loop")
+    # the metric is a difference of two logits: its rounding is on the logits' scale
+    assert_close(fast.values, slow.values, dtype, scale=float(logits.abs().max()), msg="exact vs loop")
     assert fast.effect().abs().max() > 1e-3
 
 
@@ -114,14 +113,13 @@ def test_dla_terms_sum_to_the_logit_within_rounding(model: HookedModel, dtype: t
                       "gemma3_text": "rmsnorm(1+w)"}[model.hf_model.config.model_type]
     magnitude = float(abs(a.embed) + a.attn.abs().sum() + a.mlp.abs().sum() + abs(a.constant))
     # every term is a float32 dot product of one rounded component; the model's logit rounds the residual once per
-    # sublayer and the final norm's output once more
-    n_ops = 2 * model.n_layers + 2
-    assert_close(a.total, a.logit, dtype, n_ops, scale=magnitude, msg="block terms vs logit")
-    assert_close(sum(a.terms().values()), a.logit, dtype, n_ops, scale=magnitude, msg="finest terms vs logit")
+    # sublayer and the final norm's output once more, roundings that mostly cancel: a few roundings' allowance
+    assert_close(a.total, a.logit, dtype, scale=magnitude, msg="block terms vs logit")
+    assert_close(sum(a.terms().values()), a.logit, dtype, scale=magnitude, msg="finest terms vs logit")
     assert not torch.isnan(a.heads).any()  # the per-head split passed its dtype-aware check on every layer
     assert_close(a.heads.sum(1) + a.attn_bias, a.attn, dtype, scale=float(a.attn.abs().max()))
     assert a.head_positions is not None
-    assert_close(a.head_positions.sum(-1), a.heads, dtype, n_ops, scale=float(a.heads.abs().max()))
+    assert_close(a.head_positions.sum(-1), a.heads, dtype, scale=float(a.heads.abs().max()))
 
 
 def test_dla_refuses_a_norm_of_another_form_in_every_dtype(dtype: torch.dtype) -> None:
@@ -153,7 +151,7 @@ def test_steering_vectors_are_float32_means_of_the_model_values(model: HookedMod
             for p in pos + neg]
     want = (torch.stack(rows[:3]) - torch.stack(rows[3:])).mean(0)
     # batched (padded) vs one-prompt runs round differently in low precision: a few roundings of the residual
-    assert_close(v, want, dtype, 2 * model.n_layers, scale=float(torch.stack(rows).abs().max()))
+    assert_close(v, want, dtype, scale=float(torch.stack(rows).abs().max()))
     act = SteeringVector.from_pairs(model, pos[:1], neg[:1], layers=[1], method="actadd").vectors["resid_pre.1"]
     assert act.dtype == torch.float32
     before = model.run([pos[0]]).logits
@@ -198,7 +196,7 @@ def test_lens_fit_is_float32_and_loads_on_a_low_precision_model(dtype: torch.dty
     back = TunedLens.load(tmp_path / "lens", f32)
     low, high = lens.decode([PROMPT], top_k=1)[0], back.decode([PROMPT], top_k=1)[0]
     assert low.top_probs.dtype == torch.float32
-    assert_close(low.top_probs, high.top_probs, dtype, 2 * model.n_layers + 2, scale=1.0)
+    assert_close(low.top_probs, high.top_probs, dtype)  # norm-wise, on the largest probability
 
 
 # -- activation datasets and probes -------------------------------------------------------------------------------

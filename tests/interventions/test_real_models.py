@@ -39,16 +39,15 @@ def test_padding_equals_single(real_model: tuple[HookedModel, str, str], side: s
     model, prompt, _ = real_model
     prompts = [prompt, "Hello", "One, two, three, four,"]
     batched = model.run(prompts, [Cache("resid_post.3")], padding_side=side)
-    # batched and single runs use differently shaped kernels: in low precision they round differently, and the
-    # difference travels through every layer (float32: accumulation order only)
-    n_ops = 2 * model.n_layers if model.dtype != torch.float32 else 1
+    # batched and single runs use differently shaped kernels, so they may round differently (bfloat16, measured:
+    # under one rounding of the largest logit; float32: accumulation order only)
     for i, p in enumerate(prompts):
         single = model.run(p, [Cache("resid_post.3")])
         keep = batched.batch.attention_mask[i].bool()
         # norm-wise: Gemma 3's logits and both models' massive residual dims (~1e3) set the scale
-        assert_close(batched.logits[i][keep], single.logits[0], model.dtype, n_ops, msg="logits")
+        assert_close(batched.logits[i][keep], single.logits[0], model.dtype, msg="logits")
         assert_close(batched.cache.unpad("resid_post.3", i), single.cache["resid_post.3"][0], model.dtype,
-                     min(n_ops, 8), msg="resid_post.3")
+                     msg="resid_post.3")
 
 
 def test_logit_lens_last_reading_is_the_model(real_model: tuple[HookedModel, str, str]) -> None:
@@ -94,10 +93,11 @@ def test_dla_terms_sum_to_the_logit(real_model: tuple[HookedModel, str, str]) ->
     a = attribute(model, prompt, answer)
     assert a.norm == ("rmsnorm(1+w)" if model.arch.name.startswith("gemma") else "rmsnorm")
     magnitude = float(abs(a.embed) + a.attn.abs().sum() + a.mlp.abs().sum() + abs(a.constant))
-    n_ops = 4 if model.dtype == torch.float32 else 2 * model.n_layers
-    assert_close(a.total, a.logit, model.dtype, n_ops, scale=magnitude, msg="block terms vs the logit")
-    assert_close(sum(a.terms().values()), a.logit, model.dtype, n_ops, scale=magnitude, msg="finest terms")
+    # the model's logit rounds the residual after every sublayer; those roundings mostly cancel (bfloat16, measured:
+    # ~0.2 eps of the terms' magnitude on both models), so a few roundings' allowance is enough
+    assert_close(a.total, a.logit, model.dtype, scale=magnitude, msg="block terms vs the logit")
+    assert_close(sum(a.terms().values()), a.logit, model.dtype, scale=magnitude, msg="finest terms")
     assert not torch.isnan(a.heads).any()
     assert_close(a.heads.sum(1) + a.attn_bias, a.attn, model.dtype, scale=float(a.attn.abs().max()))
     assert a.head_positions is not None
-    assert_close(a.head_positions.sum(-1), a.heads, model.dtype, n_ops, scale=float(a.heads.abs().max()))
+    assert_close(a.head_positions.sum(-1), a.heads, model.dtype, scale=float(a.heads.abs().max()))
