@@ -19,7 +19,10 @@ Run:  python benchmarks/bench_scale.py                       # CPU default: 1b a
       python benchmarks/bench_scale.py --config tiny          # seconds; what the test suite runs
 
 Cost of the CPU default (1b, 1x256): the bfloat16 weights take 2.5 GB, the lens statistics ~1.1 GB and the lens
-~0.3 GB; peak RSS stays well under 24 GiB. About 25 forwards of 256 tokens in all (``--repeats 3``).
+~0.3 GB; peak RSS stays well under 24 GiB. About 28 forwards of 256 tokens in all (``--repeats 3``, ~0.63 TFLOP
+each: ~9 s at the 73 GFLOP/s a bfloat16 matmul reached on 2 busy cores here) plus the KL step, which projects
+16 readings x 256 tokens onto the 128k vocabulary forwards and backwards in float32 (~1-2 min): ~6 min in all
+(estimated, not run); ``--only`` skips measurements.
 """
 
 from __future__ import annotations
