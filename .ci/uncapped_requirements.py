@@ -12,7 +12,7 @@ import tomllib
 
 
 def uncapped(requirement: str) -> str:
-    """``"transformers>=5.23,<5.26"`` -> ``"transformers>=5.23"``; extras like ``lmscope[serve]`` are skipped."""
+    """``"transformers>=5.24,<5.26"`` -> ``"transformers>=5.24"``; extras like ``lmscope[serve]`` are skipped."""
     name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
     specs = [s.strip() for s in requirement[len(name):].split(",") if s.strip()]
     kept = [s for s in specs if not s.startswith(("<", "=="))]
@@ -20,7 +20,7 @@ def uncapped(requirement: str) -> str:
 
 
 def lowest(requirement: str) -> str | None:
-    """``"transformers>=5.23,<5.26"`` -> ``"transformers==5.23.0"`` (None without both bounds)."""
+    """``"transformers>=5.24,<5.26"`` -> ``"transformers==5.24.0"`` (None without both bounds)."""
     name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
     specs = [s.strip() for s in requirement[len(name):].split(",") if s.strip()]
     lower = [s[2:] for s in specs if s.startswith(">=")]

@@ -16,6 +16,7 @@ from .architectures import REGISTER_HINT
 from .cache import Cache
 from .errors import UnsupportedArchitectureError
 from .steer import Steer
+from .tolerance import is_close
 
 if TYPE_CHECKING:
     from .model import HookedModel
@@ -24,10 +25,8 @@ PROBE_LENGTH = 8
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal up to a few roundings of the dtype, relative to the larger magnitude."""
-    tol = 1e-4 if a.dtype == torch.float32 else 3e-2
-    scale = max(1.0, float(b.abs().max()))
-    return bool((a.float() - b.float()).abs().max() <= tol * scale)
+    """Equal up to a few roundings of the model's dtype, relative to the larger magnitude (:mod:`.tolerance`)."""
+    return is_close(a, b, scale=max(1.0, float(b.abs().max())))
 
 
 def _probe_tokens(model: HookedModel) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .errors import LibraryVersionError
 #: the lower bound is tested (``make test`` with ``constraints.txt``), the upper bound is the next minor not tested.
 TESTED: dict[str, str] = {
     "torch": ">=2.13,<2.15",
-    "transformers": ">=5.23,<5.26",
+    "transformers": ">=5.24,<5.26",
     "accelerate": ">=1.15,<1.17",
     "nnsight": ">=0.8.1,<0.9",
 }
@@ -36,7 +36,7 @@ def installed(name: str) -> str:
 
 
 def range_requirement(name: str) -> str:
-    """``"transformers>=5.23,<5.26"``: the tested range of ``name`` as a pip requirement."""
+    """``"transformers>=5.24,<5.26"``: the tested range of ``name`` as a pip requirement."""
     return f"{name}{TESTED[name]}"
 
 

@@ -71,10 +71,7 @@ def llama_tiny(one_thread: None):
 REAL_ON_LAZY = "real models take minutes per forward there"
 
 
-@pytest.fixture(scope="session")
-def smollm():
-    """The embedded default model (SmolLM2-135M-Instruct, float32, on ``LMSCOPE_TEST_DEVICE``, default CPU);
-    skipped only if not installed."""
+def _smollm(dtype: torch.dtype):  # type: ignore[no-untyped-def]
     from lmscope.interventions import HookedModel
     from lmscope.interventions.defaults import default_gguf_path
 
@@ -83,12 +80,10 @@ def smollm():
         default_gguf_path()
     except Exception as err:  # pragma: no cover - make test installs it
         pytest.skip(f"default model not installed: {err}")
-    return HookedModel.default(device=TEST_DEVICE)
+    return HookedModel.default(dtype=dtype, device=TEST_DEVICE)
 
 
-@pytest.fixture(scope="session")
-def gemma3():
-    """The second embedded real model (Gemma 3 270M base, float32, CPU); skipped only if not installed."""
+def _gemma3(dtype: torch.dtype):  # type: ignore[no-untyped-def]
     from lmscope.interventions import HookedModel
     from lmscope.interventions.defaults import GEMMA3_270M, gguf_path
 
@@ -97,12 +92,40 @@ def gemma3():
         gguf_path(GEMMA3_270M)
     except Exception as err:  # pragma: no cover - make test installs it
         pytest.skip(f"Gemma 3 270M not installed: {err}")
-    return HookedModel.from_pretrained("gemma-3-270m", device=TEST_DEVICE)
+    return HookedModel.from_pretrained("gemma-3-270m", dtype=dtype, device=TEST_DEVICE)
 
 
-#: Each real model with a factual prompt whose answer it knows (the real-model battery runs on all of them).
+@pytest.fixture(scope="session")
+def smollm():
+    """The embedded default model (SmolLM2-135M-Instruct, float32, on ``LMSCOPE_TEST_DEVICE``, default CPU);
+    skipped only if not installed."""
+    return _smollm(torch.float32)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The second embedded real model (Gemma 3 270M base, float32, CPU); skipped only if not installed."""
+    return _gemma3(torch.float32)
+
+
+@pytest.fixture(scope="session")
+def smollm_bf16():
+    """SmolLM2 loaded in bfloat16 (what a GPU user runs), on ``LMSCOPE_TEST_DEVICE``."""
+    return _smollm(torch.bfloat16)
+
+
+@pytest.fixture(scope="session")
+def gemma3_bf16():
+    """Gemma 3 270M loaded in bfloat16, on ``LMSCOPE_TEST_DEVICE``."""
+    return _gemma3(torch.bfloat16)
+
+
+#: Each real model with a factual prompt whose answer it knows (the real-model battery runs on all of them),
+#: in float32 and in bfloat16.
 REAL_MODELS = {"smollm2": ("smollm", "The capital of France is", " Paris"),
-               "gemma3": ("gemma3", "The Eiffel Tower is in the city of", " Paris")}
+               "gemma3": ("gemma3", "The Eiffel Tower is in the city of", " Paris"),
+               "smollm2-bf16": ("smollm_bf16", "The capital of France is", " Paris"),
+               "gemma3-bf16": ("gemma3_bf16", "The Eiffel Tower is in the city of", " Paris")}
 
 
 @pytest.fixture(params=sorted(REAL_MODELS))

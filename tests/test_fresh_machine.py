@@ -150,7 +150,7 @@ def test_the_inline_port_needs_the_attributes_it_uses() -> None:
 def test_require_params_names_what_is_missing() -> None:
     def cache_init(self: Any, config: Any = None) -> None: ...
 
-    with pytest.raises(LibraryVersionError, match=r"missing ddp_cache_data.*transformers>=5\.23"):
+    with pytest.raises(LibraryVersionError, match=r"missing ddp_cache_data.*transformers>=5\.24"):
         require_params(cache_init, ("ddp_cache_data", "config"), "Partial forwards")
 
 

@@ -35,6 +35,7 @@ from lmscope.interventions.cache import Cache
 from lmscope.interventions.edit import Edit
 from lmscope.interventions.errors import InputError, UnsupportedArchitectureError
 from lmscope.interventions.patch import Patch
+from lmscope.interventions.tolerance import is_close, max_error
 
 if TYPE_CHECKING:
     from lmscope.interventions import HookedModel
@@ -73,8 +74,9 @@ def linearise_norm(module: torch.nn.Module, x: torch.Tensor) -> LinearNorm:
     raises :class:`UnsupportedArchitectureError` naming it.
     """
     x = x.detach().float()
+    dtype = next(module.parameters()).dtype
     with torch.no_grad():
-        want = module(x.to(next(module.parameters()).dtype)[None]).float()[0]
+        want = module(x.to(dtype)[None]).float()[0]
     w = getattr(module, "weight", None)
     w = torch.ones_like(x) if w is None else w.detach().float()
     b = getattr(module, "bias", None)
@@ -85,14 +87,18 @@ def linearise_norm(module: torch.nn.Module, x: torch.Tensor) -> LinearNorm:
     sigma_rms = torch.sqrt(x.pow(2).mean() + eps)
     candidates = [("layernorm", w / sigma_ln, b, True), ("rmsnorm", w / sigma_rms, b, False),
                   ("rmsnorm(1+w)", (1 + w) / sigma_rms, b, False)]
-    tol = 1e-4 * float(want.abs().max()) + 1e-6
-    for kind, mult, bias, center in candidates:
-        got = (xc if center else x) * mult + bias
-        if float((got - want).abs().max()) <= tol:
-            return LinearNorm(mult, bias, center, kind)
+    # the module rounds its output to its dtype (bfloat16: ~3 significant digits), so the forms are compared
+    # within that dtype's rounding; among forms that fit, the closest wins
+    errors = [max_error((xc if center else x) * mult + bias, want, dtype) for _, mult, bias, center in candidates]
+    fits = [i for i, (err, allowed) in enumerate(errors) if err <= allowed]
+    if fits:
+        kind, mult, bias, center = candidates[min(fits, key=lambda i: errors[i][0])]
+        return LinearNorm(mult, bias, center, kind)
+    best = min(err / allowed for err, allowed in errors)
     raise UnsupportedArchitectureError(
         f"Cannot linearise the norm {type(module).__name__}: it is neither LayerNorm nor RMSNorm (weight w or "
-        "1+w) on this run's residual stream; direct logit attribution needs its affine form.")
+        f"1+w) on this run's residual stream (the closest form misses its output by {best:.1f}x the {dtype} "
+        "rounding tolerance); direct logit attribution needs its affine form.")
 
 
 @dataclass
@@ -195,7 +201,7 @@ def attribute(model: HookedModel, prompt: Any, target: str | int, contrast: str 
         post_maps.append(post_map)
         if post_map is not None:  # sandwich norm: frozen at this run's scale, the head terms pass through it
             per_head, bias = post_map.linear(per_head), post_map.linear(bias) + post_map.bias
-        if torch.allclose(per_head.sum(0) + bias, last(f"attn_out.{layer}"), rtol=1e-4, atol=1e-4):
+        if is_close(per_head.sum(0) + bias, last(f"attn_out.{layer}"), model.dtype):
             heads[layer], attn_bias[layer] = (per_head @ u).cpu(), float(bias @ u)
         else:
             notes.append(f"layer {layer}: attn_out is not Σ_h head_z@W_O + b_O (a post-attention norm?); "

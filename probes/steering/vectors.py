@@ -354,4 +354,4 @@ def _actadd_vectors(model: HookedModel, pos: Any, neg: Any, sites: list[str]) ->
     fill = _filler_id(model)
     a, b = a + [fill] * (k - len(a)), b + [fill] * (k - len(b))
     res = model.run([a, b], [Cache(sites)])
-    return {s: (res.cache[s][0] - res.cache[s][1]).float().cpu() for s in sites}
+    return {s: (res.cache[s][0].float() - res.cache[s][1].float()).cpu() for s in sites}  # float32 before subtracting
