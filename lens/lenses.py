@@ -25,6 +25,7 @@ from lmscope.interventions.artifacts import expect_tensor, load_artifact, save_a
 from lmscope.interventions.errors import ArtifactError, InputError
 from lmscope.interventions.fingerprint import check_fingerprint
 from lmscope.interventions.placement import input_device
+from lmscope.interventions.specs import check_layer_range
 
 if TYPE_CHECKING:
     from lmscope.interventions import ActivationCache, HookedModel
@@ -157,13 +158,11 @@ class Lens:
             raise InputError("layers is empty: pass None for every layer.")
         out: list[int] = []
         n = self.model.n_layers
+        check_layer_range([i for i in layers if isinstance(i, int) and not isinstance(i, bool)], n)
         for item in layers:
             if isinstance(item, str):
                 idx = [self.reading_index(item)]
             elif isinstance(item, int) and not isinstance(item, bool):
-                if not -n <= item < n:
-                    raise InputError(f"Layer {item} out of range: the model has {n} layers (0..{n - 1}, "
-                                     f"or -{n}..-1).")
                 layer = item % n
                 idx = [self._index[f"{k}.{layer}"] for k in self.site_kinds]
             else:
