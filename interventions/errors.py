@@ -28,3 +28,7 @@ class ModelMismatchError(LmscopeError, ValueError):
 
 class ArtifactError(InputError):
     """A saved artifact that cannot be read: truncated or corrupted file, wrong dtype, wrong shapes, bad JSON."""
+
+
+class ArtifactWriteError(ArtifactError):
+    """An artifact could not be written (disk full, folder not writable); nothing partial is left behind."""
