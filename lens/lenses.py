@@ -316,7 +316,12 @@ class TunedLens(Lens, nn.Module):
         return lens
 
     def describe(self) -> str:
-        return f"tuned ({self.path.name})" if self.path is not None else "tuned"
+        """``tuned (<folder>)``, plus the English it was fitted on when known (the default lens records its
+        corpus's domains, e.g. ``fitted on literature, technical, legal English``)."""
+        domains = self.meta.get("corpus_domains") if isinstance(self.meta, dict) else None
+        parts = ([self.path.name] if self.path is not None else []) + (
+            [f"fitted on {', '.join(map(str, domains))} English"] if domains else [])
+        return f"tuned ({'; '.join(parts)})" if parts else "tuned"
 
     def __repr__(self) -> str:
         return Lens.__repr__(self)
