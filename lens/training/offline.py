@@ -142,10 +142,12 @@ def _stdlib() -> Path:
 def _technical(_: bool) -> Documents:
     docs: Documents = []
     try:
-        from pydoc_data.topics import topics
+        import pydoc_data.topics
+
+        reference: dict[str, str] = dict(pydoc_data.topics.topics)
     except ImportError:  # some distributions strip pydoc_data: the docstrings still make the domain
-        topics = {}
-    docs += [(f"reference-{name}", text) for name, text in sorted(topics.items())]
+        reference = {}
+    docs += [(f"reference-{name}", text) for name, text in sorted(reference.items())]
     for path in sorted(_stdlib().glob("*.py")):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
