@@ -19,8 +19,9 @@ legal      software licences: the Python licence (``LICENSE.txt`` of the standar
 Documents are cut into pieces of about :data:`PIECE_CHARS` characters at paragraph breaks and the domains are
 interleaved piece by piece, so any prefix of the stream (the default lens reads only the first 16k tokens) mixes
 all domains. The pieces are written once into ``cache_dir()/corpora/english-<stamp>/`` (atomically); the stamp
-hashes everything the text depends on (Python version, package versions, the literature files), so a change
-gives a new folder and, through the corpus digest in the default lens's cache key, a refitted default lens.
+hashes what the text depends on (the Python version; names and sizes of the licence and literature files), so a
+change gives a new folder and, through the corpus digest in the default lens's cache key, a refitted default lens;
+upgrading a package whose licence did not change keeps both.
 """
 
 from __future__ import annotations
@@ -196,13 +197,7 @@ def _legal(_: bool) -> Documents:
 
 
 def _legal_stamp() -> Any:
-    versions = {}
-    for package in LICENCE_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return [sys.version, versions]
+    return [[name, path.stat().st_size] for name, path in _licence_files()]
 
 
 DOMAINS: tuple[Domain, ...] = (
