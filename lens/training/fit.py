@@ -384,7 +384,7 @@ def default_lens(model: HookedModel | None = None, *, progress: bool = True, ret
             warnings.warn(f"Cached default lens in {folder} is unusable ({err}); refitting it.", stacklevel=2)
     domains = corpus_domains(train_corpus)
     if progress:
-        _announce(model, settings, domains, folder)
+        _announce(settings, domains, folder)
     t0 = time.perf_counter()
     lens = train_tuned_lens(model, train_corpus, progress=progress, **settings)
     lens.meta["recipe_key"] = key
@@ -395,7 +395,7 @@ def default_lens(model: HookedModel | None = None, *, progress: bool = True, ret
     return lens
 
 
-def _announce(model: HookedModel, settings: dict[str, Any], domains: list[str], folder: Path) -> None:
+def _announce(settings: dict[str, Any], domains: list[str], folder: Path) -> None:
     """Say once, before the first fit, what is fitted, why and where it goes (the progress bar alone does not)."""
     import sys
 
