@@ -73,8 +73,8 @@ def test_zero_ablating_a_last_layer_head_changes_the_frozen_logit_by_its_direct_
         x_abl = abl.cache[f"resid_post.{L}"][0, -1]
         with torch.no_grad():
             y = (norm(x_abl[None])[0] - bias) * _sigma(norm, x_abl) / _sigma(norm, x_clean) + bias
-        u_bias = getattr(tiny.unembed, "bias", None)
-        frozen = float(w_u[t] @ y) + (float(u_bias[t].detach()) if u_bias is not None else 0.0)  # GPT-J's head has a bias
+        u_bias = getattr(tiny.unembed, "bias", None)  # GPT-J's head has a bias
+        frozen = float(w_u[t] @ y) + (float(u_bias[t].detach()) if u_bias is not None else 0.0)
         assert frozen - a.logit == pytest.approx(-float(a.heads[L, head]), abs=2e-5)
 
 
