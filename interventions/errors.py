@@ -33,3 +33,7 @@ class ArtifactError(InputError):
 class LibraryVersionError(UnsupportedArchitectureError):
     """An installed library (transformers, torch...) changed an internal lmscope relies on: the message names the
     installed version and the range lmscope is tested with."""
+
+
+class ArtifactWriteError(ArtifactError):
+    """An artifact could not be written (disk full, folder not writable); nothing partial is left behind."""

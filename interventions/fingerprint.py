@@ -10,6 +10,7 @@ loads on the bfloat16 copy of the same checkpoint, and refuses another model.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,6 +53,29 @@ def model_fingerprint(model: HookedModel) -> dict[str, Any]:
         return hashlib.sha256(w.detach().float().cpu().contiguous().numpy().data).hexdigest()
     return {**_sizes(model), "unembed_sha256": _memo(model, "sha", sha),
             "unembed_signature": _memo(model, "signature", _signature)}
+
+
+def model_slug(model: HookedModel) -> str:
+    """A short, file-name-safe name for the model: its checkpoint folder or hub name, else its architecture."""
+    import re
+
+    path = str(getattr(model.hf_model.config, "_name_or_path", "") or "").rstrip("/\\")
+    name = path.replace("\\", "/").split("/")[-1] or model.arch.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:48]
+
+
+def model_cache_key(model: HookedModel) -> str:
+    """``<slug>-<hash>``: names a cache entry that belongs to this model's weights.
+
+    The hash is the SHA-256 (first 10 hex digits) of the unembedding rounded to bfloat16, with the sizes: the
+    same checkpoint loaded in float32 or bfloat16 gets the same key (so it shares, say, its default lens), a
+    different model -- even one with the same name and sizes -- gets another.
+    """
+    def sha_bf16(w: torch.Tensor) -> str:
+        h = hashlib.sha256(json.dumps(_sizes(model), sort_keys=True).encode())
+        h.update(w.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().data)
+        return h.hexdigest()[:10]
+    return f"{model_slug(model)}-{_memo(model, 'sha_bf16', sha_bf16)}"
 
 
 def check_fingerprint(saved: dict[str, Any], model: HookedModel, what: str = "artifact") -> None:

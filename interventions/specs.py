@@ -31,14 +31,25 @@ def resolve_layers(model: HookedModel | int, layers: LayerSpec) -> list[int]:
     items = [layers] if isinstance(layers, int) else list(layers)
     if not items:
         raise InputError("layers is an empty list; pass None for every layer.")
-    out: set[int] = set()
     for layer in items:
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise InputError(f"layers must be ints, got {layer!r}.")
-        if not -n <= layer < n:
-            raise SiteError(f"Layer {layer} is out of range: this model has {n} layers (0..{n - 1} or -{n}..-1).")
-        out.add(layer % n)
-    return sorted(out)
+    check_layer_range(items, n, SiteError)
+    return sorted({layer % n for layer in items})
+
+
+def check_layer_range(layers: Sequence[int], n: int, error: type[Exception] = InputError) -> None:
+    """Raise ``error`` if any layer is outside ``-n..n-1``, naming the furthest one and the allowed range.
+
+    A command-line range such as ``25-40`` on a 30-layer model reaches past the end at 30 first, but the bound
+    the user typed is 40: the message names that one (and how many of the asked layers do not exist).
+    """
+    bad = [layer for layer in layers if not -n <= layer < n]
+    if not bad:
+        return
+    worst = max(bad, key=lambda layer: layer - (n - 1) if layer >= n else -n - layer)  # furthest past either end
+    more = f" ({len(bad)} of the layers asked, {min(bad)}..{max(bad)}, do not exist)" if len(bad) > 1 else ""
+    raise error(f"Layer {worst} is out of range{more}: this model has {n} layers (0..{n - 1} or -{n}..-1).")
 
 
 def parse_layers(text: str | None, option: str = "--layers") -> list[int] | None:

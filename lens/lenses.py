@@ -25,6 +25,7 @@ from lmscope.interventions.artifacts import expect_tensor, load_artifact, save_a
 from lmscope.interventions.errors import ArtifactError, InputError
 from lmscope.interventions.fingerprint import check_fingerprint
 from lmscope.interventions.placement import input_device
+from lmscope.interventions.specs import check_layer_range
 
 if TYPE_CHECKING:
     from lmscope.interventions import ActivationCache, HookedModel
@@ -157,13 +158,11 @@ class Lens:
             raise InputError("layers is empty: pass None for every layer.")
         out: list[int] = []
         n = self.model.n_layers
+        check_layer_range([i for i in layers if isinstance(i, int) and not isinstance(i, bool)], n)
         for item in layers:
             if isinstance(item, str):
                 idx = [self.reading_index(item)]
             elif isinstance(item, int) and not isinstance(item, bool):
-                if not -n <= item < n:
-                    raise InputError(f"Layer {item} out of range: the model has {n} layers (0..{n - 1}, "
-                                     f"or -{n}..-1).")
                 layer = item % n
                 idx = [self._index[f"{k}.{layer}"] for k in self.site_kinds]
             else:
@@ -317,7 +316,12 @@ class TunedLens(Lens, nn.Module):
         return lens
 
     def describe(self) -> str:
-        return f"tuned ({self.path.name})" if self.path is not None else "tuned"
+        """``tuned (<folder>)``, plus the English it was fitted on when known (the default lens records its
+        corpus's domains, e.g. ``fitted on literature, technical, legal English``)."""
+        domains = self.meta.get("corpus_domains") if isinstance(self.meta, dict) else None
+        parts = ([self.path.name] if self.path is not None else []) + (
+            [f"fitted on {', '.join(map(str, domains))} English"] if domains else [])
+        return f"tuned ({'; '.join(parts)})" if parts else "tuned"
 
     def __repr__(self) -> str:
         return Lens.__repr__(self)

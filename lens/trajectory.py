@@ -111,10 +111,34 @@ class Trajectory(_JsonExport):
                    targets=list(d.get("targets") or []), target_tokens=list(d.get("target_tokens") or []),
                    target_rank=t("target_rank", torch.long), target_prob=t("target_prob", torch.float32))
 
+    # -- queries ---------------------------------------------------------------------------------
+    def first_top1(self, target: str | int) -> list[str | None]:
+        """Per decoded position, the first reading (site name, shallowest first) at which ``target`` is the
+        lens's top-1 token; None where it never is.
+
+        ``target`` is a token string or id. A tracked target (``decode(..., targets=...)``) is judged by its
+        rank (rank 1); any other target by the top-1 token of each cell (``top_ids``/``top_tokens``).
+        """
+        top1 = self._top1_mask(target)  # [reading, position] bool
+        return [next((self.readings[r] for r in range(len(self.readings)) if top1[r, c]), None)
+                for c in range(len(self.positions))]
+
+    def _top1_mask(self, target: str | int) -> torch.Tensor:
+        if isinstance(target, bool) or not isinstance(target, (str, int)):
+            raise InputError(f"target must be a token string or id, got {target!r}.")
+        key = self.target_tokens if isinstance(target, str) else self.targets
+        if target in key and self.target_rank is not None:
+            return self.target_rank[:, :, key.index(target)] == 1  # type: ignore[arg-type]
+        if isinstance(target, int):
+            return self.top_ids[:, :, 0] == target
+        return torch.tensor([[cell[0] == target for cell in row] for row in self.top_tokens], dtype=torch.bool)
+
     def table(self, width: int = 14, show: str = "prob") -> str:
         """Readable text table: readings down, positions across, each cell the top token and its probability.
 
         ``show="kl"`` prints KL (nats) instead of the probability. Tokens are JSON-quoted (spaces visible).
+        With tracked targets each cell ends in ``#rank`` of every target (``#1`` = top token; several targets
+        are joined by ``/``), and the title names them.
         """
         if show not in ("prob", "kl"):
             raise InputError(f"show must be 'prob' or 'kl', got {show!r}.")
@@ -124,7 +148,7 @@ class Trajectory(_JsonExport):
             cells = [name]
             for c in range(len(self.positions)):
                 val = float(self.top_probs[r, c, 0]) if show == "prob" else float(self.kl[r, c])
-                cells.append(f"{show_token(self.top_tokens[r][c][0], width - 5)} {val:.2f}")
+                cells.append(f"{show_token(self.top_tokens[r][c][0], width - 5)} {val:.2f}{self._ranks(r, c)}")
             rows.append(cells)
         rows.append(["(output)"] + [f"{show_token(self._final_token(c), width - 5)} "
                                     f"{float(self.final_top_probs[c, 0]):.2f}" for c in range(len(self.positions))])
@@ -132,7 +156,16 @@ class Trajectory(_JsonExport):
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         title = f"{self.lens} lens" + (f": {show_token(self.prompt, 60)}" if self.prompt else "")
+        if self.target_rank is not None and self.targets:
+            names = ", ".join(show_token(t) for t in self.target_tokens) or ", ".join(map(str, self.targets))
+            title += f"  (#n: rank of target{'s' if len(self.targets) > 1 else ''} {names})"
         return title + "\n" + "\n".join(lines)
+
+    def _ranks(self, r: int, c: int) -> str:
+        """`` #3`` (or `` #3/#120`` for two targets) for cell (r, c); empty without tracked targets."""
+        if self.target_rank is None or not self.targets:
+            return ""
+        return " " + "/".join(f"#{int(k)}" for k in self.target_rank[r, c].tolist())
 
     def _final_token(self, c: int) -> str:
         return self.final_tokens[c] if self.final_tokens else str(int(self.final_top_ids[c, 0]))
@@ -171,6 +204,10 @@ class TrajectoryBatch(_JsonExport, Sequence[Trajectory]):
 
     def table(self, **kw: Any) -> str:
         return "\n\n".join(t.table(**kw) for t in self.trajectories)
+
+    def first_top1(self, target: str | int) -> list[list[str | None]]:
+        """:meth:`Trajectory.first_top1` of every prompt."""
+        return [t.first_top1(target) for t in self.trajectories]
 
     def plot(self, path: str | os.PathLike[str], color: str = "prob") -> list[Path]:
         """One file per prompt: ``path`` itself for one prompt, else ``stem_<i>.suffix``."""

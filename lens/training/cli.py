@@ -52,14 +52,35 @@ def register_eval(subparsers: Any) -> None:
                                              "split of the default corpus)")
     add_model_args(e)
     add_lens_arg(e)
-    e.add_argument("--max-tokens", type=int, default=8192)
-    e.add_argument("--seq-len", type=int, default=512)
+    e.add_argument("--max-tokens", type=int, default=8192, help="tokens to evaluate (default 8192)")
+    e.add_argument("--seq-len", type=int, default=None,
+                   help=f"tokens per sequence (default {EVAL_SEQ_LEN}, lowered to --max-tokens when that is smaller)")
     e.add_argument("--split", choices=["all", "train", "heldout"], default=None,
                    help="restrict the corpus to these documents (default: all given text)")
     e.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
     e.add_argument("--plot", default=None, metavar="OUT.png", help="write per-layer KL/CE plot")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval_lens)
+
+
+#: ``eval-lens``'s sequence length when ``--seq-len`` is not given.
+EVAL_SEQ_LEN = 512
+
+
+def eval_seq_len(max_tokens: int, seq_len: int | None) -> int:
+    """The sequence length ``eval-lens`` uses: ``--seq-len`` if given (at most ``--max-tokens``, else a
+    :class:`CliError` naming both flags), else 512 lowered to ``--max-tokens`` (with a note on stderr)."""
+    if max_tokens < 2:
+        raise CliError(f"--max-tokens must be at least 2, got {max_tokens}.")
+    if seq_len is None:
+        if max_tokens < EVAL_SEQ_LEN:
+            print(f"note: --max-tokens {max_tokens} is below the default --seq-len {EVAL_SEQ_LEN}; evaluating one "
+                  f"sequence of {max_tokens} tokens (--seq-len {max_tokens}).", file=sys.stderr)
+        return min(EVAL_SEQ_LEN, max_tokens)
+    if max_tokens < seq_len:
+        raise CliError(f"--max-tokens ({max_tokens}) must be at least --seq-len ({seq_len}): raise --max-tokens, or "
+                       f"pass --seq-len {max_tokens} or lower.")
+    return seq_len
 
 
 def _corpus(args: argparse.Namespace, default_split: str) -> Any:
@@ -104,12 +125,13 @@ def cmd_eval_lens(args: argparse.Namespace) -> int:
     if args.plot and not args.plot.lower().endswith(".png"):
         raise CliError(f"--plot {args.plot!r}: the file must end in .png.")
     check_lens_arg(args.lens, args.model)
+    seq_len = eval_seq_len(args.max_tokens, args.seq_len)
     from .evaluate import evaluate_lens, plot_report, save_report
 
     model = model_from_args(args)
     lens = lens_from_spec(args.lens, model, is_default_model_name(args.model), "resid_post")
     corpus = _corpus(args, "heldout")
-    report = evaluate_lens(lens, corpus, max_tokens=args.max_tokens, seq_len=args.seq_len,
+    report = evaluate_lens(lens, corpus, max_tokens=args.max_tokens, seq_len=seq_len,
                            progress=not args.quiet)
     names = list(report["lenses"])
     head = "reading".ljust(16) + "".join(f"{n + ' ' + m:>16}" for n in names for m in ("KL", "CE"))

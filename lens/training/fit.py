@@ -328,45 +328,79 @@ DEFAULT_RECIPE: dict[str, Any] = {"steps": 0, "tokens_per_step": 512, "seq_len":
 
 
 def _recipe_key(recipe: dict[str, Any], corpus: Corpus, model: HookedModel) -> str:
-    # the model itself is checked (tolerantly, across dtypes) by TunedLens.load's fingerprint check
-    blob = json.dumps({"recipe": recipe, "corpus": [os.path.basename(s) for s in corpus.sources],
+    # the model's weights choose the folder (default_lens_dir) and are checked again by TunedLens.load;
+    # the corpus digest changes with its files (a new default corpus refits every cached default lens)
+    blob = json.dumps({"recipe": recipe, "corpus": corpus.digest(),
                        "model": [model.arch.name, model.n_layers, model.d_model, model.d_vocab]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def default_lens_dir(model: HookedModel | None = None) -> Path:
-    """Cache folder of the default lens (``cache_dir()/lenses/<model>-tuned``)."""
-    from lmscope.interventions.defaults import DEFAULT_NAME, cache_dir
+    """Cache folder of ``model``'s default lens: ``cache_dir()/lenses/<model>-<weights hash>-tuned``.
 
-    return cache_dir() / "lenses" / f"{DEFAULT_NAME}-tuned"
+    Every model gets its own folder (keyed by :func:`~lmscope.interventions.fingerprint.model_cache_key`), so
+    fitting the default lens of one model never touches another's. ``None``: the default model (loaded).
+    """
+    from lmscope.interventions import HookedModel
+    from lmscope.interventions.defaults import cache_dir
+    from lmscope.interventions.fingerprint import model_cache_key
+
+    if model is None:
+        model = HookedModel.default()
+    return cache_dir() / "lenses" / f"{model_cache_key(model)}-tuned"
 
 
-def default_lens(model: HookedModel | None = None, *, progress: bool = True, retrain: bool = False) -> TunedLens:
-    """The default model's tuned lens: loaded from the cache (~1 s), or trained once (a few minutes on CPU)
-    on :func:`~lmscope.lens.corpus.default_corpus` and cached atomically.
+def default_lens(model: HookedModel | None = None, *, progress: bool = True, retrain: bool = False,
+                 recipe: dict[str, Any] | None = None) -> TunedLens:
+    """``model``'s default tuned lens (default: the default model's): loaded from the cache (~1 s), or fitted
+    once (a few minutes on CPU) on :func:`~lmscope.lens.training.corpus.default_corpus` and cached atomically in
+    :func:`default_lens_dir` -- a folder of its own for every model.
 
-    A cached lens made with another recipe, corpus or model is retrained.
+    ``recipe`` overrides entries of :data:`DEFAULT_RECIPE` (e.g. smaller ``init_tokens`` for a quick look); the
+    cache key covers the recipe, the corpus (names and sizes of its files) and the model, so a cached lens made
+    with another recipe or corpus is refitted. ``progress`` also prints, before a fit, two lines on stderr
+    saying what is fitted, why and where it is cached.
     """
     from lmscope.interventions import HookedModel
 
     from .corpus import default_corpus
+    from .offline import corpus_domains
 
     if model is None:
         model = HookedModel.default()
+    settings = {**DEFAULT_RECIPE, **(recipe or {})}
+    unknown = sorted(set(settings) - set(DEFAULT_RECIPE))
+    if unknown:
+        raise InputError(f"Unknown default-lens recipe entries {unknown}; allowed: {sorted(DEFAULT_RECIPE)}.")
     folder = default_lens_dir(model)
     train_corpus = default_corpus("train")
-    key = _recipe_key(DEFAULT_RECIPE, train_corpus, model)
+    key = _recipe_key(settings, train_corpus, model)
     if not retrain and (folder / "config.json").is_file():
         try:
             lens = TunedLens.load(folder, model)
             if lens.meta.get("recipe_key") == key:
                 return lens
         except LmscopeError as err:
-            warnings.warn(f"Cached default lens in {folder} is unusable ({err}); retraining.", stacklevel=2)
+            warnings.warn(f"Cached default lens in {folder} is unusable ({err}); refitting it.", stacklevel=2)
+    domains = corpus_domains(train_corpus)
+    if progress:
+        _announce(settings, domains, folder)
     t0 = time.perf_counter()
-    lens = train_tuned_lens(model, train_corpus, progress=progress, **DEFAULT_RECIPE)
+    lens = train_tuned_lens(model, train_corpus, progress=progress, **settings)
     lens.meta["recipe_key"] = key
     lens.meta["corpus"] = train_corpus.describe()
+    lens.meta["corpus_domains"] = domains
     lens.meta["train_seconds"] = round(time.perf_counter() - t0, 1)
     lens.save(folder)
     return lens
+
+
+def _announce(settings: dict[str, Any], domains: list[str], folder: Path) -> None:
+    """Say once, before the first fit, what is fitted, why and where it goes (the progress bar alone does not)."""
+    import sys
+
+    print(f"lmscope: fitting the default tuned lens of {folder.name.removesuffix('-tuned')} (once per model; "
+          f"{settings['init_tokens']:,} tokens of {', '.join(domains) or 'offline'} English, least squares, "
+          "~1-5 min on a CPU):\n"
+          f"lmscope: it reads each layer's prediction better than the logit lens; cached in {folder}",
+          file=sys.stderr, flush=True)

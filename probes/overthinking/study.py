@@ -117,11 +117,25 @@ class OverthinkingReport:
                          f"{a['acc_false']:.3f} (gap {a['gap']:+.3f})")
             for m, r in a["methods"].items():
                 rnd = r["random"]
+                if not _finite(r["top"]["gap_reduction"]):  # no false-demo gap: a reduction means nothing
+                    lines.append(f"  {m:>4}: top-{c.top_k} gap reduction n/a: no gap (true and "
+                                 f"{c.false_setting} demos are equally accurate)")
+                    continue
                 lines.append(f"  {m:>4}: top-{c.top_k} gap reduction {r['top']['gap_reduction']:+.3f} "
                              f"(acc true {r['top']['acc_true']:.3f}, false {r['top']['acc_false']:.3f}); "
-                             f"random {rnd['gap_reduction_mean']:+.3f} +- {rnd['gap_reduction_std']:.3f} "
+                             f"random {_signed(rnd['gap_reduction_mean'])} +- {_signed(rnd['gap_reduction_std'], '')} "
                              f"over {len(rnd['gap_reductions'])} draws")
         return "\n".join(lines)
+
+
+def _finite(x: float | None) -> bool:
+    """Whether a report number is a real value (NaN is stored as None in the JSON report)."""
+    return x is not None and math.isfinite(x)
+
+
+def _signed(x: float | None, sign: str = "+") -> str:
+    """``x`` to 3 decimals (with ``sign`` as the format's sign option), or ``n/a`` when undefined."""
+    return f"{x:{sign}.3f}" if x is not None and _finite(x) else "n/a"
 
 
 def _json_safe(obj: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lmscope.interventions.artifacts import atomic_dir, load_artifact
+from lmscope.interventions.artifacts import atomic_dir, load_artifact, save_tensors
 from lmscope.interventions.errors import InputError
 
 FORMAT = "lmscope.patching/1"
@@ -82,13 +82,11 @@ class PatchingResult:
 
     def save(self, path: str | os.PathLike[str], png: bool = True) -> Path:
         """Write the folder ``path`` atomically: ``patching.json``, ``tensors.safetensors``, ``heatmap.png``."""
-        from safetensors.torch import save_file
-
         with atomic_dir(path) as tmp:
             (tmp / "patching.json").write_text(json.dumps(self.to_dict(), indent=1))
             tensors = {"values": self.values, **{f"extras.{k}": v for k, v in self.extras.items()}}
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
-                      str(tmp / "tensors.safetensors"))
+            save_tensors({k: v.float() for k, v in tensors.items()}, tmp / "tensors.safetensors",
+                         shown=Path(path) / "tensors.safetensors")
             if png:
                 self.plot().savefig(tmp / "heatmap.png", dpi=110, bbox_inches="tight")
         return Path(path)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from lmscope.interventions import cli
-from lmscope.interventions.specs import parse_layers
+from lmscope.interventions.errors import SiteError
+from lmscope.interventions.specs import parse_layers, resolve_layers
 
 
 def test_parse_layers() -> None:
@@ -17,6 +18,18 @@ def test_parse_layers() -> None:
     for bad in ("a", "3-1", "1-x"):
         with pytest.raises(cli.InputError, match="--layers"):
             parse_layers(bad)
+
+
+def test_out_of_range_layers_name_the_bound_typed() -> None:
+    """``25-40`` on a 30-layer model: the message names 40 (the bound typed), not 30 (the first missing layer)."""
+    with pytest.raises(SiteError, match=r"Layer 40 is out of range \(11 of the layers asked, 30\.\.40, do not exist\): "
+                                        r"this model has 30 layers \(0\.\.29 or -30\.\.-1\)"):
+        resolve_layers(30, parse_layers("25-40"))
+    with pytest.raises(SiteError, match=r"Layer -35 is out of range"):
+        resolve_layers(30, [-31, -35, 40 - 10])
+    with pytest.raises(SiteError, match=r"Layer 30 is out of range: this model"):
+        resolve_layers(30, [30])
+    assert resolve_layers(30, parse_layers("25-29,-1")) == [25, 26, 27, 28, 29]
 
 
 def test_every_installed_command_registers() -> None:

@@ -40,6 +40,38 @@ def test_chunks_assemble_in_order_and_are_verified(tmp_path: Path, monkeypatch: 
     assert defaults.gguf_path(model) == path and path.stat().st_mtime_ns == mtime  # cached, not rebuilt
 
 
+def test_assembly_says_once_what_it_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    chunks = [b"alpha-" * 10, b"beta"]
+    model = _fake_model(tmp_path, monkeypatch, chunks, hashlib.sha256(b"".join(chunks)).hexdigest())
+    path = defaults.gguf_path(model)
+    err = capsys.readouterr().err
+    assert err == f"lmscope: assembling the fake GGUF from 2 package chunks into {path} (once; checksum verified)\n"
+    defaults.gguf_path(model)
+    assert capsys.readouterr().err == ""  # cached: nothing said
+
+
+@pytest.mark.slow
+def test_first_load_says_it_converts_later_loads_are_silent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capfd: pytest.CaptureFixture[str]) -> None:
+    """The first load converts the GGUF and says so in one line (what, where); a cached load prints nothing
+    (no transformers "Loading weights" bar either)."""
+    try:
+        defaults.default_gguf_path()
+    except LmscopeError as err:  # pragma: no cover - make test installs it
+        pytest.skip(str(err))
+    monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
+    capfd.readouterr()
+    defaults.load_default()
+    err = capfd.readouterr().err
+    target = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"
+    lines = [line for line in err.splitlines() if line.startswith("lmscope:")]
+    assert len(lines) == 1 and "converting the embedded SmolLM2-135M-Instruct" in lines[0] and str(target) in lines[0]
+    defaults.load_default()
+    err = capfd.readouterr().err
+    assert "lmscope:" not in err and "Loading weights" not in err, err
+
+
 def test_checksum_mismatch_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = _fake_model(tmp_path, monkeypatch, [b"a", b"b"], "0" * 64)
     with pytest.raises(LmscopeError, match="SHA-256 .* expected 0000.*damaged"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,14 @@ def test_decode_json_table_and_plots(use_smollm, tmp_path: Path, capsys: pytest.
                      "--plot", str(tmp_path / "h.html"), "--color", "kl"]) == 0
     table = capsys.readouterr().out
     assert "resid_mid.28" in table and '" Paris"' in table and (tmp_path / "h.html").is_file()
+
+    # --target shows the target's rank in the printed table too, not only in JSON
+    assert cli.main(["decode", "The capital of France is", "--layers", "0,-1", "--positions", "last",
+                     "--target", " Paris"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert 'rank of target " Paris"' in lines[0]
+    assert lines[-2].startswith("resid_post.29") and lines[-2].endswith(" #1")  # " Paris" is top at the end
+    assert re.search(r" #\d+$", lines[-3]) and lines[-3].startswith("resid_post.0")
 
     assert cli.main(["decode", "hi", "--layers", "30"]) == 2
     assert "out of range" in capsys.readouterr().err

@@ -69,6 +69,8 @@ def test_decode_positions_layers_and_errors(llama_tiny: HookedModel) -> None:
     assert torch.equal(last.top_ids[:, 0], full.top_ids[[0, 2], 4])
     with pytest.raises(InputError, match="out of range"):
         lens.decode([4, 8], layers=[3])
+    with pytest.raises(InputError, match=r"Layer 9 is out of range .*this model has 3 layers \(0\.\.2 or -3\.\.-1\)"):
+        lens.decode([4, 8], layers=list(range(1, 10)))  # `--layers 1-9`: the bound typed, not layer 3
     with pytest.raises(InputError):
         lens.decode([4, 8], positions=[5])
     with pytest.raises(InputError):

