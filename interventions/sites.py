@@ -69,6 +69,7 @@ TL_ALIASES: dict[str, str] = {
     "blocks.{L}.hook_mlp_out": "mlp_out",
     "blocks.{L}.hook_resid_post": "resid_post",
     "ln_final.hook_normalized": "final_norm",
+    "unembed.hook_out": "logits",  # TransformerBridge only (HookedTransformer has no hook on the logits)
 }
 _TL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile("^" + re.escape(alias).replace(re.escape("{L}"), r"(?P<layer>-?\d+|\*)") + "$"), kind)
