@@ -204,7 +204,8 @@ class RowWrite(Intervention):
 
 
 def exact_values(model: HookedModel, pair: Pair, cells: list[Cell], source: dict[Site, torch.Tensor],
-                 metric: Metric, *, batch_size: int = 64, layer_block: int = 6, position_block: int = 2,
+                 metric: Metric | Sequence[Metric], *, batch_size: int = 64, layer_block: int = 6,
+                 position_block: int = 2,
                  progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Metric of every cell ``[cells, n]`` for the ``n`` pairs of ``pair`` by batched partial forwards; also
     returns the base runs' last logits ``[n, vocab]``. Each batch holds a few cells x every pair (one base
@@ -242,12 +243,13 @@ def exact_values(model: HookedModel, pair: Pair, cells: list[Cell], source: dict
         last = run_from_layer(model, hidden, l0, pair.base[rows.to(pair.base.device), p0:],
                               past=kv_prefix(model, kv, p0, len(rows), rows=rows),
                               interventions=[RowWrite(dict(entries))])
-        out[chunk] = metric(last).detach().float().cpu().reshape(len(group), n_pairs)
+        out[chunk] = _per_pair(metric, last.reshape(len(group), n_pairs, -1))
     return out, logits[:, -1]
 
 
 def loop_values(model: HookedModel, pair: Pair, cells: list[Cell], source: dict[Site, torch.Tensor],
-                metric: Metric, progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                metric: Metric | Sequence[Metric], progress: bool | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference: one full forward per cell and pair with the core ``Patch`` intervention (a head cell
     patches only that head, ``Patch(..., heads=[h])``). Returns ``[cells, n]`` and the base logits ``[n, vocab]``."""
     from tqdm.auto import tqdm
@@ -261,12 +263,13 @@ def loop_values(model: HookedModel, pair: Pair, cells: list[Cell], source: dict[
             heads = None if c.head is None else [c.head]
             patch = Patch(c.site.name, source[c.site][i:i + 1], positions=c.position, heads=heads)
             patched = model.run(pair.base[i:i + 1], [patch])
-            out[k, i] = metric(patched.last_logits()).detach().float().cpu()[0]
+            out[k, i] = _per_pair(metric, patched.last_logits()[:, None], first=i)[0, 0]
     return out, base_logits
 
 
 def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Sequence[str],
-                   positions: Positions = None, metric: Metric | None = None, *, heads: bool = False,
+                   positions: Positions = None, metric: Metric | Sequence[Metric] | None = None, *,
+                   heads: bool = False,
                    method: str = "exact", direction: str = "denoise", batch_size: int = 64, layer_block: int = 6,
                    position_block: int = 2, progress: bool | None = None) -> PatchingResult:
     """Patch every (site [, head], position) cell and measure ``metric`` on the last position.
@@ -276,21 +279,28 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
     ``["attn_out.3", "mlp_out.3"]``); one row each, or one row per head for ``head_z`` sites with
     ``heads=True``. ``positions``: None = each token separately (pairs must then share one length),
     ``"all"`` = every token at once, or a list of token indices (negative from each prompt's end).
-    ``metric(logits [rows, vocab]) -> [rows]``. ``batch_size`` bounds the rows of one batched forward
+    ``metric(logits [rows, vocab]) -> [rows]``, or one metric per pair (a list, e.g. a logit difference between
+    each pair's own answer tokens). ``batch_size`` bounds the rows of one batched forward
     (cells x pairs). See the module docstring for the convention and the methods.
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}.")
-    if metric is None or not callable(metric):
+    if metric is None or not (callable(metric) or isinstance(metric, (list, tuple)) and metric
+                              and all(callable(m) for m in metric)):
         raise InputError("patching_sweep needs a metric: a function of last-position logits [rows, vocab] "
-                         "returning [rows], e.g. lmscope.probes.patching.logit_diff(model, ' Paris', ' Rome').")
+                         "returning [rows], e.g. lmscope.probes.patching.logit_diff(model, ' Paris', ' Rome'), "
+                         "or a list of such functions, one per pair.")
     groups = prepare_pairs(model, clean, corrupt, direction)
+    n_pairs = sum(len(g.index) for g in groups)
+    metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric] * n_pairs
+    if len(metrics) != n_pairs:
+        raise InputError(f"metric is a list of {len(metrics)} functions but there are {n_pairs} pairs; give one "
+                         "metric per pair, or one function for all.")
     lengths = {g.base.shape[1] for g in groups}
     if positions is None and len(lengths) > 1:
         raise InputError(f"positions=None patches each token separately, but the pairs have {len(lengths)} "
                          f"different token lengths ({', '.join(map(str, sorted(lengths)))}); pass 'all' or a list "
                          "of token indices such as [-1] (negative ones count from each prompt's end).")
-    n_pairs = sum(len(g.index) for g in groups)
     if method == "attribution":
         from .attribution import attribution_sweep
 
@@ -298,7 +308,8 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
         for g in groups:
             grid, row_labels, cols = plan_cells(model, sites, positions, heads, g.base.shape[1])
             for i in range(len(g.index)):
-                results[g.index[i]] = attribution_sweep(model, g.row(i), grid, row_labels, cols, metric, direction)
+                results[g.index[i]] = attribution_sweep(model, g.row(i), grid, row_labels, cols,
+                                                        metrics[g.index[i]], direction)
         return results[0] if n_pairs == 1 else _combine([results[i] for i in range(n_pairs)], positions, lengths)
     unsupported = partial_forward_unsupported(model) if method == "exact" else None
     if unsupported is not None:
@@ -311,17 +322,19 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
         grid, row_labels, cols = plan_cells(model, sites, positions, heads, g.base.shape[1])
         cells = [c for row in grid for c in row]
         source, source_logits = source_values(model, g, sorted({c.site for c in cells}))
+        mine = [metrics[i] for i in g.index]
         if method == "exact":
-            flat, base_logits = exact_values(model, g, cells, source, metric, batch_size=batch_size,
+            flat, base_logits = exact_values(model, g, cells, source, mine, batch_size=batch_size,
                                              layer_block=layer_block, position_block=position_block,
                                              progress=progress)
         else:
-            flat, base_logits = loop_values(model, g, cells, source, metric, progress)
+            flat, base_logits = loop_values(model, g, cells, source, mine, progress)
         with torch.no_grad():
-            base_m[g.index], source_m[g.index] = _floats(metric, base_logits), _floats(metric, source_logits)
+            base_m[g.index] = _per_pair(mine, base_logits[None])[0]
+            source_m[g.index] = _per_pair(mine, source_logits[None])[0]
         for i, at in enumerate(g.index):
             per_pair[at] = flat[:, i].reshape(len(grid), len(cols))
-    name = getattr(metric, "__name__", "metric")
+    name = getattr(metrics[0], "__name__", "metric")
     if n_pairs == 1:
         return PatchingResult(per_pair[0], row_labels, _col_labels(groups[0], cols), float(base_m[0]),
                               float(source_m[0]), method, direction, name)
@@ -337,8 +350,16 @@ def _stderr(stacked: torch.Tensor) -> torch.Tensor:
     return stacked.std(0, unbiased=True) / stacked.shape[0] ** 0.5
 
 
-def _floats(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
-    return metric(logits).detach().float().cpu()
+def _per_pair(metric: Metric | Sequence[Metric], logits: torch.Tensor, first: int = 0) -> torch.Tensor:
+    """``[cells, n]`` metric values of ``logits [cells, n, vocab]``: pair ``i`` (counted from ``first``) is scored
+    by ``metric[first + i]`` (one function for all: a single call)."""
+    with torch.no_grad():
+        if callable(metric):
+            return metric(logits.flatten(0, 1)).detach().float().cpu().reshape(logits.shape[:2])
+        funcs = list(metric)[first:first + logits.shape[1]]
+        if all(f is funcs[0] for f in funcs):
+            return _per_pair(funcs[0], logits)
+        return torch.stack([f(logits[:, i]).detach().float().cpu() for i, f in enumerate(funcs)], dim=1)
 
 
 def _dataset_col_labels(positions: Positions, cols: list[int | None], lengths: set[int]) -> list[str]:

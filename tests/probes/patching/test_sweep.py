@@ -166,3 +166,19 @@ def test_dataset_sweep_with_equal_lengths_sweeps_every_position(llama_tiny) -> N
     clean, corrupt = _dataset((5, 5))
     data = resid_pre_sweep(llama_tiny, clean, corrupt, metric, layers=[0, 1])
     assert data.col_labels == ["0", "1", "2", "3", "4"] and data.per_pair.shape == (2, 2, 5)
+
+
+def test_one_metric_per_pair(llama_tiny) -> None:
+    """A list of metrics scores pair i with metric i (e.g. each pair's own answer tokens), batched or looped."""
+    clean, corrupt = _dataset((5, 4, 5))
+    metrics = [lambda x, a=a: x[:, a] - x[:, a + 1] for a in (3, 10, 20)]
+    for method in ("exact", "loop", "attribution"):
+        data = patching_sweep(llama_tiny, clean, corrupt, "resid_pre.*", [0, -1], metrics, method=method,
+                              batch_size=4)
+        for i in range(3):
+            single = patching_sweep(llama_tiny, clean[i], corrupt[i], "resid_pre.*", [0, -1], metrics[i],
+                                    method=method)
+            torch.testing.assert_close(data.per_pair[i], single.values, atol=2e-5, rtol=1e-5)
+            assert data.pair_base_metrics[i] == pytest.approx(single.base_metric, abs=1e-5)
+    with pytest.raises(InputError, match="list of 2 functions but there are 3 pairs"):
+        patching_sweep(llama_tiny, clean, corrupt, "resid_pre.*", [0], metrics[:2])
