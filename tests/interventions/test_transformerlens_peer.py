@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not TL_PYTHON.exists(), reason=f"no TransformerL
 def _our_values(model: HookedModel, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every site the alias table names that this model has, keyed by its TransformerLens name."""
     names: dict[str, str] = {}
-    for alias, kind in TL_ALIASES.items():
+    for alias in TL_ALIASES:
         for layer in range(model.n_layers) if "{L}" in alias else [None]:
             tl = alias.replace("{L}", str(layer))
             try:

@@ -36,8 +36,8 @@ def _tokenizer(folder: Path, vocab: int):  # type: ignore[no-untyped-def]
 
 
 def main(folder: Path) -> dict:
-    from transformers import AutoModelForCausalLM
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM
 
     ours = load_file(str(folder / "ours.safetensors"))
     ids = ours.pop("__input_ids__")

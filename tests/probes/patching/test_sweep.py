@@ -134,6 +134,8 @@ def test_batched_dataset_sweep_equals_the_patch_loop(tiny) -> None:
     for sites, positions, heads in ((["resid_pre.*", "mlp_out.1"], [1, -1], False), ("head_z.*", "all", True)):
         fast = patching_sweep(tiny, clean, corrupt, sites, positions, metric, heads=heads, layer_block=2,
                               position_block=2, batch_size=8)
+        small = patching_sweep(tiny, clean, corrupt, sites, positions, metric, heads=heads, batch_size=1)
+        torch.testing.assert_close(small.per_pair, fast.per_pair, atol=2e-5, rtol=1e-5)  # pairs split too
         slow = patching_sweep(tiny, clean, corrupt, sites, positions, metric, heads=heads, method="loop")
         torch.testing.assert_close(fast.per_pair, slow.per_pair, atol=2e-5, rtol=1e-5)
         torch.testing.assert_close(fast.stderr, slow.stderr, atol=2e-5, rtol=1e-4)
