@@ -90,3 +90,15 @@ def test_head_selections_round_trip(llama_tiny: HookedModel, make, tmp_path) -> 
     assert back == iv and back.heads == iv.heads
     if not isinstance(iv, Cache):
         assert torch.equal(llama_tiny.run(TOKENS, [back]).logits, llama_tiny.run(TOKENS, [iv]).logits)
+
+
+def test_head_selections_on_the_nnsight_backend_equal_hooks(llama_tiny: HookedModel) -> None:
+    pytest.importorskip("nnsight", reason="the nnsight extra (pip install 'lmscope[nnsight]')")
+    ivs = [Ablate(heads=[(0, 1), (2, 3)], how="mean", per_position=True, positions=[0, -1]),
+           Patch(None, SOURCE, heads=[(1, 2)], positions=-1), Cache(heads=[(2, 0), (1, 2)])]
+    hooks = llama_tiny.run(TOKENS, ivs)
+    nns = llama_tiny.run(TOKENS, ivs, backend="nnsight")
+    torch.testing.assert_close(nns.logits, hooks.logits, atol=1e-5, rtol=0)
+    for name in ("head_z.1", "head_z.2"):
+        assert nns.cache[name].shape[2] == 1
+        torch.testing.assert_close(nns.cache[name], hooks.cache[name], atol=1e-5, rtol=0)
