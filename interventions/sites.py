@@ -193,6 +193,21 @@ def resolve_site(spec: str | Site, n_layers: int, available: frozenset[str] | No
     return sites[0]
 
 
+def head_label(site: Site, head: int | None) -> str:
+    """A row label of a result: the site name, or ``head_z.3:h2`` for one head of a site."""
+    return site.name if head is None else f"{site.name}:h{head}"
+
+
+def parse_head_label(label: str) -> tuple[Site, int | None]:
+    """Inverse of :func:`head_label` for concrete labels (a non-negative layer, no wildcard)."""
+    name, sep, head = label.partition(":h")
+    m = _PATTERN.match(name)
+    layer = m.group("layer") if m else None
+    if m is None or (sep and not head.isdigit()) or (layer is not None and not layer.isdigit()):
+        raise SiteError(f"{label!r} is not a concrete site label like 'resid_pre.3' or 'head_z.3:h2'.")
+    return Site(m.group("kind"), None if layer is None else int(layer)), (int(head) if sep else None)
+
+
 def all_site_names(n_layers: int, available: frozenset[str]) -> list[str]:
     """Every concrete site name in forward order."""
     names = ["embed"] if "embed" in available else []

@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import torch
 
 from lmscope.interventions.artifacts import atomic_dir, load_artifact
-from lmscope.interventions.errors import InputError
+from lmscope.interventions.errors import InputError, SiteError
+from lmscope.interventions.sites import Site, parse_head_label
 
 FORMAT = "lmscope.patching/1"
 
@@ -33,16 +34,20 @@ class TopCell(NamedTuple):
     value: float
 
 
-def _row_key(label: str) -> tuple[str, int | None]:
-    """``"head_z.3:h2"`` -> ``("head_z.3", 2)``; ``"resid_pre.3"`` -> ``("resid_pre.3", None)``."""
-    site, sep, head = label.partition(":h")
-    return (site, int(head)) if sep and head.isdigit() else (label, None)
+
+
+def _row(label: str) -> tuple[Site | None, int | None]:
+    """A row label as (site, head); a free-form label of a hand-made map is (None, None)."""
+    try:
+        return parse_head_label(label)
+    except SiteError:
+        return None, None
 
 
 def _col_position(label: str) -> int | None:
-    """``"4: Paris"`` / ``"4"`` / ``"-1"`` -> the token index; ``"all"`` -> None."""
+    """``"4: Paris"`` / ``"4"`` / ``"-1"`` -> the token index; ``"all"`` (or a free-form label) -> None."""
     head = label.split(":", 1)[0]
-    return None if label == "all" else int(head)
+    return int(head) if head.lstrip("-").isdigit() else None
 
 
 @dataclass
@@ -110,15 +115,16 @@ class PatchingResult:
         n = self.values.shape[1]
         out = []
         for i in idx:
-            site, head = _row_key(self.row_labels[i // n])
-            out.append(TopCell(site, head, _col_position(self.col_labels[i % n]), float(effect[i]),
-                               float(self.values.flatten()[i])))
+            label = self.row_labels[i // n]
+            site, head = _row(label)
+            out.append(TopCell(label if site is None else site.name, head, _col_position(self.col_labels[i % n]),
+                               float(effect[i]), float(self.values.flatten()[i])))
         return out
 
     def head_layers(self) -> list[int]:
         """The layers of a head sweep's rows (``head_z.L:hH``), in the order :meth:`by_head` stacks them."""
-        return sorted({int(site.rsplit(".", 1)[1]) for site, head in map(_row_key, self.row_labels)
-                       if head is not None and site.startswith("head_z.")})
+        return sorted({site.layer for site, head in map(_row, self.row_labels)
+                       if head is not None and site is not None and site.kind == "head_z" and site.layer is not None})
 
     def by_head(self, what: str = "values") -> torch.Tensor:
         """A head sweep's map as ``[layers, heads]`` (one ``"all"`` column) or ``[layers, heads, positions]``.
@@ -133,14 +139,14 @@ class PatchingResult:
         data = maps[what]()
         if data is None:
             raise InputError("This result has no stderr (it is a single-pair sweep).")
-        keys = [_row_key(r) for r in self.row_labels]
-        if any(h is None or not s.startswith("head_z.") for s, h in keys):
+        keys = [_row(r) for r in self.row_labels]
+        if any(h is None or s is None or s.kind != "head_z" for s, h in keys):
             raise InputError("by_head needs a head sweep (rows 'head_z.L:hH', e.g. from head_sweep or "
                              "patching_sweep(..., heads=True)); this result has rows like "
                              f"{self.row_labels[0]!r}.")
         layers = self.head_layers()
         n_heads = max(h for _, h in keys if h is not None) + 1
-        row_of = {(int(s.rsplit(".", 1)[1]), h): i for i, (s, h) in enumerate(keys)}
+        row_of = {(s.layer, h): i for i, (s, h) in enumerate(keys) if s is not None}
         missing = [(layer, h) for layer in layers for h in range(n_heads) if (layer, h) not in row_of]
         if missing:
             raise InputError(f"by_head needs every head of each layer; missing (layer, head) {missing[:3]}.")

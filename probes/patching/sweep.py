@@ -39,7 +39,7 @@ from lmscope.interventions.errors import InputError
 from lmscope.interventions.partial import partial_forward_unsupported
 from lmscope.interventions.patch import Patch
 from lmscope.interventions.positions import ForwardContext
-from lmscope.interventions.sites import Site
+from lmscope.interventions.sites import Site, head_label
 from lmscope.interventions.specs import LayerSpec, resolve_layers
 
 from .metrics import Metric
@@ -156,7 +156,7 @@ def plan_cells(model: HookedModel, sites: str | Sequence[str], positions: Positi
     rows: list[tuple[Site, int | None]] = []
     for s in resolved:
         rows += [(s, h) for h in range(model.n_heads)] if heads and s.kind == "head_z" else [(s, None)]
-    labels = [s.name if h is None else f"{s.name}:h{h}" for s, h in rows]
+    labels = [head_label(s, h) for s, h in rows]
     return [[Cell(s, h, p) for p in cols] for s, h in rows], labels, cols
 
 

@@ -101,3 +101,13 @@ def test_transformerlens_names_work_in_interventions_and_caches(llama_tiny: Hook
 def test_transformerlens_typos_suggest_our_names(name: str, message: str) -> None:
     with pytest.raises(SiteError, match=message):
         resolve_sites(name, 5)
+
+
+def test_head_labels_round_trip() -> None:
+    from lmscope.interventions.sites import head_label, parse_head_label
+
+    for site, head in ((Site("head_z", 3), 2), (Site("resid_pre", 0), None), (Site("embed"), None)):
+        assert parse_head_label(head_label(site, head)) == (site, head)
+    for bad in ("head_z.3:hx", "resid_pre.*", "head_z.-1:h2", "resid pre"):
+        with pytest.raises(SiteError, match="not a concrete site label"):
+            parse_head_label(bad)
