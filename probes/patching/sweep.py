@@ -431,6 +431,7 @@ def mlp_out_sweep(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, 
 
 def head_sweep(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, layers: LayerSpec = None,
                positions: Positions = "all", **kwargs: Any) -> PatchingResult:
-    """Each head's ``head_z`` (rows ``head_z.L:hH``), every position at once by default or per position."""
+    """Each head's ``head_z`` (rows ``head_z.L:hH``), every position at once by default or per position;
+    ``result.by_head()`` gives the ``[layers, heads(, positions)]`` tensor."""
     return patching_sweep(model, clean, corrupt, _layer_sites(model, "head_z", layers), positions, metric,
                           heads=True, **kwargs)
