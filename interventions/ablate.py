@@ -8,6 +8,7 @@ import torch
 
 from .base import Intervention, decode_positions
 from .errors import InputError
+from .heads import HeadSpec, bind_heads, decode_heads, encode_heads, head_mask, pair_sites, parse_heads
 from .positions import ForwardContext, PositionSpec, position_mask
 from .sites import ATTENTION_MAP_SITES, Site
 
@@ -20,45 +21,48 @@ HOW = ("zero", "mean", "resample")
 class Ablate(Intervention):
     """Ablate ``site`` (all of it, or only ``heads`` of a ``head_z`` site) at ``positions``.
 
+    ``heads``: head indices of the named ``head_z`` site(s) (``Ablate("head_z.3", heads=[1, 2])``), or
+    (layer, head) pairs across layers without a site (``Ablate(heads=[(3, 1), (5, 0)])``); see
+    :mod:`lmscope.interventions.heads`.
+
     ``how``:
     - ``"zero"``: set to zero;
     - ``"mean"``: set to the mean over the real tokens of ``reference`` prompts
       (one run at bind time), or without a reference over the real tokens of the
-      current forward;
+      current forward. With ``per_position=True`` the mean is taken per token index
+      instead: token ``t`` gets the mean over the prompts (reference or batch) that
+      have a token ``t``;
     - ``"resample"``: set to the value of another prompt at the same token index:
       a seeded random ``reference`` prompt, or without one the next prompt of the
       batch (row ``i`` takes row ``i+1``, cyclically; needs a batch of two or more).
     """
 
-    def __init__(self, site: str | list[str], heads: int | list[int] | None = None, how: str = "zero",
-                 positions: PositionSpec = None, reference: str | list[str] | None = None, seed: int = 0) -> None:
-        super().__init__(site, positions)
+    def __init__(self, site: str | list[str] | None = None, heads: HeadSpec = None, how: str = "zero",
+                 positions: PositionSpec = None, reference: str | list[str] | None = None, seed: int = 0,
+                 per_position: bool = False) -> None:
+        self._ints, self._pairs = parse_heads(heads, site, "Ablate")
+        super().__init__(site if site is not None else pair_sites(self._pairs or []), positions)
         if how not in HOW:
             raise InputError(f"Ablate how={how!r} is not one of {', '.join(map(repr, HOW))}.")
-        head_list = [heads] if isinstance(heads, int) else heads
-        if isinstance(heads, bool) or head_list is not None and (
-                not head_list or not all(isinstance(h, int) for h in head_list)):
-            raise InputError(f"heads must be an int or a non-empty list of ints, got {heads!r}.")
         if how == "zero" and reference is not None:
             raise InputError("A reference is only used by how='mean' or how='resample'.")
-        self.heads, self.how, self.reference, self.seed = head_list, how, reference, seed
+        if not isinstance(per_position, bool) or per_position and how != "mean":
+            raise InputError(f"per_position=True is an option of how='mean' (got how={how!r}, "
+                             f"per_position={per_position!r}).")
+        self.heads: list[int] | list[tuple[int, int]] | None = self._pairs if self._pairs is not None else self._ints
+        self.how, self.reference, self.seed, self.per_position = how, reference, seed, per_position
         self._ref: dict[Site, torch.Tensor] = {}
         self._ref_len: torch.Tensor | None = None
         self._pick: torch.Tensor | None = None
 
     def bind(self, model: HookedModel) -> None:
+        if self._pairs is not None:  # validate the pairs before their layers are resolved as site names
+            self._heads_by_site = bind_heads(model, [], None, self._pairs)
         sites = self.sites(model)
         for s in sites:
             if s.kind in ATTENTION_MAP_SITES:
                 raise InputError(f"Ablate does not act on {s.kind}; ablate heads at 'head_z.L'.")
-            if self.heads is not None:
-                if s.kind != "head_z":
-                    raise InputError(f"heads= selects heads of a 'head_z.L' site, not of {s.name}.")
-                bad = [h for h in self.heads if not -model.n_heads <= h < model.n_heads]
-                if bad:
-                    raise InputError(f"Head index {bad[0]} out of range: this model has {model.n_heads} heads "
-                                     f"per layer (valid 0..{model.n_heads - 1}).")
-        self._heads_idx = None if self.heads is None else [h % model.n_heads for h in self.heads]
+        self._heads_by_site = bind_heads(model, sites, self._ints, self._pairs)
         self._ref, self._ref_len = {}, None
         if self.reference is not None:
             from .cache import Cache
@@ -68,7 +72,11 @@ class Ablate(Intervention):
             mask = result.batch.attention_mask
             for s in sites:
                 v = result.cache[s.name]
-                if self.how == "mean":
+                if self.how == "mean" and self.per_position:  # [tokens, ...]: mean over the prompts long enough
+                    tokens = to_token_coordinates(v, mask)
+                    count = (mask.sum(1)[:, None] > torch.arange(tokens.shape[1], device=mask.device)).sum(0)
+                    self._ref[s] = tokens.sum(0) / count.to(tokens).reshape(-1, *([1] * (tokens.dim() - 2)))
+                elif self.how == "mean":
                     keep = mask.bool().to(v.device)
                     self._ref[s] = v[keep].mean(0)
                 else:
@@ -78,9 +86,11 @@ class Ablate(Intervention):
     def start(self) -> None:
         self._pick = None
 
-    def _replacement(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
+    def _replacement(self, value: torch.Tensor, site: Site, ctx: ForwardContext, mask: torch.Tensor) -> torch.Tensor:
         if self.how == "zero":
             return torch.zeros_like(value)
+        if self.how == "mean" and self.per_position:
+            return self._position_mean(value, site, ctx, mask)
         if self.how == "mean":
             if site in self._ref:
                 return self._ref[site].to(value).expand_as(value)
@@ -105,21 +115,43 @@ class Ablate(Intervention):
         last = (self._ref_len.to(ref.device)[pick] - 1)[:, None]
         return ref[pick[:, None], torch.minimum(tok, last)].to(value)
 
+    def _position_mean(self, value: torch.Tensor, site: Site, ctx: ForwardContext,
+                       mask: torch.Tensor) -> torch.Tensor:
+        """Token ``t`` of every row gets the mean at token ``t`` (over the reference, or the batch's real rows)."""
+        tok = ctx.token_index.to(value.device)
+        needed = tok[mask & ctx.real.to(value.device)]
+        if site in self._ref:
+            means = self._ref[site].to(value)
+            where = "the reference prompts"
+        else:
+            real = ctx.real.to(value.device)
+            size = int(tok[real].max()) + 1 if bool(real.any()) else 1
+            sums = value.new_zeros(size, *value.shape[2:]).index_add_(0, tok[real], value[real])
+            count = torch.bincount(tok[real], minlength=size).clamp(min=1).to(value)
+            means = sums / count.reshape(-1, *([1] * (value.dim() - 2)))
+            where = "this forward"
+        if needed.numel() and int(needed.max()) >= means.shape[0]:
+            raise InputError(f"Ablate(how='mean', per_position=True) at {site.name} needs the mean at token "
+                             f"{int(needed.max())}, but {where} reach only token {means.shape[0] - 1}; give longer "
+                             "reference prompts or restrict positions.")
+        return means[tok.clamp(0, means.shape[0] - 1)]
+
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
-        repl = self._replacement(value, site, ctx)
         mask = position_mask(self.positions, ctx).to(value.device)
+        repl = self._replacement(value, site, ctx, mask)
         mask = mask.reshape(*mask.shape, *([1] * (value.dim() - 2)))
-        if self._heads_idx is not None:
-            head_mask = torch.zeros(value.shape[2], dtype=torch.bool, device=value.device)
-            head_mask[self._heads_idx] = True
-            mask = mask & head_mask[None, None, :, None]
+        heads = None if self._heads_by_site is None else self._heads_by_site.get(site)
+        if heads is not None:
+            mask = mask & head_mask(heads, value.shape[2], value.device)[None, None, :, None]
         return torch.where(mask, repl, value)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "heads": self.heads, "how": self.how, "reference": self.reference,
-                "seed": self.seed}
+        return {**super().config(), "site": None if self._pairs is not None else self.site_spec,
+                "heads": encode_heads(self._ints, self._pairs), "how": self.how, "reference": self.reference,
+                "seed": self.seed, "per_position": self.per_position}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Ablate:
-        return cls(config["site"], config.get("heads"), config.get("how", "zero"),
-                   decode_positions(config.get("positions")), config.get("reference"), config.get("seed", 0))
+        return cls(config["site"], decode_heads(config.get("heads")), config.get("how", "zero"),
+                   decode_positions(config.get("positions")), config.get("reference"), config.get("seed", 0),
+                   config.get("per_position", False))

@@ -8,6 +8,7 @@ import torch
 
 from .base import Intervention, decode_positions
 from .errors import InputError, SiteError
+from .heads import HeadSpec, bind_heads, decode_heads, encode_heads, pair_sites, parse_heads
 from .positions import ForwardContext, PositionSpec, gather_positions
 from .sites import ATTENTION_MAP_SITES, Site
 
@@ -24,21 +25,38 @@ class Cache(Intervention):
     move values as they are recorded (e.g. ``device="cpu"`` to spare GPU memory).
     Values are detached unless ``detach=False``. Records from several forwards
     (generation with a KV cache) are concatenated along the position axis.
+
+    ``heads`` records only some heads of ``head_z`` sites: head indices of the named site(s), or
+    (layer, head) pairs across layers without ``sites`` (``Cache(heads=[(3, 1), (5, 0)])``). Such a
+    site's record is ``[batch, pos, k, d_head]``, its ``k`` selected heads in the order given
+    (``selected_heads(site)`` lists them).
     """
 
     writes = False
     session_fields = ("_chunks", "_mask")
 
-    def __init__(self, sites: str | list[str], positions: PositionSpec = None, *, device: str | None = None,
-                 dtype: torch.dtype | None = None, detach: bool = True) -> None:
-        super().__init__(sites, positions)
+    def __init__(self, sites: str | list[str] | None = None, positions: PositionSpec = None, *,
+                 device: str | None = None, dtype: torch.dtype | None = None, detach: bool = True,
+                 heads: HeadSpec = None) -> None:
+        self._ints, self._pairs = parse_heads(heads, sites, "Cache")
+        super().__init__(sites if sites is not None else pair_sites(self._pairs or []), positions)
+        self.heads: list[int] | list[tuple[int, int]] | None = self._pairs if self._pairs is not None else self._ints
+        self._heads_by_site: dict[Site, list[int]] | None = None
         self.device, self.dtype, self.detach = device, dtype, detach
         self._chunks: dict[Site, list[torch.Tensor]] = {}
         self._model: HookedModel | None = None
 
     def bind(self, model: HookedModel) -> None:
-        super().bind(model)
+        if self._pairs is not None:  # validate the pairs before their layers are resolved as site names
+            bind_heads(model, [], None, self._pairs)
+        self._heads_by_site = bind_heads(model, self.sites(model), self._ints, self._pairs)
         self._model = model
+
+    def selected_heads(self, site: str | Site) -> list[int] | None:
+        """The heads recorded at ``site`` (in record order), or None when the whole site is recorded."""
+        if self._model is None or self._heads_by_site is None:
+            return None
+        return self._heads_by_site.get(self._model.resolve(site)[0])
 
     def start(self) -> None:
         self._chunks = {}
@@ -46,6 +64,9 @@ class Cache(Intervention):
 
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> None:
         v = value.detach() if self.detach else value
+        heads = None if self._heads_by_site is None else self._heads_by_site.get(site)
+        if heads is not None:
+            v = v[:, :, heads]
         if self.positions is not None:
             if site.kind in ATTENTION_MAP_SITES:  # [b, h, q, k]: select query positions
                 v = gather_positions(v.transpose(1, 2), self.positions, ctx, "Cache").transpose(1, 2)
@@ -78,16 +99,17 @@ class Cache(Intervention):
 
     def config(self) -> dict[str, Any]:
         cfg = super().config()
-        cfg["sites"] = cfg.pop("site")
+        cfg["sites"] = None if self._pairs is not None else cfg.pop("site")
+        cfg.pop("site", None)
         cfg.update(device=self.device, dtype=str(self.dtype).removeprefix("torch.") if self.dtype else None,
-                   detach=self.detach)
+                   detach=self.detach, heads=encode_heads(self._ints, self._pairs))
         return cfg
 
     @classmethod
     def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Cache:
         dtype = getattr(torch, config["dtype"]) if config.get("dtype") else None
         return cls(config["sites"], decode_positions(config.get("positions")), device=config.get("device"),
-                   dtype=dtype, detach=config.get("detach", True))
+                   dtype=dtype, detach=config.get("detach", True), heads=decode_heads(config.get("heads")))
 
 
 class ActivationCache(Mapping[str, Any]):

@@ -68,10 +68,13 @@ def forward_with_kv(model: HookedModel, input_ids: torch.Tensor,
     return out.logits, cache
 
 
-def kv_prefix(model: HookedModel, cache: Any, length: int, batch: int) -> DynamicCache | None:
+def kv_prefix(model: HookedModel, cache: Any, length: int, batch: int,
+              rows: torch.Tensor | None = None) -> DynamicCache | None:
     """A new cache holding the first ``length`` tokens of row 0 of ``cache``, repeated ``batch`` times.
 
-    Returns None for ``length == 0`` (no prefix). The source cache is not modified.
+    ``rows`` (``[batch]`` row indices into ``cache``) takes row ``rows[i]`` for batch row ``i`` instead,
+    so one cache of several prompts serves a batch that mixes them. Returns None for ``length == 0``
+    (no prefix). The source cache is not modified.
     """
     from transformers import DynamicCache
 
@@ -82,7 +85,11 @@ def kv_prefix(model: HookedModel, cache: Any, length: int, batch: int) -> Dynami
         k, v = layer.keys, layer.values
         if k.shape[-2] < length:
             raise InputError(f"The cache holds {k.shape[-2]} tokens; a prefix of {length} was asked for.")
-        data.append((k[:1, :, :length].expand(batch, -1, -1, -1), v[:1, :, :length].expand(batch, -1, -1, -1)))
+        if rows is None:
+            data.append((k[:1, :, :length].expand(batch, -1, -1, -1), v[:1, :, :length].expand(batch, -1, -1, -1)))
+        else:
+            idx = rows.to(k.device)
+            data.append((k[idx, :, :length], v[idx, :, :length]))
     config: Any = model.hf_model.config
     return DynamicCache(ddp_cache_data=data, config=config)
 

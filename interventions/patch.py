@@ -15,6 +15,7 @@ import torch
 
 from .base import Intervention, decode_positions, encode_positions
 from .errors import InputError
+from .heads import HeadSpec, bind_heads, decode_heads, encode_heads, pair_sites, parse_heads
 from .positions import ForwardContext, PositionSpec, _row_indices, position_mask, token_indices, validate_positions
 from .sites import ATTENTION_MAP_SITES, Site
 
@@ -41,11 +42,22 @@ class Patch(Intervention):
     a dict ``{site_name: tensor}``; an :class:`ActivationCache` from an earlier
     run (``result.cache``); or source prompt(s) / token ids, which are run first
     (no other intervention active) to get the values.
+
+    ``heads`` writes only some heads of ``head_z`` sites and keeps the others: head indices of the
+    named site(s) (``Patch("head_z.3", src, heads=[1])``) or (layer, head) pairs across layers without
+    a site (``Patch(None, src, heads=[(3, 1), (5, 0)])``); see :mod:`lmscope.interventions.heads`.
     """
 
-    def __init__(self, site: str | list[str], values_or_source: Any, positions: PositionSpec = None,
-                 source_positions: PositionSpec = None) -> None:
-        super().__init__(site, positions)
+    def __init__(self, site: str | list[str] | None = None, values_or_source: Any = None,
+                 positions: PositionSpec = None, source_positions: PositionSpec = None, *,
+                 heads: HeadSpec = None) -> None:
+        self._ints, self._pairs = parse_heads(heads, site, "Patch")
+        super().__init__(site if site is not None else pair_sites(self._pairs or []), positions)
+        self.heads: list[int] | list[tuple[int, int]] | None = self._pairs if self._pairs is not None else self._ints
+        self._heads_by_site: dict[Site, list[int]] | None = None
+        if values_or_source is None:
+            raise InputError("Patch needs values_or_source: a float tensor, a dict of tensors, an ActivationCache, "
+                             "or source prompt(s) / token ids.")
         self.source_positions = validate_positions(source_positions)
         if self.source_positions is not None and (isinstance(self.source_positions, str) or self.positions is None
                                                   or isinstance(self.positions, str)):
@@ -78,9 +90,12 @@ class Patch(Intervention):
                              "of tensors, an ActivationCache, or source prompt(s) / token ids.")
 
     def bind(self, model: HookedModel) -> None:
+        if self._pairs is not None:  # validate the pairs before their layers are resolved as site names
+            bind_heads(model, [], None, self._pairs)
         sites = self.sites(model)
         if any(s.kind in ATTENTION_MAP_SITES for s in sites):
             raise InputError("Patch does not write attn_scores or attn_pattern; use Edit for attention maps.")
+        self._heads_by_site = bind_heads(model, sites, self._ints, self._pairs)
         if self.source is not None:
             from .cache import Cache
 
@@ -139,14 +154,22 @@ class Patch(Intervention):
                              f"{vals.shape[1]} tokens; restrict positions or give longer values.")
         vrow = rows if vals.shape[0] > 1 else torch.zeros_like(rows)
         out = value.clone()
-        out[rows, cols] = vals.to(device=value.device, dtype=value.dtype)[vrow.to(vals.device), s.to(vals.device)]
+        picked = vals.to(device=value.device, dtype=value.dtype)[vrow.to(vals.device), s.to(vals.device)]
+        heads = None if self._heads_by_site is None else self._heads_by_site.get(site)
+        if heads is None:
+            out[rows, cols] = picked
+        else:  # only the chosen heads; the others keep this run's values
+            h = torch.tensor(heads, device=value.device)
+            out[rows[:, None], cols[:, None], h[None, :]] = picked[:, h]
         return out
 
     def config(self) -> dict[str, Any]:
         src = self.source.tolist() if isinstance(self.source, torch.Tensor) else self.source
-        return {**super().config(), "source": src, "source_is_ids": isinstance(self.source, torch.Tensor),
+        return {**super().config(), "site": None if self._pairs is not None else self.site_spec,
+                "source": src, "source_is_ids": isinstance(self.source, torch.Tensor),
                 "source_positions": encode_positions(self.source_positions),
-                "value_sites": sorted(self._by_name) if self._by_name else None}
+                "value_sites": sorted(self._by_name) if self._by_name else None,
+                "heads": encode_heads(self._ints, self._pairs)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         if self._given is not None:
@@ -156,9 +179,11 @@ class Patch(Intervention):
     @classmethod
     def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Patch:
         pos, spos = decode_positions(config.get("positions")), decode_positions(config.get("source_positions"))
+        heads = decode_heads(config.get("heads"))
         if config.get("source") is not None:
             src = torch.tensor(config["source"]) if config.get("source_is_ids") else config["source"]
-            return cls(config["site"], src, pos, spos)
+            return cls(config["site"], src, pos, spos, heads=heads)
         if "values" in tensors:
-            return cls(config["site"], tensors["values"], pos, spos)
-        return cls(config["site"], {k.removeprefix("values."): v for k, v in tensors.items()}, pos, spos)
+            return cls(config["site"], tensors["values"], pos, spos, heads=heads)
+        return cls(config["site"], {k.removeprefix("values."): v for k, v in tensors.items()}, pos, spos,
+                   heads=heads)

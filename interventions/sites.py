@@ -3,8 +3,10 @@
 A site names one activation of the model: ``kind.layer`` for per-layer sites
 (``resid_post.3``, ``head_z.-1``, ``attn_out.*``) or a bare ``kind`` for the
 model-wide ones (``embed``, ``final_norm``, ``logits``). Layers are integers,
-negative ones count from the end, ``*`` means every layer. This module is the
-only place site names are parsed; everything else receives :class:`Site`.
+negative ones count from the end, ``*`` means every layer. TransformerLens hook
+names (``blocks.3.hook_resid_pre``, ``blocks.3.attn.hook_z``, ``hook_embed``...)
+resolve to the same sites through the declarative :data:`TL_ALIASES` table. This
+module is the only place site names are parsed; everything else receives :class:`Site`.
 """
 
 from __future__ import annotations
@@ -90,6 +92,56 @@ for _kind in ("rot_q", "rot_k"):
 
 _PATTERN = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+|\*))?$")
 
+#: TransformerLens hook names and the site kind each one denotes. ``{L}`` stands for the layer (an int, negative
+#: from the end, or ``*``); a name without ``{L}`` is model-wide. Kinds a model lacks raise the usual SiteError.
+TL_ALIASES: dict[str, str] = {
+    "hook_embed": "embed",
+    "blocks.{L}.hook_resid_pre": "resid_pre",
+    "blocks.{L}.attn.hook_q": "q",
+    "blocks.{L}.attn.hook_k": "k",
+    "blocks.{L}.attn.hook_v": "v",
+    "blocks.{L}.attn.hook_rot_q": "rot_q",
+    "blocks.{L}.attn.hook_rot_k": "rot_k",
+    "blocks.{L}.attn.hook_attn_scores": "attn_scores",
+    "blocks.{L}.attn.hook_pattern": "attn_pattern",
+    "blocks.{L}.attn.hook_z": "head_z",
+    "blocks.{L}.attn.hook_result": "head_out",
+    "blocks.{L}.hook_attn_out": "attn_out",
+    "blocks.{L}.hook_resid_mid": "resid_mid",
+    "blocks.{L}.mlp.hook_pre": "mlp_pre",
+    "blocks.{L}.mlp.hook_post": "mlp_post",
+    "blocks.{L}.hook_mlp_out": "mlp_out",
+    "blocks.{L}.hook_resid_post": "resid_post",
+    "ln_final.hook_normalized": "final_norm",
+    "unembed.hook_out": "logits",  # TransformerBridge only (HookedTransformer has no hook on the logits)
+}
+_TL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile("^" + re.escape(alias).replace(re.escape("{L}"), r"(?P<layer>-?\d+|\*)") + "$"), kind)
+    for alias, kind in TL_ALIASES.items())
+
+
+def from_transformerlens(name: str) -> str | None:
+    """Our name for a TransformerLens hook name (``blocks.3.attn.hook_z`` -> ``head_z.3``), or None."""
+    for pattern, kind in _TL_PATTERNS:
+        m = pattern.match(name)
+        if m is not None:
+            return kind if "layer" not in pattern.groupindex else f"{kind}.{m.group('layer')}"
+    return None
+
+
+def _looks_like_transformerlens(name: str) -> bool:
+    return name.startswith(("blocks.", "hook_", "ln_final", "embed.", "unembed")) or ".hook_" in name
+
+
+def _suggest_for_transformerlens(name: str, kinds: set[str]) -> str:
+    """"Did you mean" for a mistyped TransformerLens name: the closest aliases, written as our names."""
+    found = re.search(r"\.(-?\d+|\*)\.", name)
+    layer = found.group(1) if found else "0"
+    ours = {alias.replace("{L}", layer): kind if "{L}" not in alias else f"{kind}.{layer}"
+            for alias, kind in TL_ALIASES.items() if kind in kinds}
+    close = difflib.get_close_matches(name, list(ours), n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(f'{ours[c]!r} (TransformerLens {c!r})' for c in close)}?" if close else ""
+
 
 @dataclass(frozen=True, order=True)
 class Site:
@@ -141,11 +193,14 @@ def _resolve_one(spec: str, n_layers: int, available: frozenset[str] | None) -> 
     if not isinstance(spec, str):
         raise SiteError(f"A site must be a string like 'resid_post.3', got {type(spec).__name__}.")
     kinds = set(available) if available is not None else set(LAYER_SITES) | set(MODEL_SITES)
-    m = _PATTERN.match(spec.strip())
+    spec = spec.strip()
+    m = _PATTERN.match(from_transformerlens(spec) or spec)
     valid_examples = [f"{k}.0" for k in LAYER_SITES if k in kinds] + [k for k in MODEL_SITES if k in kinds]
     if m is None:
-        raise SiteError(f"Malformed site name {spec!r}.{_suggest(spec, valid_examples)} "
-                        "Sites look like 'resid_post.3', 'head_z.-1', 'attn_out.*' or 'logits'.")
+        hint = _suggest_for_transformerlens(spec, kinds) if _looks_like_transformerlens(spec) else ""
+        raise SiteError(f"Malformed site name {spec!r}.{hint or _suggest(spec, valid_examples)} "
+                        "Sites look like 'resid_post.3', 'head_z.-1', 'attn_out.*' or 'logits' "
+                        "(TransformerLens names such as 'blocks.3.hook_resid_pre' work too).")
     kind, layer = m.group("kind"), m.group("layer")
     if kind not in LAYER_SITES and kind not in MODEL_SITES:
         raise SiteError(f"Unknown site kind {kind!r} in {spec!r}.{_suggest(kind, sorted(kinds))} "
@@ -176,6 +231,21 @@ def resolve_site(spec: str | Site, n_layers: int, available: frozenset[str] | No
     if len(sites) != 1:
         raise SiteError(f"{spec!r} names {len(sites)} sites; this needs exactly one (no '*').")
     return sites[0]
+
+
+def head_label(site: Site, head: int | None) -> str:
+    """A row label of a result: the site name, or ``head_z.3:h2`` for one head of a site."""
+    return site.name if head is None else f"{site.name}:h{head}"
+
+
+def parse_head_label(label: str) -> tuple[Site, int | None]:
+    """Inverse of :func:`head_label` for concrete labels (a non-negative layer, no wildcard)."""
+    name, sep, head = label.partition(":h")
+    m = _PATTERN.match(name)
+    layer = m.group("layer") if m else None
+    if m is None or (sep and not head.isdigit()) or (layer is not None and not layer.isdigit()):
+        raise SiteError(f"{label!r} is not a concrete site label like 'resid_pre.3' or 'head_z.3:h2'.")
+    return Site(m.group("kind"), None if layer is None else int(layer)), (int(head) if sep else None)
 
 
 def all_site_names(n_layers: int, available: frozenset[str]) -> list[str]:

@@ -105,7 +105,8 @@ def head_ablation(heads: Heads, method: str) -> list[Intervention]:
         raise InputError(f"Unknown ablation {method!r}; methods: {', '.join(METHODS)}.")
     if method == "qkv":
         return [HeadQKVAblate(heads)]
-    return [Ablate(f"head_z.{layer}", heads=hs, how=method, positions=-1) for layer, hs in _group(heads).items()]
+    _group(heads)  # validates: (layer, head) pairs of ints
+    return [Ablate(heads=[(int(layer), int(h)) for layer, h in heads], how=method, positions=-1)]
 
 
 @torch.no_grad()

@@ -59,7 +59,8 @@ def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], ro
     from .sweep import _col_labels, _scalar, source_values
 
     sites = sorted({c.site for row in grid for c in row})
-    source, source_logits = source_values(model, pair, sites)
+    source_rows, source_logits = source_values(model, pair, sites)
+    source = {s: v[0] for s, v in source_rows.items()}  # attribution runs one pair at a time
     base_vals, grads, base_logits, stream = _base_gradients(model, pair, sites, metric)
     est = torch.empty(len(grid), len(cols))
     rel = torch.empty(len(grid), len(cols))

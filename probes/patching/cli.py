@@ -62,7 +62,8 @@ def run_patch(args: argparse.Namespace) -> int:
     out = result.save(args.out)
     summary = {"out": str(out), "method": result.method, "metric": result.metric_name,
                "base_metric": round(result.base_metric, 4), "source_metric": round(result.source_metric, 4),
-               "top": [{"row": r, "col": c, "patched": round(v, 4)} for r, c, v in result.top(5)],
+               "top": [{"site": t.site, "head": t.head, "position": t.position, "effect": round(t.effect, 4),
+                        "patched": round(t.value, 4)} for t in result.top(5)],
                "notes": result.notes}
     print(json.dumps(summary, indent=1))
     return 0

@@ -12,14 +12,42 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from lmscope.interventions.artifacts import atomic_dir, load_artifact, save_tensors
-from lmscope.interventions.errors import InputError
+from lmscope.interventions.errors import InputError, SiteError
+from lmscope.interventions.sites import Site, parse_head_label
 
 FORMAT = "lmscope.patching/1"
+
+
+class TopCell(NamedTuple):
+    """One cell of a map: its site, head (None for a whole site), token position (None = every token),
+    ``effect`` (patched - base metric, the mean over pairs for a dataset) and the patched metric ``value``."""
+
+    site: str
+    head: int | None
+    position: int | None
+    effect: float
+    value: float
+
+
+
+
+def _row(label: str) -> tuple[Site | None, int | None]:
+    """A row label as (site, head); a free-form label of a hand-made map is (None, None)."""
+    try:
+        return parse_head_label(label)
+    except SiteError:
+        return None, None
+
+
+def _col_position(label: str) -> int | None:
+    """``"4: Paris"`` / ``"4"`` / ``"-1"`` -> the token index; ``"all"`` (or a free-form label) -> None."""
+    head = label.split(":", 1)[0]
+    return int(head) if head.lstrip("-").isdigit() else None
 
 
 @dataclass
@@ -29,6 +57,11 @@ class PatchingResult:
     ``direction`` is ``"denoise"`` (clean activations written into the corrupt run, the default) or
     ``"noise"`` (corrupt into clean). ``extras`` holds further maps of the same shape (e.g. attribution
     patching's ``relative_delta``); ``notes`` human-readable caveats.
+
+    A sweep over a dataset of pairs fills ``values`` with the mean over pairs, ``stderr`` with its standard
+    error, ``per_pair`` with every pair's map ``[pairs, rows, cols]`` and ``pair_base_metrics`` /
+    ``pair_source_metrics`` with each pair's unpatched metrics (``base_metric``/``source_metric`` are their
+    means). A single pair leaves these None.
     """
 
     values: torch.Tensor  # [rows, cols]
@@ -41,11 +74,19 @@ class PatchingResult:
     metric_name: str = "metric"
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    per_pair: torch.Tensor | None = None  # [pairs, rows, cols]
+    stderr: torch.Tensor | None = None  # [rows, cols]
+    pair_base_metrics: list[float] | None = None
+    pair_source_metrics: list[float] | None = None
 
     def __post_init__(self) -> None:
         shape = (len(self.row_labels), len(self.col_labels))
         if tuple(self.values.shape) != shape:
             raise InputError(f"values have shape {tuple(self.values.shape)}; labels give {shape}.")
+        if self.per_pair is not None and tuple(self.per_pair.shape[1:]) != shape:
+            raise InputError(f"per_pair has shape {tuple(self.per_pair.shape)}; the map is {shape}.")
+        if self.stderr is not None and tuple(self.stderr.shape) != shape:
+            raise InputError(f"stderr has shape {tuple(self.stderr.shape)}; the map is {shape}.")
         for k, v in self.extras.items():
             if tuple(v.shape) != shape:
                 raise InputError(f"extra map {k!r} has shape {tuple(v.shape)}; the map is {shape}.")
@@ -65,12 +106,52 @@ class PatchingResult:
         """``patched - base``: the change each patch causes."""
         return self.values - self.base_metric
 
-    def top(self, k: int = 5) -> list[tuple[str, str, float]]:
-        """The ``k`` cells with the largest |effect| as (row, column, patched metric)."""
-        flat = self.effect().abs().flatten()
-        idx = flat.argsort(descending=True)[:k].tolist()
+    def top(self, k: int = 5) -> list[TopCell]:
+        """The ``k`` cells with the largest |effect| (patched - base), largest first, as :class:`TopCell` records."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive int, got {k!r}.")
+        effect = self.effect().flatten()
+        idx = effect.abs().argsort(descending=True, stable=True)[:k].tolist()
         n = self.values.shape[1]
-        return [(self.row_labels[i // n], self.col_labels[i % n], float(self.values.flatten()[i])) for i in idx]
+        out = []
+        for i in idx:
+            label = self.row_labels[i // n]
+            site, head = _row(label)
+            out.append(TopCell(label if site is None else site.name, head, _col_position(self.col_labels[i % n]),
+                               float(effect[i]), float(self.values.flatten()[i])))
+        return out
+
+    def head_layers(self) -> list[int]:
+        """The layers of a head sweep's rows (``head_z.L:hH``), in the order :meth:`by_head` stacks them."""
+        return sorted({site.layer for site, head in map(_row, self.row_labels)
+                       if head is not None and site is not None and site.kind == "head_z" and site.layer is not None})
+
+    def by_head(self, what: str = "values") -> torch.Tensor:
+        """A head sweep's map as ``[layers, heads]`` (one ``"all"`` column) or ``[layers, heads, positions]``.
+
+        Layers are :meth:`head_layers` in order; ``what`` is ``"values"`` (patched metric), ``"effect"``
+        (patched - base), ``"normalized"`` or ``"stderr"`` (dataset sweeps). Every row must be a head.
+        """
+        maps = {"values": lambda: self.values, "effect": self.effect, "normalized": self.normalized,
+                "stderr": lambda: self.stderr}
+        if what not in maps:
+            raise InputError(f"what must be one of {', '.join(maps)}, got {what!r}.")
+        data = maps[what]()
+        if data is None:
+            raise InputError("This result has no stderr (it is a single-pair sweep).")
+        keys = [_row(r) for r in self.row_labels]
+        if any(h is None or s is None or s.kind != "head_z" for s, h in keys):
+            raise InputError("by_head needs a head sweep (rows 'head_z.L:hH', e.g. from head_sweep or "
+                             "patching_sweep(..., heads=True)); this result has rows like "
+                             f"{self.row_labels[0]!r}.")
+        layers = self.head_layers()
+        n_heads = max(h for _, h in keys if h is not None) + 1
+        row_of = {(s.layer, h): i for i, (s, h) in enumerate(keys) if s is not None}
+        missing = [(layer, h) for layer in layers for h in range(n_heads) if (layer, h) not in row_of]
+        if missing:
+            raise InputError(f"by_head needs every head of each layer; missing (layer, head) {missing[:3]}.")
+        out = torch.stack([torch.stack([data[row_of[(layer, h)]] for h in range(n_heads)]) for layer in layers])
+        return out[..., 0] if self.col_labels == ["all"] else out
 
     # -- export --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -78,15 +159,19 @@ class PatchingResult:
         return {"format": FORMAT, "method": self.method, "direction": self.direction,
                 "metric": self.metric_name, "base_metric": self.base_metric, "source_metric": self.source_metric,
                 "rows": self.row_labels, "cols": self.col_labels, "values": self.values.tolist(),
-                "extras": {k: v.tolist() for k, v in self.extras.items()}, "notes": self.notes}
+                "extras": {k: v.tolist() for k, v in self.extras.items()}, "notes": self.notes,
+                "per_pair": None if self.per_pair is None else self.per_pair.tolist(),
+                "stderr": None if self.stderr is None else self.stderr.tolist(),
+                "pair_base_metrics": self.pair_base_metrics, "pair_source_metrics": self.pair_source_metrics}
 
     def save(self, path: str | os.PathLike[str], png: bool = True) -> Path:
         """Write the folder ``path`` atomically: ``patching.json``, ``tensors.safetensors``, ``heatmap.png``."""
         with atomic_dir(path) as tmp:
             (tmp / "patching.json").write_text(json.dumps(self.to_dict(), indent=1))
             tensors = {"values": self.values, **{f"extras.{k}": v for k, v in self.extras.items()}}
-            save_tensors({k: v.float() for k, v in tensors.items()}, tmp / "tensors.safetensors",
-                         shown=Path(path) / "tensors.safetensors")
+            tensors.update({k: v for k, v in (("per_pair", self.per_pair), ("stderr", self.stderr)) if v is not None})
+            save_tensors({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+                         tmp / "tensors.safetensors", shown=Path(path) / "tensors.safetensors")
             if png:
                 self.plot().savefig(tmp / "heatmap.png", dpi=110, bbox_inches="tight")
         return Path(path)
@@ -100,7 +185,8 @@ class PatchingResult:
         extras = {k.removeprefix("extras."): v for k, v in tensors.items() if k.startswith("extras.")}
         return cls(tensors["values"], config["rows"], config["cols"], config["base_metric"],
                    config["source_metric"], config["method"], config["direction"], config["metric"], extras,
-                   config["notes"])
+                   config["notes"], tensors.get("per_pair"), tensors.get("stderr"),
+                   config.get("pair_base_metrics"), config.get("pair_source_metrics"))
 
     def plot(self, normalized: bool = False, title: str | None = None) -> Any:
         """A matplotlib ``Figure`` heat map (rows x positions), centred at no effect; no pyplot state."""

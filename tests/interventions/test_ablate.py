@@ -67,3 +67,33 @@ def test_ablate_head_equals_edit(llama_tiny: HookedModel) -> None:
     a = llama_tiny.run(TOKENS, [Ablate("head_z.2", heads=3)]).logits
     b = llama_tiny.run(TOKENS, [Edit("head_z.2", zero_head3)]).logits
     assert torch.equal(a, b)
+
+
+def test_per_position_mean_with_reference_by_hand(llama_tiny: HookedModel) -> None:
+    """Token t gets the mean over the reference prompts that have a token t (computed here prompt by prompt)."""
+    ref = [[11, 12, 13], [14, 15, 16, 17, 18], [19, 20, 21, 22]]
+    z = [llama_tiny.run([r], [Cache("head_z.1")]).cache["head_z.1"][0] for r in ref]  # unbatched, [len, h, d]
+    hand = torch.stack([torch.stack([v[t] for v in z if t < len(v)]).mean(0) for t in range(5)])
+    prompts = [[1, 2, 3, 4], [5, 6, 7, 8, 9]]  # padded batch: positions are each prompt's own token indices
+    out = llama_tiny.run(prompts, [Ablate("head_z.1", heads=[0, 3], how="mean", reference=ref, per_position=True),
+                                   Cache("head_z.1")])
+    for row, n in enumerate((4, 5)):
+        got = out.cache.unpad("head_z.1", row)
+        torch.testing.assert_close(got[:, [0, 3]], hand[:n, [0, 3]], atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="reach only token 4"):
+        llama_tiny.run([[1, 2, 3, 4, 5, 6]], [Ablate("mlp_out.0", how="mean", reference=ref, per_position=True)])
+
+
+def test_per_position_mean_without_reference_uses_the_batch(llama_tiny: HookedModel) -> None:
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11, 12]]
+    base = llama_tiny.run(prompts, [Cache("mlp_out.1")])
+    rows = [base.cache.unpad("mlp_out.1", i) for i in range(3)]
+    hand = torch.stack([torch.stack([v[t] for v in rows if t < len(v)]).mean(0) for t in range(5)])
+    out = llama_tiny.run(prompts, [Ablate("mlp_out.1", how="mean", per_position=True, positions=[0, 2]),
+                                   Cache("mlp_out.1")])
+    for i in range(3):
+        got = out.cache.unpad("mlp_out.1", i)
+        torch.testing.assert_close(got[[0, 2]], hand[[0, 2]], atol=1e-5, rtol=1e-5)
+        assert torch.equal(got[1], rows[i][1])  # an unselected position keeps its value
+    with pytest.raises(InputError, match="per_position=True is an option of how='mean'"):
+        Ablate("mlp_out.1", per_position=True)

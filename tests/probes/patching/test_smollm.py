@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lmscope.interventions import cli
-from lmscope.probes.patching import logit_diff, patching_sweep
+from lmscope.probes.patching import head_sweep, logit_diff, patching_sweep
 
 pytestmark = pytest.mark.slow
 CLEAN = "When Mary and John went to the store yesterday, John gave a cold drink to"
@@ -33,6 +33,21 @@ def test_exact_equals_loop_and_attribution_correlates(smollm) -> None:
                          method="attribution")
     r = float(np.corrcoef(atp.values.flatten().numpy(), exact.values.flatten().numpy())[0, 1])
     assert r > 0.6  # 0.80 over all 480 cells (benchmarks/RESULTS.md)
+
+
+def test_dataset_head_sweep_equals_single_pairs_and_loop(smollm) -> None:
+    """Two IOI pairs of different lengths, each with its own answer: per-pair maps equal single-pair sweeps and
+    the Patch loop on real weights."""
+    clean = [CLEAN, "When John and Mary went to the park, Mary gave a ball to"]
+    corrupt = [CORRUPT, "When John and Mary went to the park, John gave a ball to"]
+    metrics = [logit_diff(smollm, " Mary", " John"), logit_diff(smollm, " John", " Mary")]
+    data = head_sweep(smollm, clean, corrupt, metrics, layers=[20, 23], positions=[-1, 3])
+    loop = head_sweep(smollm, clean, corrupt, metrics, layers=[20, 23], positions=[-1, 3], method="loop")
+    torch.testing.assert_close(data.per_pair, loop.per_pair, atol=1e-4, rtol=1e-4)
+    for i in range(2):
+        single = head_sweep(smollm, clean[i], corrupt[i], metrics[i], layers=[20, 23], positions=[-1, 3])
+        torch.testing.assert_close(data.per_pair[i], single.values, atol=1e-4, rtol=1e-4)
+    assert data.by_head().shape == (2, smollm.n_heads, 2) and min(data.pair_source_metrics) > 0
 
 
 def test_cli_on_smollm(use_smollm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,7 +79,11 @@ def test_labels_and_ready_made_sweeps(llama_tiny) -> None:
 
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(corrupt=[1, 2, 3]), InputError, "same token length"),
-    (dict(clean=[[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]), InputError, "one prompt"),
+    (dict(clean=[[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]), InputError, "clean has 2 prompt.* corrupt has 1"),
+    (dict(clean=[[1, 2, 3, 4, 5, 6], [1, 2, 3]], corrupt=[[1, 2, 3, 4, 5, 7], [1, 2]]), InputError,
+     "pair 1: clean has 3 tokens"),
+    (dict(clean=[[1, 2, 3, 4, 5, 6], [1, 2, 3]], corrupt=[[1, 2, 3, 4, 5, 7], [1, 2, 4]]), InputError,
+     "2 different token lengths"),
     (dict(sites="attn_pattern.1"), InputError, "Cannot patch attn_pattern.1"),
     (dict(sites="logits"), InputError, "patchable kinds"),
     (dict(sites="resid_pre.7"), SiteError, "out of range"),
@@ -97,3 +101,86 @@ def test_bad_input_is_refused_with_a_specific_error(llama_tiny, kwargs, error, m
     args.update(kwargs)
     with pytest.raises(error, match=message):
         patching_sweep(llama_tiny, **args)
+
+
+def _dataset(lengths: tuple[int, ...] = (6, 4, 6, 5)) -> tuple[list[list[int]], list[list[int]]]:
+    pairs = [_pair(n, seed=10 + i) for i, n in enumerate(lengths)]
+    return [c.tolist() for c, _ in pairs], [k.tolist() for _, k in pairs]
+
+
+@pytest.mark.parametrize("method", ["exact", "loop", "attribution"])
+def test_dataset_sweep_per_pair_equals_single_pair_sweeps(llama_tiny, method) -> None:
+    """Pairs of different lengths (two share one): each pair's map equals its own single-pair sweep; the mean and
+    standard error are taken over those maps."""
+    clean, corrupt = _dataset()
+    sites, positions = ["resid_pre.*", "head_z.1"], [0, -1, 2]
+    kw = dict(method=method, layer_block=2, position_block=2, batch_size=7)
+    data = patching_sweep(llama_tiny, clean, corrupt, sites, positions, metric, **kw)
+    assert data.per_pair is not None and data.per_pair.shape == (4, *data.shape)
+    assert data.col_labels == ["0", "-1", "2"]
+    for i, (c, k) in enumerate(zip(clean, corrupt)):
+        single = patching_sweep(llama_tiny, c, k, sites, positions, metric, **kw)
+        assert single.per_pair is None and single.stderr is None
+        torch.testing.assert_close(data.per_pair[i], single.values, atol=2e-5, rtol=1e-5)
+        assert data.pair_base_metrics[i] == pytest.approx(single.base_metric, abs=1e-5)
+        assert data.pair_source_metrics[i] == pytest.approx(single.source_metric, abs=1e-5)
+    torch.testing.assert_close(data.values, data.per_pair.mean(0))
+    torch.testing.assert_close(data.stderr, data.per_pair.std(0) / 2.0)
+    assert data.base_metric == pytest.approx(sum(data.pair_base_metrics) / 4)
+
+
+def test_batched_dataset_sweep_equals_the_patch_loop(tiny) -> None:
+    clean, corrupt = _dataset((5, 5, 4))
+    for sites, positions, heads in ((["resid_pre.*", "mlp_out.1"], [1, -1], False), ("head_z.*", "all", True)):
+        fast = patching_sweep(tiny, clean, corrupt, sites, positions, metric, heads=heads, layer_block=2,
+                              position_block=2, batch_size=8)
+        small = patching_sweep(tiny, clean, corrupt, sites, positions, metric, heads=heads, batch_size=1)
+        torch.testing.assert_close(small.per_pair, fast.per_pair, atol=2e-5, rtol=1e-5)  # pairs split too
+        slow = patching_sweep(tiny, clean, corrupt, sites, positions, metric, heads=heads, method="loop")
+        torch.testing.assert_close(fast.per_pair, slow.per_pair, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(fast.stderr, slow.stderr, atol=2e-5, rtol=1e-4)
+        assert fast.per_pair.std(0).max() > 1e-4  # the pairs really differ
+
+
+def test_head_sweep_over_pairs_is_one_batched_pass_per_block(llama_tiny, monkeypatch) -> None:
+    """N pairs of one length: as many partial forwards as one pair (each batch holds cells x pairs)."""
+    import lmscope.interventions.partial as partial
+
+    calls: list[int] = []
+    original = partial.run_from_layer
+
+    def counting(model, hidden, start, input_ids, **kw):
+        calls.append(input_ids.shape[0])
+        return original(model, hidden, start, input_ids, **kw)
+
+    monkeypatch.setattr(partial, "run_from_layer", counting)
+    clean, corrupt = _dataset((5, 5, 5, 5))
+    head_sweep(llama_tiny, clean[0], corrupt[0], metric, layer_block=1)
+    one = list(calls)
+    calls.clear()
+    data = head_sweep(llama_tiny, clean, corrupt, metric, layer_block=1)
+    assert len(calls) == len(one) == llama_tiny.n_layers and calls == [4 * n for n in one]
+    assert data.by_head().shape == (llama_tiny.n_layers, llama_tiny.n_heads)
+    torch.testing.assert_close(data.by_head("stderr"), data.stderr.reshape(llama_tiny.n_layers, -1))
+
+
+def test_dataset_sweep_with_equal_lengths_sweeps_every_position(llama_tiny) -> None:
+    clean, corrupt = _dataset((5, 5))
+    data = resid_pre_sweep(llama_tiny, clean, corrupt, metric, layers=[0, 1])
+    assert data.col_labels == ["0", "1", "2", "3", "4"] and data.per_pair.shape == (2, 2, 5)
+
+
+def test_one_metric_per_pair(llama_tiny) -> None:
+    """A list of metrics scores pair i with metric i (e.g. each pair's own answer tokens), batched or looped."""
+    clean, corrupt = _dataset((5, 4, 5))
+    metrics = [lambda x, a=a: x[:, a] - x[:, a + 1] for a in (3, 10, 20)]
+    for method in ("exact", "loop", "attribution"):
+        data = patching_sweep(llama_tiny, clean, corrupt, "resid_pre.*", [0, -1], metrics, method=method,
+                              batch_size=4)
+        for i in range(3):
+            single = patching_sweep(llama_tiny, clean[i], corrupt[i], "resid_pre.*", [0, -1], metrics[i],
+                                    method=method)
+            torch.testing.assert_close(data.per_pair[i], single.values, atol=2e-5, rtol=1e-5)
+            assert data.pair_base_metrics[i] == pytest.approx(single.base_metric, abs=1e-5)
+    with pytest.raises(InputError, match="list of 2 functions but there are 3 pairs"):
+        patching_sweep(llama_tiny, clean, corrupt, "resid_pre.*", [0], metrics[:2])

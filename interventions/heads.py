@@ -1,0 +1,109 @@
+"""Head selections shared by ``Ablate``, ``Patch`` and ``Cache``: per-site head indices or (layer, head) pairs.
+
+Two forms, never mixed in one intervention:
+
+- ``heads=[3, 7]`` (or one int) with ``head_z.L`` site(s): those heads of every named site;
+- ``heads=[(3, 1), (5, 0)]`` without a site: (layer, head) pairs across layers. They expand to the
+  ``head_z`` sites of those layers, and each site touches only its own heads.
+
+Layers and heads may be negative (from the end); both are checked against the model at bind time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence, Union
+
+import torch
+
+from .errors import InputError
+from .sites import Site
+
+if TYPE_CHECKING:
+    from .model import HookedModel
+
+HeadSpec = Union[int, Sequence[int], Sequence[tuple[int, int]], None]
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_heads(heads: Any, site: Any, owner: str) -> tuple[list[int] | None, list[tuple[int, int]] | None]:
+    """Split ``heads`` into the per-site form (ints) or the (layer, head) form; refuse mixtures and bad shapes."""
+    if heads is None:
+        if site is None:
+            raise InputError(f"{owner} needs a site (e.g. 'head_z.3') or heads=[(layer, head), ...].")
+        return None, None
+    if _is_int(heads):
+        heads = [heads]
+    if not isinstance(heads, (list, tuple)) or not heads:
+        raise InputError(f"heads must be an int, a non-empty list of ints (with a head_z site) or a non-empty list "
+                         f"of (layer, head) pairs, got {heads!r}.")
+    pairs = [isinstance(h, (list, tuple)) for h in heads]
+    if all(_is_int(h) for h in heads):
+        if site is None:
+            raise InputError(f"heads={heads!r} are head indices of a site; name the head_z site(s) they belong to, "
+                             "or give (layer, head) pairs such as heads=[(3, 1)].")
+        return list(heads), None
+    if all(pairs) and all(len(h) == 2 and all(_is_int(x) for x in h) for h in heads):
+        if site is not None:
+            raise InputError(f"heads=[(layer, head), ...] names its own sites (the head_z of each layer); drop "
+                             f"site={site!r}, or use site='head_z.L' with plain head indices heads=[h, ...].")
+        return None, list(dict.fromkeys((int(h[0]), int(h[1])) for h in heads))
+    raise InputError(f"heads mixes forms or has a malformed entry: {heads!r}. Use head indices of the named site "
+                     "(heads=[3, 7]) or (layer, head) pairs across layers (heads=[(3, 1), (5, 0)]), not both.")
+
+
+def pair_sites(pairs: list[tuple[int, int]]) -> list[str]:
+    """The ``head_z`` site names of the layers of ``pairs`` (in first-mention order)."""
+    return [f"head_z.{layer}" for layer in dict.fromkeys(layer for layer, _ in pairs)]
+
+
+def bind_heads(model: HookedModel, sites: list[Site], ints: list[int] | None,
+               pairs: list[tuple[int, int]] | None) -> dict[Site, list[int]] | None:
+    """Validate a selection against ``model``: the non-negative heads of each site, or None (whole site)."""
+    n, nl = model.n_heads, model.n_layers
+    if ints is None and pairs is None:
+        return None
+    if ints is not None:
+        for s in sites:
+            if s.kind != "head_z":
+                raise InputError(f"heads= selects heads of a 'head_z.L' site, not of {s.name}.")
+        bad = [h for h in ints if not -n <= h < n]
+        if bad:
+            raise InputError(f"Head index {bad[0]} out of range: this model has {n} heads per layer "
+                             f"(valid 0..{n - 1}).")
+        chosen = list(dict.fromkeys(h % n for h in ints))
+        return {s: chosen for s in sites}
+    assert pairs is not None
+    out: dict[Site, list[int]] = {}
+    for layer, h in pairs:
+        if not -nl <= layer < nl:
+            raise InputError(f"Layer {layer} of head ({layer}, {h}) is out of range: this model has {nl} layers "
+                             f"(valid 0..{nl - 1}, or -{nl}..-1 from the end).")
+        if not -n <= h < n:
+            raise InputError(f"Head index {h} of head ({layer}, {h}) is out of range: this model has {n} heads per "
+                             f"layer (valid 0..{n - 1}).")
+        heads = out.setdefault(Site("head_z", layer % nl), [])
+        if h % n not in heads:
+            heads.append(h % n)
+    return out
+
+
+def head_mask(heads: list[int], n_heads: int, device: torch.device) -> torch.Tensor:
+    """``[n_heads]`` boolean mask of the selected heads."""
+    mask = torch.zeros(n_heads, dtype=torch.bool, device=device)
+    mask[heads] = True
+    return mask
+
+
+def encode_heads(ints: list[int] | None, pairs: list[tuple[int, int]] | None) -> Any:
+    """JSON form: a list of ints, a list of ``[layer, head]`` lists, or None."""
+    return ints if pairs is None else [list(p) for p in pairs]
+
+
+def decode_heads(data: Any) -> Any:
+    """Inverse of :func:`encode_heads` (``[layer, head]`` lists back to tuples)."""
+    if isinstance(data, list) and data and all(isinstance(x, list) for x in data):
+        return [tuple(x) for x in data]
+    return data
