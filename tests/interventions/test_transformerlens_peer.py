@@ -1,7 +1,7 @@
 """Peer comparison: lmscope's site values equal TransformerLens's (TransformerBridge) hooks of the same names.
 
 TransformerLens pins its own packages, so it lives in a separate venv (``make peer-venv`` creates
-``/work/main/.venv-tl``, or ``$LMSCOPE_TL_PYTHON`` names its python). This process computes lmscope's values
+``.venv-tl`` in the repository, or ``$LMSCOPE_TL_PYTHON`` names its python). This process computes lmscope's values
 and writes them, keyed by TransformerLens name, to a safetensors file; ``tl_peer_compare.py`` runs in the other
 venv, boots ``TransformerBridge`` on the same checkpoint and reports the differences.
 """
@@ -21,7 +21,11 @@ from tiny_models import build_tiny
 from lmscope.interventions import Cache, HookedModel, SiteError
 from lmscope.interventions.sites import TL_ALIASES
 
-TL_PYTHON = Path(os.environ.get("LMSCOPE_TL_PYTHON", "/work/main/.venv-tl/bin/python"))
+TL_PYTHON = Path(os.environ.get("LMSCOPE_TL_PYTHON",
+                                Path(__file__).resolve().parents[2] / ".venv-tl" / "bin" / "python"))
+#: TransformerLens names in our alias table that TransformerBridge 4.3 does not expose on these models (checked:
+#: its cache has no such key), so they cannot be compared; any other missing name fails the test.
+NOT_IN_BRIDGE = ("attn.hook_rot_q", "attn.hook_rot_k")
 SCRIPT = Path(__file__).with_name("tl_peer_compare.py")
 pytestmark = pytest.mark.skipif(not TL_PYTHON.exists(), reason=f"no TransformerLens venv at {TL_PYTHON}: "
                                 "`make peer-venv` creates it (or set LMSCOPE_TL_PYTHON)")
@@ -67,10 +71,13 @@ def _check(model: HookedModel, report: dict, ours: dict[str, torch.Tensor], thei
     norm's learned scale (and bias), our ``final_norm`` the module's output (TL's ``ln_final.hook_out``); so
     ``hook_normalized * weight (+ bias) == final_norm`` is checked instead of equality.
     """
-    assert not report["missing_in_tl"], f"TransformerLens has no hook named {report['missing_in_tl']}"
+    missing = [n for n in report["missing_in_tl"] if not n.endswith(NOT_IN_BRIDGE)]
+    assert not missing, f"TransformerLens has no hook named {missing}"
     diffs = {}
     norm = model.module(model.arch.final_norm)
     for name, value in ours.items():
+        if name not in theirs and name.endswith(NOT_IN_BRIDGE):
+            continue
         theirs_value = theirs[name]
         if name == "ln_final.hook_normalized":
             theirs_value = theirs_value * norm.weight.detach().float().cpu()
@@ -92,7 +99,8 @@ def test_tiny_models_agree_with_transformerlens(arch: str, tmp_path: Path) -> No
     sys.stdout.write(json.dumps({arch: {"max_abs": max(diffs.values()), **report}}) + "\n")
     kinds = {name.split(".")[-1] for name in diffs}
     assert {"hook_resid_pre", "hook_z", "hook_pattern", "hook_attn_out", "hook_mlp_out", "hook_resid_post",
-            "hook_embed", "hook_normalized", "hook_out"} <= kinds
+            "hook_embed", "hook_normalized", "hook_out", "hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pre",
+            "hook_post", "hook_result"} <= kinds
 
 
 @pytest.mark.slow

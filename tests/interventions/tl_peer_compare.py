@@ -45,6 +45,8 @@ def main(folder: Path) -> dict:
     hf.eval()
     bridge = TransformerBridge.boot_transformers(str(folder / "model"), hf_model=hf,
                                                  tokenizer=_tokenizer(folder / "model", hf.config.vocab_size))
+    if any(name.endswith("attn.hook_result") for name in ours) and hasattr(bridge, "set_use_attn_result"):
+        bridge.set_use_attn_result(True)  # per-head outputs (our head_out) are computed only when asked for
     with torch.no_grad():
         _, cache = bridge.run_with_cache(ids)
     wanted = [*ours, "ln_final.hook_out"]
