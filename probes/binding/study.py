@@ -62,6 +62,8 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
     if "position" in parts:
         report["position"] = {w: position_shift(model, main, n_position, what=w, fractions=fractions, **kw)
                               for w in position_what}
+        report["position_keys_only"] = {w: position_shift(model, main, n_position, what=w, fractions=fractions,
+                                                          keys_only=True, **kw) for w in position_what}
     if "transfer" in parts and deltas:
         report["transfer"] = transfer(model, main, deltas, n_transfer or n_test, rows=transfer_rows, **kw)
     if "subspace" in parts and main.fixed_slots in (None, 3):
