@@ -16,6 +16,7 @@ Methods (same cells, same :class:`PatchingResult`):
   equals the loop up to float rounding.
 - ``"loop"``: one full forward per cell with the core ``Patch`` intervention (the reference).
 - ``"attribution"``: attribution patching, see :mod:`.attribution`.
+- ``"atp*"``: attribution patching with AtP*'s QK fix (exact attention pattern where the patch feeds it).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 #: Positions of a sweep: None = each token on its own, ``"all"`` = every token at once, or a list of ints.
 Positions = Union[None, str, Sequence[int]]
-METHODS = ("exact", "loop", "attribution")
+METHODS = ("exact", "loop", "attribution", "atp*")
 DIRECTIONS = ("denoise", "noise")
 _PATCHABLE = ("embed", "resid_pre", "head_z", "attn_out", "resid_mid", "mlp_out", "resid_post")
 
@@ -245,10 +246,11 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
                          "returning [rows], e.g. lmscope.probes.patching.logit_diff(model, ' Paris', ' Rome').")
     pair = prepare_pair(model, clean, corrupt, direction)
     grid, row_labels, cols = plan_cells(model, sites, positions, heads, pair.base.shape[1])
-    if method == "attribution":
+    if method in ("attribution", "atp*"):
         from .attribution import attribution_sweep
 
-        return attribution_sweep(model, pair, grid, row_labels, cols, metric, direction)
+        return attribution_sweep(model, pair, grid, row_labels, cols, metric, direction, qk_fix=method == "atp*",
+                                 batch_size=batch_size)
     cells = [c for row in grid for c in row]
     source, source_logits = source_values(model, pair, sorted({c.site for c in cells}))
     unsupported = partial_forward_unsupported(model) if method == "exact" else None
