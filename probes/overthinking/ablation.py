@@ -21,6 +21,7 @@ loop (``batch_configs=False``, kept as the reference) up to float32 rounding of 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import random
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -139,7 +140,7 @@ class RowHeadAblation(Intervention):
         for heads, method in configs:
             if method not in METHODS:
                 raise InputError(f"Unknown ablation {method!r}; methods: {', '.join(METHODS)}.")
-            items = [tuple(h) for h in heads]
+            items: list[Any] = [tuple(h) for h in heads]
             _group(items)  # validates
             self.configs.append(([(int(h[0]), int(h[1])) for h in items], method))
         kinds = {"zero": "head_z", "mean": "head_z", "qkv": "attn_pattern"}
@@ -236,8 +237,9 @@ def final_label_probs(model: HookedModel, prompts: PromptSet,
         raise InputError(f"config_chunk must be at least 1, got {config_chunk}.")
     if batch_configs and all(s is not None for s in specs.values()):
         return _batched_label_probs(model, prompts, specs, batch_size, progress, config_chunk)  # type: ignore[arg-type]
-    return _looped_label_probs(model, prompts, {n: (lambda s=s, v=configs[n]: _make(s, v)) for n, s in specs.items()},
-                               batch_size, progress)
+    makers: dict[str, Callable[[], list[Intervention]]] = {
+        n: functools.partial(_make, s, configs[n]) for n, s in specs.items()}
+    return _looped_label_probs(model, prompts, makers, batch_size, progress)
 
 
 def _prefix(model: HookedModel, rows: Sequence[int], prompts: PromptSet) -> tuple[Any, Any]:

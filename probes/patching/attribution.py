@@ -29,7 +29,7 @@ Known failure modes, handled as far as a linear estimate can:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -155,7 +155,7 @@ class _Pattern:
         self.base, self.grad, self.grad_without = base, grad, grad_without
 
 
-def _base_gradients(model: HookedModel, pair: Pair, sites: list[Site], metric: Metric, qk_layers: list[int] = (),
+def _base_gradients(model: HookedModel, pair: Pair, sites: list[Site], metric: Metric, qk_layers: Sequence[int] = (),
                     ) -> tuple[dict[Site, torch.Tensor], dict[Site, torch.Tensor], torch.Tensor, dict[Site, Any],
                                dict[int, _Pattern]]:
     """Base-run values, ∂metric/∂site (``[T, ...]`` each), last logits, the residual stream per layer, and

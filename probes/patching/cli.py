@@ -30,7 +30,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--distractor", help="answer token of the corrupt prompt; metric = target - distractor logit")
     p.add_argument("--site", default="resid_pre", choices=SITES, help="what to patch (default resid_pre)")
     p.add_argument("--method", default="exact", choices=["exact", "attribution", "atp*", "loop"],
-                   help="exact batched sweep, attribution patching (gradient estimate; atp*: with the QK fix) or the slow loop")
+                   help="exact batched sweep, attribution patching (gradient estimate; atp*: with the QK fix) "
+                        "or the slow loop")
     p.add_argument("--layers", help="layers to sweep: '0,5,10', '0-10', '-1' (default: all)")
     p.add_argument("--positions", default=None, choices=["each", "all"],
                    help="each token separately (default; head_z defaults to all at once) or all at once")
