@@ -266,3 +266,22 @@ def test_qkv_ablation_merges_a_layer_named_twice() -> None:
     both = model.run(ps.ids, [HeadQKVAblate([(last, 0), (-1, 1)])]).last_logits()
     want = model.run(ps.ids, [HeadQKVAblate([(last, 0), (last, 1)])]).last_logits()
     assert torch.equal(both, want)
+
+
+def test_row_head_ablation_on_a_full_batch_and_save_load(tmp_path: Path) -> None:
+    """Rows = prompts x configs on full prompts (no cache): row (b, c) equals prompt b under config c alone;
+    the intervention saves and loads."""
+    from lmscope.probes.overthinking.ablation import RowHeadAblation
+
+    model = toy_model("llama")
+    ps = _prompts(model, "true", n=3)
+    configs = [([(0, 1), (2, 3)], "zero"), ([(1, 2)], "qkv"), ((), "zero")]
+    rows = [ps.ids[b] for b in range(len(ps)) for _ in configs]
+    iv = RowHeadAblation(configs)
+    got = model.run(rows, [iv]).last_logits().view(len(ps), len(configs), -1)
+    for c, (heads, method) in enumerate(configs):
+        want = model.run(ps.ids, head_ablation(heads, method) if heads else []).last_logits()
+        assert torch.allclose(got[:, c], want, atol=1e-5), c
+    iv.save(tmp_path / "rows")
+    again = model.run(rows, [Intervention.load(tmp_path / "rows")]).last_logits().view_as(got)
+    assert torch.equal(again, got)
