@@ -52,6 +52,15 @@ def _rope_parts(model: HookedModel) -> tuple[Any, Any, list[Any]]:
     return rope, rotate_half, k_projs
 
 
+def key_shift_unsupported(model: HookedModel) -> str | None:
+    """Why :func:`key_position_shift` cannot run on ``model`` (None when it can)."""
+    try:
+        _rope_parts(model)
+    except InputError as err:
+        return str(err)
+    return None
+
+
 @contextmanager
 def key_position_shift(model: HookedModel, shifts: torch.Tensor) -> Iterator[None]:
     """Within the block, forwards see token ``[row, col]``'s key at its position plus ``shifts[row, col]``.

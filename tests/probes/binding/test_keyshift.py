@@ -76,3 +76,16 @@ def test_position_shift_keys_only(toy_model, toy_task) -> None:
     assert keys["logprob_right"][0] == pytest.approx(both["logprob_right"][0], abs=1e-5)  # no shift: same run
     assert keys["logprob_right"][1] != pytest.approx(both["logprob_right"][1], abs=1e-5)
     assert keys["method"].startswith("keys re-rotated")
+
+
+def test_key_shift_refused_without_llama_style_rope() -> None:
+    from tiny_models import build_tiny
+
+    from lmscope.interventions import HookedModel
+    from lmscope.probes.binding.keyshift import key_shift_unsupported
+
+    gpt2 = HookedModel(build_tiny("gpt2"))  # learned absolute positions: no rotary embedding
+    assert "one rotary embedding" in (key_shift_unsupported(gpt2) or "")
+    with pytest.raises(InputError, match="one rotary embedding"):
+        with key_position_shift(gpt2, torch.zeros(1, 3, dtype=torch.long)):
+            pass
