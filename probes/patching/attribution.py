@@ -193,32 +193,54 @@ def _base_gradients(model: HookedModel, pair: Pair, sites: list[Site], metric: M
 
 def _pattern_terms(model: HookedModel, pair: Pair, cells: list[Cell], source: dict[Site, torch.Tensor],
                    patterns: dict[int, _Pattern], batch_size: int) -> dict[Cell, float]:
-    """``Σ (A_patched - A_base) · ∂metric/∂A`` per cell, the patched pattern from truncated batched forwards."""
+    """``Σ (A_patched - A_base) · ∂metric/∂A`` per cell, the patched pattern from truncated batched forwards.
+
+    Where partial forwards are exact (:mod:`lmscope.interventions.partial`) a group of cells starts at its
+    lowest position (the base run's KV cache before it) and its site's layer (the base run's ``resid_pre``), so
+    each cell costs about one or two layers of the tokens from its position on; otherwise full forwards from
+    layer 0, stopped after the pattern."""
+    from lmscope.interventions.partial import forward_with_kv, kv_prefix, partial_forward_unsupported, run_from_layer
+
     from .sweep import RowWrite
 
+    partial = partial_forward_unsupported(model) is None
+    groups: dict[tuple[int, int], list[Cell]] = {}
+    for c in cells:
+        if feeds_layer(c) in patterns:
+            groups.setdefault((feeds_layer(c), c.start_layer if partial else 0), []).append(c)
+    kv, resid = None, {}
+    if partial:
+        starts = sorted({start for _, start in groups if start > 0})
+        cache = Cache([f"resid_pre.{layer}" for layer in starts]) if starts else None
+        _, kv = forward_with_kv(model, pair.base, [cache] if cache else [])
+        resid = {layer: cache[f"resid_pre.{layer}"][0] for layer in starts} if cache else {}
     out: dict[Cell, float] = {}
-    todo = [c for c in cells if feeds_layer(c) in patterns]
-    by_layer: dict[int, list[Cell]] = {}
-    for c in todo:
-        by_layer.setdefault(feeds_layer(c), []).append(c)
     with torch.no_grad():
-        for layer, group in by_layer.items():
+        for (layer, start), group in groups.items():
             pat = patterns[layer]
+            group = sorted(group, key=lambda c: c.first_position)
             for k in range(0, len(group), batch_size):
                 chunk = group[k:k + batch_size]
+                n = len(chunk)
+                p0 = min(c.first_position for c in chunk) if partial else 0
                 entries: dict[Site, list[tuple[int, int | slice, int | None, torch.Tensor]]] = {}
                 for row, c in enumerate(chunk):
-                    col: int | slice = slice(None) if c.position is None else c.position
+                    col: int | slice = slice(None) if c.position is None else c.position - p0
                     val = source[c.site] if c.position is None else source[c.site][c.position]
                     entries.setdefault(c.site, []).append((row, col, c.head, val if c.head is None
                                                            else val[..., c.head, :]))
                 grab = _PatternGrab(layer)
                 try:
-                    model.run(pair.base.expand(len(chunk), -1), [RowWrite(entries), grab])
+                    if partial:
+                        hidden = None if start == 0 else resid[start][p0:].expand(n, -1, -1)
+                        run_from_layer(model, hidden, start, pair.base[:, p0:].expand(n, -1),
+                                       past=kv_prefix(model, kv, p0, n), interventions=[RowWrite(entries), grab])
+                    else:
+                        model.run(pair.base.expand(n, -1), [RowWrite(entries), grab])
                 except _Stop:
                     pass
-                assert grab.value is not None
-                diff = (grab.value.float() - pat.base.float()[None]) * pat.grad.float()[None]
+                assert grab.value is not None  # [n, heads, queries p0.., keys]
+                diff = (grab.value.float() - pat.base.float()[None, :, p0:]) * pat.grad.float()[None, :, p0:]
                 for row, c in enumerate(chunk):
                     out[c] = float(diff[row].sum())
     return out

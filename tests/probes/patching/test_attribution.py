@@ -131,3 +131,20 @@ def test_atp_star_is_closer_to_the_exact_sweep(llama_tiny) -> None:
         est = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method=m).values.flatten()
         errs[m] = float((est - exact).abs().mean())
     assert errs["atp*"] < errs["attribution"], errs
+
+
+def test_atp_star_partial_forwards_equal_full_forwards(llama_tiny, monkeypatch) -> None:
+    """The QK-fix patterns from partial forwards (KV prefix, start layer) == from full forwards stopped early."""
+    import lmscope.interventions.partial as partial
+
+    clean, corrupt = _pair()
+    sites = ["embed", "resid_pre.1", "attn_out.0", "mlp_out.1", "resid_mid.1", "resid_post.0", "head_z.1"]
+    fast = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="atp*", batch_size=3)
+    fast_heads = head_sweep(llama_tiny, clean, corrupt, metric, method="atp*")
+    monkeypatch.setattr(partial, "partial_forward_unsupported", lambda model: "forced off for the test")
+    slow = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="atp*")
+    torch.testing.assert_close(fast.values, slow.values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_heads.values, head_sweep(llama_tiny, clean, corrupt, metric, method="atp*").values,
+                               atol=1e-5, rtol=1e-5)
+    plain = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="attribution")
+    assert not torch.allclose(fast.values, plain.values, atol=1e-7)  # the fix changed something
