@@ -8,6 +8,9 @@ Parts (``--part``, default all):
   unit of work); writes the report + figures to ``--out`` and prints its summary.
 - ``heads``: the one-forward-per-batch head-score pass vs the naive one-forward-per-head loop on the
   same ``--head-prompts`` prompts, same process; ratio of wall times, and the max score difference.
+- ``ablation``: the ablation phase (none + 3 methods x (top + ``--n-random`` random sets) configurations of
+  ``--k`` heads) on ``--ablation-prompts`` prompts: configurations batched (one final-token forward for all)
+  vs one final-token forward per configuration, same process; ratio and max probability difference.
 
 Run: ``.venv/bin/python benchmarks/bench_overthinking.py --part all``
 """
@@ -60,14 +63,40 @@ def bench_heads(model, args) -> None:
           f"faster; max |difference| {diff:.2e}")
 
 
+def bench_ablation(model, args) -> None:
+    from lmscope.probes.overthinking import build_prompts
+    from lmscope.probes.overthinking.ablation import final_label_probs, random_head_sets
+
+    ps = build_prompts(model, args.task, "permuted", n_prompts=args.ablation_prompts, n_demos=args.n_demos)
+    draws = random_head_sets(model.n_layers, model.n_heads, args.k, args.n_random + 1, seed=0)
+    configs: dict = {"none": ((), "zero")}
+    for m in ("zero", "mean", "qkv"):
+        configs[f"{m}/top"] = (draws[0], m)
+        for i, d in enumerate(draws[1:]):
+            configs[f"{m}/random{i}"] = (d, m)
+    final_label_probs(model, ps.subset([0]), {"qkv": configs["qkv/top"]}, progress=False)  # warm up
+    times, res = {}, {}
+    for batched in (True, False):
+        t0 = time.perf_counter()
+        res[batched] = final_label_probs(model, ps, configs, batch_size=args.batch_size, progress=False,
+                                         batch_configs=batched)
+        times[batched] = time.perf_counter() - t0
+    diff = max(float((res[True][k] - res[False][k]).abs().max()) for k in configs)
+    print(f"ablation phase, {args.ablation_prompts} prompts x {args.n_demos} demos, {len(configs)} configurations "
+          f"of {args.k} heads, batch {args.batch_size}: batched {times[True]:.2f} s vs per-config loop "
+          f"{times[False]:.2f} s -> {times[False] / times[True]:.1f}x faster; max |difference| {diff:.2e}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", default="all", choices=["all", "study", "heads"])
+    p.add_argument("--part", default="all", choices=["all", "study", "heads", "ablation"])
     p.add_argument("--task", default="category")
     p.add_argument("--n-prompts", type=int, default=100)
     p.add_argument("--n-demos", type=int, default=12)
     p.add_argument("--n-random", type=int, default=20)
     p.add_argument("--head-prompts", type=int, default=4)
+    p.add_argument("--ablation-prompts", type=int, default=16)
+    p.add_argument("--k", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="overthinking-bench")
@@ -78,9 +107,12 @@ def main() -> None:
     from lmscope.lens.training import default_lens
 
     model = HookedModel.default()
-    default_lens(model)  # cached: loaded before the measured study
+    if args.part in ("all", "study"):
+        default_lens(model)  # cached: loaded before the measured study
     if args.part in ("all", "heads"):
         bench_heads(model, args)
+    if args.part in ("all", "ablation"):
+        bench_ablation(model, args)
     if args.part in ("all", "study"):
         bench_study(model, args)
 

@@ -151,13 +151,16 @@ def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *,
 
 def position_shift(model: HookedModel, task: BindingTask, n_samples: int = 32, *, what: str = "entity",
                    fractions: Sequence[float] = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5), split: str = "test",
-                   seed: int = 0, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+                   seed: int = 0, batch_size: int = 16, progress: bool = True, keys_only: bool = False,
+                   ) -> dict[str, Any]:
     """Move slot 0's and slot 1's entity (or attribute) spans towards each other through ``position_ids``.
 
     At fraction ``f`` slot 0's tokens get positions ``+ round(f * gap)`` and slot 1's ``- round(f * gap)``
     (``gap`` = distance between their first tokens): at 0.5 they meet, at 1.0 they have exchanged positions.
-    Binding IDs predict the answer barely changes. Unlike the authors' key re-rotation, the moved tokens'
-    own queries move too (the model sees them at the new position); the causal order of the sequence is kept.
+    Binding IDs predict the answer barely changes. By default the moved tokens' own queries move too (the
+    model sees them at the new position); ``keys_only=True`` is the authors' variant: only the moved tokens'
+    keys are re-rotated to the new positions, every query keeps its own
+    (:func:`lmscope.probes.binding.keyshift.key_position_shift`; RoPE models). The causal order is kept.
     """
     if what not in ("entity", "attribute"):
         raise InputError(f"what must be 'entity' or 'attribute', got {what!r}.")
@@ -179,24 +182,34 @@ def position_shift(model: HookedModel, task: BindingTask, n_samples: int = 32, *
             if min(pos) < 0:
                 raise InputError(f"Fraction {f} moves a token before position 0; use a smaller shift.")
             positions.append(pos)
-        lp = _score_positions(model, prompts, positions, batch_size, progress, f)
+        lp = _score_positions(model, prompts, positions, batch_size, progress, f, keys_only)
         right = torch.tensor([p.query_slot for p in prompts])
         curves["accuracy"].append(accuracy(lp, right.tolist()))
         curves["logprob_right"].append(float(lp.gather(1, right[:, None]).mean()))
         curves["logprob_other"].append(float(lp.gather(1, 1 - right[:, None]).mean()))
     return {"task": task.name, "what": what, "n_samples": n_samples, "fractions": list(fractions), **curves,
-            "method": "position_ids (tokens moved; keys and queries re-rotated)"}
+            "method": ("keys re-rotated (queries unchanged)" if keys_only
+                       else "position_ids (tokens moved; keys and queries re-rotated)")}
 
 
 def _score_positions(model: HookedModel, prompts: list[BindingPrompt], positions: list[list[int]], batch_size: int,
-                     progress: bool, f: float) -> torch.Tensor:
+                     progress: bool, f: float, keys_only: bool = False) -> torch.Tensor:
     from tqdm.auto import tqdm
 
+    from .keyshift import key_position_shift
     from .runs import candidate_logprobs
 
     out = []
     for s in tqdm(range(0, len(prompts), batch_size), desc=f"shift {f:+.2f}", disable=not progress, leave=False):
         chunk = prompts[s:s + batch_size]
-        out.append(candidate_logprobs(model, chunk, [p.candidates for p in chunk],
-                                      token_positions=positions[s:s + batch_size])[0])
+        if not keys_only:
+            out.append(candidate_logprobs(model, chunk, [p.candidates for p in chunk],
+                                          token_positions=positions[s:s + batch_size])[0])
+            continue
+        width = max(len(p.ids) for p in chunk)
+        shifts = torch.zeros(len(chunk), width, dtype=torch.long)
+        for i, pos in enumerate(positions[s:s + batch_size]):  # left padding, as candidate_logprobs pads
+            shifts[i, width - len(pos):] = torch.as_tensor(pos) - torch.arange(len(pos))
+        with key_position_shift(model, shifts):
+            out.append(candidate_logprobs(model, chunk, [p.candidates for p in chunk])[0])
     return torch.cat(out)

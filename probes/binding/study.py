@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .experiments import baseline, factorization, position_shift
+from .keyshift import key_shift_unsupported
 from .means import estimate_deltas, subspace, table_one, transfer
 from .tasks import SHIPPED, BindingTask, load_task
 
@@ -62,6 +63,10 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
     if "position" in parts:
         report["position"] = {w: position_shift(model, main, n_position, what=w, fractions=fractions, **kw)
                               for w in position_what}
+        why = key_shift_unsupported(model)
+        report["position_keys_only"] = {"skipped": why} if why else {
+            w: position_shift(model, main, n_position, what=w, fractions=fractions, keys_only=True, **kw)
+            for w in position_what}
     if "transfer" in parts and deltas:
         report["transfer"] = transfer(model, main, deltas, n_transfer or n_test, rows=transfer_rows, **kw)
     if "subspace" in parts and main.fixed_slots in (None, 3):

@@ -10,11 +10,18 @@ key/value heads of the group's other heads are left alone (zeroing a shared k/v 
 touch them too). Zero and mean ablation of the head output use the core's ``Ablate`` on ``head_z.L``.
 
 Only the final token's computation changes, so :func:`final_label_probs` runs each prompt batch's
-prefix once, keeps its key/value cache, and re-runs only the final token under each ablation.
+prefix once, keeps its key/value cache, and re-runs only the final token under each ablation. With
+``batch_configs=True`` (the default) the configurations themselves are batched: the prefix cache is
+repeated over ``C`` configurations (rows = prompts x configurations) and the final token runs once under
+:class:`RowHeadAblation`, in which every row ablates its own configuration's heads. A ``mean`` ablation
+averages over its own configuration's rows only, so the numbers equal the one-configuration-at-a-time
+loop (``batch_configs=False``, kept as the reference) up to float32 rounding of the larger batch.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import random
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 
 Heads = Sequence[tuple[int, int]]
 METHODS = ("zero", "mean", "qkv")
+#: A batchable configuration: the heads to ablate at the final token and the method (no heads = no ablation).
+AblationSpec = tuple[Heads, str]
 
 
 def _group(heads: Heads) -> dict[int, list[int]]:
@@ -71,22 +80,28 @@ class HeadQKVAblate(Intervention):
             if not 0 <= h < n:
                 raise InputError(f"Head index {h} out of range: this model has {n} heads per layer "
                                  f"(valid 0..{n - 1}).")
-        self._resolved = {model.resolve(f"attn_pattern.{layer}")[0].layer: hs for layer, hs in self._by_layer.items()}
+        self._resolved: dict[int | None, list[int]] = {}
+        for layer, hs in self._by_layer.items():  # -1 and n_layers - 1 name the same layer: merge, not overwrite
+            self._resolved.setdefault(model.resolve(f"attn_pattern.{layer}")[0].layer, []).extend(hs)
         super().bind(model)
 
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
-        # value: [batch, heads, q, keys]; keys cover every column seen so far (cache included)
         q_sel = position_mask(-1, ctx).to(value.device)  # [batch, q]
-        keys = value.shape[-1]
+        head_mask = torch.zeros(value.shape[1], dtype=torch.bool, device=value.device)
+        head_mask[self._resolved[site.layer]] = True
+        return self.pattern_edit(value, ctx, q_sel[:, None, :, None] & head_mask[None, :, None, None])
+
+    @staticmethod
+    def pattern_edit(value: torch.Tensor, ctx: ForwardContext, mask: torch.Tensor) -> torch.Tensor:
+        """``value`` (a pattern ``[batch, heads, q, keys]``) with the ``mask``-ed rows made uniform over the
+        visible real keys other than the query itself (a zero q/k/v at that query)."""
+        keys = value.shape[-1]  # every column seen so far (cache included)
         cols = torch.arange(keys, device=value.device)
         q_cols = torch.arange(ctx.offset, ctx.offset + ctx.seq_len, device=value.device)
         real_k = ctx.attention_mask[:, :keys].to(value.device).bool()  # [batch, keys]
         visible = real_k[:, None, :] & (cols[None, None, :] <= q_cols[None, :, None])  # [batch, q, keys]
         uniform = visible / visible.sum(-1, keepdim=True).clamp(min=1)
         uniform = uniform.masked_fill(cols[None, None, :] == q_cols[None, :, None], 0.0)  # v zeroed at the query
-        head_mask = torch.zeros(value.shape[1], dtype=torch.bool, device=value.device)
-        head_mask[self._resolved[site.layer]] = True
-        mask = q_sel[:, None, :, None] & head_mask[None, :, None, None]
         return torch.where(mask, uniform[:, None].to(value.dtype), value)
 
     def config(self) -> dict[str, Any]:
@@ -109,12 +124,170 @@ def head_ablation(heads: Heads, method: str) -> list[Intervention]:
     return [Ablate(heads=[(int(layer), int(h)) for layer, h in heads], how=method, positions=-1)]
 
 
+class RowHeadAblation(Intervention):
+    """Per-row head ablation at the final token: row ``b * C + c`` of the batch ablates ``configs[c]``.
+
+    ``configs`` is a list of ``(heads, method)`` (:data:`AblationSpec`); the batch holds ``B`` prompts, each
+    repeated over the ``C`` configurations (``repeat_interleave`` order). ``zero`` and ``mean`` act on
+    ``head_z.L`` like the core's ``Ablate`` (``mean``: the mean over the real tokens of that configuration's
+    own ``B`` rows, the same operation ``Ablate`` does on a one-configuration batch); ``qkv`` writes the
+    pattern of :class:`HeadQKVAblate` into the chosen rows' heads.
+    """
+
+    def __init__(self, configs: Sequence[AblationSpec]) -> None:
+        if not configs:
+            raise InputError("RowHeadAblation needs at least one (heads, method) configuration.")
+        self.configs: list[tuple[list[tuple[int, int]], str]] = []
+        for heads, method in configs:
+            if method not in METHODS:
+                raise InputError(f"Unknown ablation {method!r}; methods: {', '.join(METHODS)}.")
+            items: list[Any] = [tuple(h) for h in heads]
+            _group(items)  # validates
+            self.configs.append(([(int(h[0]), int(h[1])) for h in items], method))
+        kinds = {"zero": "head_z", "mean": "head_z", "qkv": "attn_pattern"}
+        names = sorted({f"{kinds[m]}.{layer}" for hs, m in self.configs for layer, _ in hs})
+        if not names:
+            raise InputError("RowHeadAblation: no configuration names a head; nothing to ablate.")
+        super().__init__(names, -1)
+
+    def bind(self, model: HookedModel) -> None:
+        n, nl = model.n_heads, model.n_layers
+        self._masks: dict[tuple[str, int], torch.Tensor] = {}  # (method, layer) -> [C, heads] bool
+        for c, (heads, method) in enumerate(self.configs):
+            for layer, h in heads:
+                if not -nl <= layer < nl:
+                    raise InputError(f"Layer {layer} out of range: the model has {nl} layers.")
+                if not 0 <= h < n:
+                    raise InputError(f"Head index {h} out of range: this model has {n} heads per layer "
+                                     f"(valid 0..{n - 1}).")
+                key = (method, layer % nl)
+                if key not in self._masks:
+                    self._masks[key] = torch.zeros(len(self.configs), n, dtype=torch.bool)
+                self._masks[key][c, h] = True
+        super().bind(model)
+
+    def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
+        n_conf = len(self.configs)
+        if ctx.batch_size % n_conf:
+            raise InputError(f"RowHeadAblation has {n_conf} configurations; the batch of {ctx.batch_size} rows "
+                             "is not prompts x configurations.")
+        n_prompts = ctx.batch_size // n_conf
+        q_sel = position_mask(-1, ctx).to(value.device)  # [rows, q]
+        assert site.layer is not None
+        if site.kind == "attn_pattern":
+            rows = self._masks[("qkv", site.layer)].to(value.device).repeat(n_prompts, 1)  # [rows, heads]
+            return HeadQKVAblate.pattern_edit(value, ctx, q_sel[:, None, :, None] & rows[:, :, None, None])
+        out = value
+        zero = self._masks.get(("zero", site.layer))
+        if zero is not None:
+            mask = q_sel[:, :, None, None] & zero.to(value.device).repeat(n_prompts, 1)[:, None, :, None]
+            out = torch.where(mask, torch.zeros_like(out), out)
+        mean = self._masks.get(("mean", site.layer))
+        if mean is not None:
+            real = ctx.real.to(value.device).view(n_prompts, n_conf, -1)
+            grid = value.view(n_prompts, n_conf, *value.shape[1:])
+            repl = torch.zeros_like(grid)
+            for c in mean.any(1).nonzero(as_tuple=True)[0].tolist():
+                repl[:, c] = grid[:, c][real[:, c]].mean(0)  # Ablate's mean over this configuration's rows
+            mask = q_sel[:, :, None, None] & mean.to(value.device).repeat(n_prompts, 1)[:, None, :, None]
+            out = torch.where(mask, repl.view_as(value), out)
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {"configs": [[[list(h) for h in hs], m] for hs, m in self.configs]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> RowHeadAblation:
+        return cls([([tuple(h) for h in hs], m) for hs, m in config["configs"]])
+
+
+def _as_spec(name: str, value: Any) -> AblationSpec | None:
+    """A config value as an :data:`AblationSpec`, or ``None`` for a callable (only the loop runs those)."""
+    if callable(value):
+        return None
+    if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], str):
+        if value[1] not in METHODS:
+            raise InputError(f"Config {name!r}: unknown ablation {value[1]!r}; methods: {', '.join(METHODS)}.")
+        return (list(value[0]), value[1])
+    raise InputError(f"Config {name!r} must be (heads, method) with method one of {', '.join(METHODS)}, or a "
+                     f"callable returning interventions; got {value!r}.")
+
+
+def _make(spec: AblationSpec | None, value: Any) -> list[Intervention]:
+    if spec is None:
+        return list(value())
+    return head_ablation(spec[0], spec[1]) if len(spec[0]) else []
+
+
 @torch.no_grad()
 def final_label_probs(model: HookedModel, prompts: PromptSet,
-                      configs: dict[str, Callable[[], list[Intervention]]], *, batch_size: int = 8,
-                      progress: bool = True) -> dict[str, torch.Tensor]:
+                      configs: dict[str, AblationSpec | Callable[[], list[Intervention]]], *, batch_size: int = 8,
+                      progress: bool = True, batch_configs: bool = True,
+                      config_chunk: int = 32) -> dict[str, torch.Tensor]:
     """Label probabilities (renormalised) at each prompt's final token under each config: name ->
-    ``[n_prompts, n_labels]``. The prefix runs once per batch; each config re-runs the final token only."""
+    ``[n_prompts, n_labels]``. The prefix runs once per batch.
+
+    A config is ``(heads, method)`` (:data:`AblationSpec`; ``((), "zero")`` for no ablation) or a callable
+    returning interventions. With ``batch_configs`` (and only specs) the final token runs once for up to
+    ``config_chunk`` configurations together (:class:`RowHeadAblation`; the prefix cache is repeated per
+    configuration, so memory grows with ``config_chunk * batch_size``); otherwise, or with any callable,
+    each config re-runs the final token on its own (the reference loop).
+    """
+    specs = {name: _as_spec(name, v) for name, v in configs.items()}
+    if config_chunk < 1:
+        raise InputError(f"config_chunk must be at least 1, got {config_chunk}.")
+    if batch_configs and all(s is not None for s in specs.values()):
+        return _batched_label_probs(model, prompts, specs, batch_size, progress, config_chunk)  # type: ignore[arg-type]
+    makers: dict[str, Callable[[], list[Intervention]]] = {
+        n: functools.partial(_make, s, configs[n]) for n, s in specs.items()}
+    return _looped_label_probs(model, prompts, makers, batch_size, progress)
+
+
+def _prefix(model: HookedModel, rows: Sequence[int], prompts: PromptSet) -> tuple[Any, Any]:
+    batch = model.tokenize([prompts.ids[i] for i in rows])
+    ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
+    pre = model.hf_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                         use_cache=True, logits_to_keep=1)
+    return batch, pre.get("cache", None) or pre.get("past_key_values")
+
+
+def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str, AblationSpec], batch_size: int,
+                         progress: bool, config_chunk: int) -> dict[str, torch.Tensor]:
+    from tqdm.auto import tqdm
+
+    from .readings import batches
+
+    label_idx = torch.as_tensor(prompts.label_ids, device=model.device)
+    kw = "cache" if "cache" in inspect.signature(model.hf_model.forward).parameters else "past_key_values"
+    names = list(specs)
+    groups = [names[i:i + config_chunk] for i in range(0, len(names), config_chunk)]
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    chunks = batches(len(prompts), batch_size)
+    bar = tqdm(total=len(chunks) * len(groups), desc="ablations", disable=not progress, leave=False)
+    for rows in chunks:
+        batch, past = _prefix(model, rows, prompts)
+        ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
+        for group in groups:
+            n_conf = len(group)
+            cache = copy.deepcopy(past)
+            cache.batch_repeat_interleave(n_conf)
+            todo = [specs[n] for n in group]
+            ivs: list[Intervention] = [RowHeadAblation(todo)] if any(len(h) for h, _ in todo) else []
+            with model.apply(ivs):
+                logits = model.hf_model(input_ids=ids[:, -1:].repeat_interleave(n_conf, 0),
+                                        attention_mask=mask.repeat_interleave(n_conf, 0),
+                                        position_ids=pos[:, -1:].repeat_interleave(n_conf, 0),
+                                        use_cache=True, **{kw: cache}).logits[:, -1]
+            probs = logits[:, label_idx].float().softmax(-1).view(len(rows), n_conf, -1).cpu()
+            for c, name in enumerate(group):
+                out[name].append(probs[:, c])
+            bar.update(1)
+    bar.close()
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _looped_label_probs(model: HookedModel, prompts: PromptSet, configs: dict[str, Callable[[], list[Intervention]]],
+                        batch_size: int, progress: bool) -> dict[str, torch.Tensor]:
     from tqdm.auto import tqdm
 
     from .readings import batches
@@ -125,11 +298,8 @@ def final_label_probs(model: HookedModel, prompts: PromptSet,
     chunks = batches(len(prompts), batch_size)
     bar = tqdm(total=len(chunks) * len(configs), desc="ablations", disable=not progress, leave=False)
     for rows in chunks:
-        batch = model.tokenize([prompts.ids[i] for i in rows])
+        batch, past = _prefix(model, rows, prompts)
         ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
-        pre = model.hf_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                             use_cache=True, logits_to_keep=1)
-        past = pre.get("cache", None) or pre.get("past_key_values")
         for name, make in configs.items():
             with model.apply(make()):
                 logits = model.hf_model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],

@@ -22,7 +22,7 @@ from lmscope.interventions.artifacts import atomic_write_bytes
 from lmscope.interventions.errors import InputError
 
 from . import plots
-from .ablation import METHODS, final_label_probs, gap_reduction, head_ablation, random_head_sets
+from .ablation import METHODS, final_label_probs, gap_reduction, random_head_sets
 from .heads import batched_head_scores, top_heads
 from .metrics import calibrated_correct, correct, critical_layer
 from .readings import read_labels
@@ -246,11 +246,11 @@ def run_study(model: HookedModel, task: str | FewShotTask = "category", *, score
 def _ablation_study(model: HookedModel, true_ps: Any, false_ps: Any, top: list[tuple[int, int]], k: int,
                     n_random: int, methods: list[str], batch_size: int, seed: int, progress: bool) -> dict[str, Any]:
     draws = random_head_sets(model.n_layers, model.n_heads, k, n_random, seed)
-    configs: dict[str, Any] = {"none": lambda: []}
+    configs: dict[str, Any] = {"none": ((), "zero")}
     for m in methods:
-        configs[f"{m}/top"] = lambda m=m: head_ablation(top, m)
+        configs[f"{m}/top"] = (top, m)
         for i, d in enumerate(draws):
-            configs[f"{m}/random{i}"] = lambda m=m, d=d: head_ablation(d, m)
+            configs[f"{m}/random{i}"] = (d, m)
     acc: dict[str, dict[str, float]] = {}
     for which, ps in (("true", true_ps), ("false", false_ps)):
         probs = final_label_probs(model, ps, configs, batch_size=batch_size, progress=progress)

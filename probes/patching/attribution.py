@@ -12,13 +12,24 @@ Known failure modes, handled as far as a linear estimate can:
   (``head_z`` deltas mapped to the stream through ``W_O`` first); cells above
   :data:`LARGE_DELTA` are counted in ``result.notes``. Verify those with the exact sweep.
 - **Attention saturation.** A patch that moves a downstream attention logit across a saturated
-  softmax gets a near-zero gradient (false negatives). AtP*'s fix recomputes the softmax exactly for
-  query/key contributions; it is *not* implemented here, and every result says so in ``notes``.
+  softmax gets a near-zero gradient (false negatives). ``qk_fix=True`` (``method="atp*"`` in
+  :func:`~lmscope.probes.patching.patching_sweep`) applies AtP*'s QK fix at the attention layer the
+  patched activation feeds directly (``resid_pre.L``/``embed``: layer ``L``/0; ``head_z``, ``attn_out``,
+  ``resid_mid``, ``mlp_out``, ``resid_post`` of layer ``L``: layer ``L + 1``): that layer's attention
+  pattern under the patch is computed exactly (a forward truncated after it, batched over cells), and
+  only the rest is linearised::
+
+      est = metric(base) + Δ · g_without_A + Σ (A_patched - A_base) · ∂metric/∂A
+
+  where ``g_without_A`` is ``∂metric/∂a`` minus the part that flows through that layer's pattern (its
+  queries and keys). The estimate is exact whenever the metric is linear in that pattern and in the
+  other paths; query/key paths into later layers stay linear (noted in ``result.notes``). GradDrop is not
+  implemented.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -38,8 +49,49 @@ if TYPE_CHECKING:
 #: ``relative_delta`` above this marks a cell where the linear estimate is doubtful.
 LARGE_DELTA = 0.5
 QK_NOTE = ("Attribution patching linearises every downstream attention softmax; saturated attention can hide "
-           "real effects (false negatives). The AtP* QK fix (exact softmax recomputation for query/key "
-           "contributions) is not implemented: confirm important cells with method='exact'.")
+           "real effects (false negatives). method='atp*' recomputes the pattern of the attention layer each "
+           "patch feeds directly (the AtP* QK fix); confirm important cells with method='exact'.")
+QK_FIX_NOTE = ("AtP* QK fix: the attention pattern of the layer each patch feeds directly is exact; query/key "
+               "paths into later layers are linearised, and GradDrop is not applied.")
+#: Site kinds whose value enters the residual stream read by the *next* layer's attention (else: this layer's).
+_FEEDS_NEXT = ("head_z", "attn_out", "resid_mid", "mlp_out", "resid_post")
+
+
+class _Stop(Exception):
+    """Raised by :class:`_PatternGrab` to end a forward once the pattern it needs is recorded."""
+
+
+class _PatternGrab(Intervention):
+    """Records ``attn_pattern.L`` and stops the forward (nothing after it is needed)."""
+
+    def __init__(self, layer: int) -> None:
+        super().__init__(f"attn_pattern.{layer}")
+        self.value: torch.Tensor | None = None
+
+    def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
+        self.value = value.detach()
+        raise _Stop
+
+
+class _PatternProbe(Intervention):
+    """Adds zero leaves to attention patterns and keeps the patterns (in the graph) for a VJP."""
+
+    def __init__(self, leaves: dict[Site, torch.Tensor]) -> None:
+        super().__init__([s.name for s in leaves])
+        self.leaves = leaves
+        self.values: dict[int, torch.Tensor] = {}
+
+    def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
+        assert site.layer is not None
+        self.values[site.layer] = value
+        return value + self.leaves[site].to(value.dtype)
+
+
+def feeds_layer(c: Cell) -> int:
+    """The attention layer whose queries/keys read cell ``c``'s patch directly."""
+    if c.site.kind in _FEEDS_NEXT:
+        return c.start_layer + 1
+    return c.start_layer
 
 
 class GradProbe(Intervention):
@@ -54,14 +106,19 @@ class GradProbe(Intervention):
 
 
 def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], row_labels: list[str],
-                      cols: list[int | None], metric: Metric, direction: str) -> PatchingResult:
-    """The AtP estimate of every cell of ``grid`` (see :func:`lmscope.probes.patching.patching_sweep`)."""
+                      cols: list[int | None], metric: Metric, direction: str, *, qk_fix: bool = False,
+                      batch_size: int = 32) -> PatchingResult:
+    """The AtP estimate of every cell of ``grid`` (see :func:`lmscope.probes.patching.patching_sweep`);
+    ``qk_fix=True``: AtP* (exact pattern of the attention layer each patch feeds, see the module docstring)."""
     from .sweep import _col_labels, _scalar, source_values
 
     sites = sorted({c.site for row in grid for c in row})
     source_rows, source_logits = source_values(model, pair, sites)
     source = {s: v[0] for s, v in source_rows.items()}  # attribution runs one pair at a time
-    base_vals, grads, base_logits, stream = _base_gradients(model, pair, sites, metric)
+    cells = [c for row in grid for c in row]
+    qk_layers = sorted({feeds_layer(c) for c in cells if feeds_layer(c) < model.n_layers}) if qk_fix else []
+    base_vals, grads, base_logits, stream, pat = _base_gradients(model, pair, sites, metric, qk_layers)
+    fix = _pattern_terms(model, pair, cells, source, pat, batch_size) if qk_layers else {}
     est = torch.empty(len(grid), len(cols))
     rel = torch.empty(len(grid), len(cols))
     base_metric = _scalar(metric, base_logits)
@@ -70,18 +127,19 @@ def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], ro
             for k, c in enumerate(row):
                 sel = slice(None) if c.position is None else slice(c.position, c.position + 1)
                 delta = (source[c.site] - base_vals[c.site])[sel]
-                grad = grads[c.site][sel]
+                layer = feeds_layer(c)
+                grad = (grads[c.site] if layer not in pat else pat[layer].grad_without[c.site])[sel]
                 if c.head is not None:
                     delta, grad = delta[:, c.head], grad[:, c.head]
-                est[r, k] = base_metric + float((delta.float() * grad.float()).sum())
+                est[r, k] = base_metric + float((delta.float() * grad.float()).sum()) + fix.get(c, 0.0)
                 rel[r, k] = _relative(model, c, delta, stream[_stream_site(c)][sel])
     n_large = int((rel > LARGE_DELTA).sum())
-    notes = [QK_NOTE]
+    notes = [QK_FIX_NOTE if qk_fix else QK_NOTE]
     if n_large:
         notes.append(f"{n_large} of {rel.numel()} cells patch more than {LARGE_DELTA:g} of the residual stream's "
                      "norm (extras['relative_delta']); the linear estimate is least reliable there.")
     return PatchingResult(est, row_labels, _col_labels(pair, cols), base_metric, _scalar(metric, source_logits),
-                          "attribution", direction, getattr(metric, "__name__", "metric"),
+                          "atp*" if qk_fix else "attribution", direction, getattr(metric, "__name__", "metric"),
                           {"relative_delta": rel}, notes)
 
 
@@ -91,24 +149,102 @@ def _stream_site(c: Cell) -> Site:
     return Site("resid_pre", c.start_layer)
 
 
-def _base_gradients(model: HookedModel, pair: Pair, sites: list[Site], metric: Metric,
-                    ) -> tuple[dict[Site, torch.Tensor], dict[Site, torch.Tensor], torch.Tensor, dict[Site, Any]]:
-    """Base-run values, ∂metric/∂site (``[T, ...]`` each), last logits, and the residual stream per layer."""
+class _Pattern:
+    """One attention layer's base pattern ``[heads, q, k]``, ∂metric/∂pattern, and per-site gradients without it."""
+
+    def __init__(self, base: torch.Tensor, grad: torch.Tensor, grad_without: dict[Site, torch.Tensor]) -> None:
+        self.base, self.grad, self.grad_without = base, grad, grad_without
+
+
+def _base_gradients(model: HookedModel, pair: Pair, sites: list[Site], metric: Metric, qk_layers: Sequence[int] = (),
+                    ) -> tuple[dict[Site, torch.Tensor], dict[Site, torch.Tensor], torch.Tensor, dict[Site, Any],
+                               dict[int, _Pattern]]:
+    """Base-run values, ∂metric/∂site (``[T, ...]`` each), last logits, the residual stream per layer, and
+    for each of ``qk_layers`` its pattern, ∂metric/∂pattern and the site gradients minus the pattern's part."""
     from .sweep import Cell as _Cell
 
     n = pair.base.shape[1]
     streams = sorted({_stream_site(_Cell(s, None, None)) for s in sites})
     deltas = {s: torch.zeros(1, n, *model.site_shape(s), dtype=model.dtype, device=model.device,
                              requires_grad=True) for s in sites}
+    pat_sites = [Site("attn_pattern", layer) for layer in qk_layers]
+    pat_leaves = {s: torch.zeros(1, model.n_heads, n, n, dtype=model.dtype, device=model.device, requires_grad=True)
+                  for s in pat_sites}
+    probe = _PatternProbe(pat_leaves) if pat_leaves else None
     cache = Cache(sorted({s.name for s in sites} | {s.name for s in streams}))
-    result = model.run(pair.base, [cache, GradProbe(deltas)], grad=True)
+    result = model.run(pair.base, [cache, GradProbe(deltas)] + ([probe] if probe is not None else []), grad=True)
     last = result.last_logits()
-    leaves = [deltas[s] for s in sites]
-    grads = torch.autograd.grad(metric(last).sum(), leaves, allow_unused=True)
+    leaves = [deltas[s] for s in sites] + [pat_leaves[s] for s in pat_sites]
+    grads = torch.autograd.grad(metric(last).sum(), leaves, allow_unused=True, retain_graph=bool(pat_sites))
     grad_of = {s: (g if g is not None else torch.zeros_like(d))[0].detach() for s, g, d in zip(sites, grads, leaves)}
+    patterns: dict[int, _Pattern] = {}
+    for s, g in zip(pat_sites, grads[len(sites):]):
+        assert s.layer is not None and probe is not None
+        g_a = torch.zeros_like(pat_leaves[s]) if g is None else g
+        # the part of ∂metric/∂site that flows through this layer's pattern: a VJP of the pattern
+        upstream = [x for x in sites if feeds_layer(_Cell(x, None, None)) == s.layer]
+        through = torch.autograd.grad(probe.values[s.layer], [deltas[x] for x in upstream], grad_outputs=g_a,
+                                      allow_unused=True, retain_graph=True) if upstream else ()
+        without = {x: grad_of[x] - (t[0].detach() if t is not None else 0.0) for x, t in zip(upstream, through)}
+        patterns[s.layer] = _Pattern(probe.values[s.layer][0].detach(), g_a[0].detach(), without)
     values = {s: result.cache[s.name][0] for s in sites}
     stream = {s: result.cache[s.name][0] for s in streams}
-    return values, grad_of, last.detach(), stream
+    return values, grad_of, last.detach(), stream, patterns
+
+
+def _pattern_terms(model: HookedModel, pair: Pair, cells: list[Cell], source: dict[Site, torch.Tensor],
+                   patterns: dict[int, _Pattern], batch_size: int) -> dict[Cell, float]:
+    """``Σ (A_patched - A_base) · ∂metric/∂A`` per cell, the patched pattern from truncated batched forwards.
+
+    Where partial forwards are exact (:mod:`lmscope.interventions.partial`) a group of cells starts at its
+    lowest position (the base run's KV cache before it) and its site's layer (the base run's ``resid_pre``), so
+    each cell costs about one or two layers of the tokens from its position on; otherwise full forwards from
+    layer 0, stopped after the pattern."""
+    from lmscope.interventions.partial import forward_with_kv, kv_prefix, partial_forward_unsupported, run_from_layer
+
+    from .sweep import RowWrite
+
+    partial = partial_forward_unsupported(model) is None
+    groups: dict[tuple[int, int], list[Cell]] = {}
+    for c in cells:
+        if feeds_layer(c) in patterns:
+            groups.setdefault((feeds_layer(c), c.start_layer if partial else 0), []).append(c)
+    kv, resid = None, {}
+    if partial:
+        starts = sorted({start for _, start in groups if start > 0})
+        cache = Cache([f"resid_pre.{layer}" for layer in starts]) if starts else None
+        _, kv = forward_with_kv(model, pair.base, [cache] if cache else [])
+        resid = {layer: cache[f"resid_pre.{layer}"][0] for layer in starts} if cache else {}
+    out: dict[Cell, float] = {}
+    with torch.no_grad():
+        for (layer, start), group in groups.items():
+            pat = patterns[layer]
+            group = sorted(group, key=lambda c: c.first_position)
+            for k in range(0, len(group), batch_size):
+                chunk = group[k:k + batch_size]
+                n = len(chunk)
+                p0 = min(c.first_position for c in chunk) if partial else 0
+                entries: dict[Site, list[tuple[int, int | slice, int | None, torch.Tensor]]] = {}
+                for row, c in enumerate(chunk):
+                    col: int | slice = slice(None) if c.position is None else c.position - p0
+                    val = source[c.site] if c.position is None else source[c.site][c.position]
+                    entries.setdefault(c.site, []).append((row, col, c.head, val if c.head is None
+                                                           else val[..., c.head, :]))
+                grab = _PatternGrab(layer)
+                try:
+                    if partial:
+                        hidden = None if start == 0 else resid[start][p0:].expand(n, -1, -1)
+                        run_from_layer(model, hidden, start, pair.base[:, p0:].expand(n, -1),
+                                       past=kv_prefix(model, kv, p0, n), interventions=[RowWrite(entries), grab])
+                    else:
+                        model.run(pair.base.expand(n, -1), [RowWrite(entries), grab])
+                except _Stop:
+                    pass
+                assert grab.value is not None  # [n, heads, queries p0.., keys]
+                diff = (grab.value.float() - pat.base.float()[None, :, p0:]) * pat.grad.float()[None, :, p0:]
+                for row, c in enumerate(chunk):
+                    out[c] = float(diff[row].sum())
+    return out
 
 
 def _relative(model: HookedModel, c: Cell, delta: torch.Tensor, stream: torch.Tensor) -> float:

@@ -1,7 +1,7 @@
 """``lmscope patch``: a clean/corrupt activation-patching sweep written as a heat map (PNG) and JSON.
 
 ``lmscope patch --clean "..." --corrupt "..." --target " Paris" [--distractor " Rome"] [--site resid_pre]
-[--method exact|attribution|loop] [--layers 0-10] --out DIR``
+[--method exact|attribution|atp*|loop] [--layers 0-10] --out DIR``
 
 Denoising convention: clean activations are written into the corrupt run, one (layer, position)
 cell at a time (``head_z``: one head at a time, every position at once). The metric is
@@ -29,8 +29,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="answer token of the clean prompt, e.g. ' Paris'")
     p.add_argument("--distractor", help="answer token of the corrupt prompt; metric = target - distractor logit")
     p.add_argument("--site", default="resid_pre", choices=SITES, help="what to patch (default resid_pre)")
-    p.add_argument("--method", default="exact", choices=["exact", "attribution", "loop"],
-                   help="exact batched sweep, attribution patching (gradient estimate) or the slow loop")
+    p.add_argument("--method", default="exact", choices=["exact", "attribution", "atp*", "loop"],
+                   help="exact batched sweep, attribution patching (gradient estimate; atp*: with the QK fix) "
+                        "or the slow loop")
     p.add_argument("--layers", help="layers to sweep: '0,5,10', '0-10', '-1' (default: all)")
     p.add_argument("--positions", default=None, choices=["each", "all"],
                    help="each token separately (default; head_z defaults to all at once) or all at once")

@@ -22,6 +22,7 @@ Methods (same cells, same :class:`PatchingResult`):
   equals the loop up to float rounding.
 - ``"loop"``: one full forward per cell with the core ``Patch`` intervention (the reference).
 - ``"attribution"``: attribution patching, see :mod:`.attribution`.
+- ``"atp*"``: attribution patching with AtP*'s QK fix (exact attention pattern where the patch feeds it).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 #: Positions of a sweep: None = each token on its own, ``"all"`` = every token at once, or a list of ints.
 Positions = Union[None, str, Sequence[int]]
-METHODS = ("exact", "loop", "attribution")
+METHODS = ("exact", "loop", "attribution", "atp*")
 DIRECTIONS = ("denoise", "noise")
 _PATCHABLE = ("embed", "resid_pre", "head_z", "attn_out", "resid_mid", "mlp_out", "resid_post")
 
@@ -308,7 +309,7 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
         raise InputError(f"positions=None patches each token separately, but the pairs have {len(lengths)} "
                          f"different token lengths ({', '.join(map(str, sorted(lengths)))}); pass 'all' or a list "
                          "of token indices such as [-1] (negative ones count from each prompt's end).")
-    if method == "attribution":
+    if method in ("attribution", "atp*"):
         from .attribution import attribution_sweep
 
         results = {}
@@ -316,7 +317,8 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
             grid, row_labels, cols = plan_cells(model, sites, positions, heads, g.base.shape[1])
             for i in range(len(g.index)):
                 results[g.index[i]] = attribution_sweep(model, g.row(i), grid, row_labels, cols,
-                                                        metrics[g.index[i]], direction)
+                                                        metrics[g.index[i]], direction, qk_fix=method == "atp*",
+                                                        batch_size=batch_size)
         return results[0] if n_pairs == 1 else _combine([results[i] for i in range(n_pairs)], positions, lengths)
     unsupported = partial_forward_unsupported(model) if method == "exact" else None
     if unsupported is not None:

@@ -92,6 +92,9 @@ def test_study_report_is_json(toy_model, toy_task) -> None:
 
     rep = binding_study(toy_model, [toy_task], n_train=2, n_test=2, n_factorization=1, n_position=1, n_subspace=1,
                         grid=(0.0, 1.0), fractions=(0.0, 1.0), main_task="toy", progress=False)
-    assert set(rep) >= {"tasks", "factorization", "position", "transfer", "subspace", "paper", "wall_s"}
+    assert set(rep) >= {"tasks", "factorization", "position", "position_keys_only", "transfer", "subspace", "paper",
+                        "wall_s"}
+    assert set(rep["position_keys_only"]) == set(rep["position"])  # both variants, same spans
+    assert rep["position_keys_only"]["entity"]["method"].startswith("keys re-rotated")
     assert rep["paper"] == PAPER and set(rep["tasks"]["toy"]) == {"baseline", "table_one"}
     assert json.loads(json.dumps(rep)) == rep

@@ -64,3 +64,21 @@ def test_overthinking_notebook_runs(smollm) -> None:
     outputs, text = run_notebook(NOTEBOOK.name, timeout=900)
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
     assert "critical layer" in text and "gap reduction" in text
+
+
+@pytest.mark.slow
+def test_batched_ablation_configs_equal_the_loop_on_smollm(smollm) -> None:
+    """Prompts x configurations in one final-token forward == one forward per configuration (SmolLM2)."""
+    from lmscope.probes.overthinking import build_prompts
+    from lmscope.probes.overthinking.ablation import final_label_probs, random_head_sets
+
+    ps = build_prompts(smollm, "category", "permuted", n_prompts=3, n_demos=3, seed=0)
+    draws = random_head_sets(smollm.n_layers, smollm.n_heads, 5, 2, seed=0)
+    configs: dict = {"none": ((), "zero")}
+    for m in ("zero", "mean", "qkv"):
+        for i, d in enumerate(draws):
+            configs[f"{m}/{i}"] = (d, m)
+    loop = final_label_probs(smollm, ps, configs, batch_size=3, progress=False, batch_configs=False)
+    batched = final_label_probs(smollm, ps, configs, batch_size=3, progress=False)
+    for name in loop:
+        assert torch.allclose(batched[name], loop[name], atol=1e-5, rtol=0), name

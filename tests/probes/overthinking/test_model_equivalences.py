@@ -211,3 +211,94 @@ def test_study_saves_report_and_figures(tmp_path: Path) -> None:
     assert json.loads((out / "report.json").read_text())["config"]["n_demos"] == 4
     assert {p.name for p in out.iterdir()} >= {"report.json", "accuracy_layers.png", "head_scores.png",
                                                "ablation.png", "accuracy_demos.png"}
+
+
+def _mixed_configs(model: HookedModel) -> dict:
+    from lmscope.probes.overthinking.ablation import random_head_sets
+
+    draws = random_head_sets(model.n_layers, model.n_heads, 3, 3, seed=1)
+    configs: dict = {"none": ((), "zero")}
+    for m in ("zero", "mean", "qkv"):
+        configs[f"{m}/top"] = ([(1, 2), (2, 0), (-1, 1)], m)
+        for i, d in enumerate(draws):
+            configs[f"{m}/random{i}"] = (d, m)
+    return configs
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama_tied"])
+def test_batched_configs_equal_the_per_config_loop(arch: str) -> None:
+    """Rows = prompts x configurations, one final-token forward: the same numbers as one forward per config,
+    including ``mean`` (each configuration's mean over its own rows) and padded prompts of different lengths."""
+    model = toy_model(arch)
+    ps = _prompts(model, "permuted", n=5)
+    configs = _mixed_configs(model)
+    loop = final_label_probs(model, ps, configs, batch_size=2, progress=False, batch_configs=False)
+    for chunk in (32, 4):  # all at once, and groups of configurations that split the methods
+        batched = final_label_probs(model, ps, configs, batch_size=2, progress=False, config_chunk=chunk)
+        assert batched.keys() == loop.keys()
+        for name in loop:
+            assert torch.allclose(batched[name], loop[name], atol=1e-6, rtol=0), name
+    # the configurations differ from each other (a row ablating another config's heads would show here)
+    assert not torch.allclose(loop["mean/top"], loop["zero/top"], atol=1e-4)
+    assert not torch.allclose(loop["mean/top"], loop["none"], atol=1e-4)
+    assert not torch.allclose(loop["qkv/top"], loop["none"], atol=1e-4)
+
+
+def test_batched_mean_is_per_configuration_not_over_the_whole_batch() -> None:
+    """A ``mean`` config next to a ``zero`` config: averaging over all rows would mix the zeroed rows in."""
+    model = toy_model("llama")
+    ps = _prompts(model, "true", n=4)
+    configs = {"zero": ([(0, 1)], "zero"), "mean": ([(0, 1), (2, 2)], "mean")}
+    loop = final_label_probs(model, ps, configs, batch_size=4, progress=False, batch_configs=False)
+    batched = final_label_probs(model, ps, configs, batch_size=4, progress=False)
+    assert torch.allclose(batched["mean"], loop["mean"], atol=1e-6, rtol=0)
+    alone = final_label_probs(model, ps, {"mean": configs["mean"]}, batch_size=4, progress=False)
+    assert torch.allclose(alone["mean"], loop["mean"], atol=1e-6, rtol=0)
+
+
+def test_batched_configs_bad_input() -> None:
+    from lmscope.probes.overthinking.ablation import RowHeadAblation
+
+    model = toy_model("llama")
+    ps = _prompts(model, "true", n=2)
+    with pytest.raises(InputError, match="methods: zero, mean, qkv"):
+        final_label_probs(model, ps, {"x": ([(0, 0)], "gauss")}, progress=False)
+    with pytest.raises(InputError, match="Head index 99 out of range"):
+        final_label_probs(model, ps, {"x": ([(0, 99)], "zero")}, progress=False)
+    with pytest.raises(InputError, match="config_chunk"):
+        final_label_probs(model, ps, {"x": ([(0, 0)], "zero")}, progress=False, config_chunk=0)
+    with pytest.raises(InputError, match="no configuration names a head"):
+        RowHeadAblation([((), "zero")])
+    # callables still work (they take the loop) and mix with specs
+    got = final_label_probs(model, ps, {"f": lambda: head_ablation([(0, 0)], "zero"), "s": ([(0, 0)], "zero")},
+                            progress=False)
+    assert torch.equal(got["f"], got["s"])
+
+
+def test_qkv_ablation_merges_a_layer_named_twice() -> None:
+    """``(-1, h)`` and ``(n_layers - 1, h')`` are the same layer: both heads are ablated (was: the last won)."""
+    model = toy_model("llama")
+    ps = _prompts(model, "true", n=2)
+    last = model.n_layers - 1
+    both = model.run(ps.ids, [HeadQKVAblate([(last, 0), (-1, 1)])]).last_logits()
+    want = model.run(ps.ids, [HeadQKVAblate([(last, 0), (last, 1)])]).last_logits()
+    assert torch.equal(both, want)
+
+
+def test_row_head_ablation_on_a_full_batch_and_save_load(tmp_path: Path) -> None:
+    """Rows = prompts x configs on full prompts (no cache): row (b, c) equals prompt b under config c alone;
+    the intervention saves and loads."""
+    from lmscope.probes.overthinking.ablation import RowHeadAblation
+
+    model = toy_model("llama")
+    ps = _prompts(model, "true", n=3)
+    configs = [([(0, 1), (2, 3)], "zero"), ([(1, 2)], "qkv"), ((), "zero")]
+    rows = [ps.ids[b] for b in range(len(ps)) for _ in configs]
+    iv = RowHeadAblation(configs)
+    got = model.run(rows, [iv]).last_logits().view(len(ps), len(configs), -1)
+    for c, (heads, method) in enumerate(configs):
+        want = model.run(ps.ids, head_ablation(heads, method) if heads else []).last_logits()
+        assert torch.allclose(got[:, c], want, atol=1e-5), c
+    iv.save(tmp_path / "rows")
+    again = model.run(rows, [Intervention.load(tmp_path / "rows")]).last_logits().view_as(got)
+    assert torch.equal(again, got)

@@ -61,3 +61,90 @@ def test_large_patches_are_counted_in_the_notes(llama_tiny) -> None:
     result = patching_sweep(llama_tiny, clean, corrupt, "resid_pre.0", None, metric, method="attribution")
     large = int((result.extras["relative_delta"] > LARGE_DELTA).sum())
     assert large > 0 and any(f"{large} of 5 cells" in n for n in result.notes)
+
+
+def _linear_after_pattern(model) -> None:
+    """Make everything downstream of layer 2's attention pattern linear in resid_pre.2 (norms off, MLP off)."""
+    hf = model.hf_model
+    layer = hf.model.layers[2]
+    layer.input_layernorm = torch.nn.Identity()
+    hf.model.norm = torch.nn.Identity()
+    with torch.no_grad():
+        layer.mlp.down_proj.weight.zero_()
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):  # sharp attention: a non-linear softmax
+            proj.weight.mul_(30.0)
+
+
+def test_atp_star_is_exact_when_the_rest_is_linear_in_the_pattern(llama_tiny, monkeypatch) -> None:
+    """resid_pre.2 patches in the null space of W_V, with layer 2's norm and MLP and the final norm removed:
+    the metric is then linear in the pattern of layer 2 and in the residual, so AtP* = exact patching;
+    plain AtP (softmax linearised) is not."""
+    import lmscope.probes.patching.sweep as sweep
+
+    model = llama_tiny
+    _linear_after_pattern(model)
+    clean, corrupt = _pair()
+    w_v = model.hf_model.model.layers[2].self_attn.v_proj.weight.detach()  # [kv * d_head, d_model]
+    null = torch.eye(w_v.shape[1]) - torch.linalg.pinv(w_v) @ w_v  # projector on null(W_V)
+    base = model.run(corrupt, [Cache("resid_pre.2")]).cache["resid_pre.2"][0]
+    gen = torch.Generator().manual_seed(0)
+    delta = 10.0 * torch.randn(base.shape, generator=gen) @ null
+    assert float((delta @ w_v.T).abs().max()) < 1e-4 and float(delta.norm()) > 1.0
+    real = sweep.source_values
+
+    def crafted(model, pair, sites):
+        _, logits = real(model, pair, sites)
+        return {s: base + delta for s in sites}, logits
+
+    monkeypatch.setattr(sweep, "source_values", crafted)
+    exact = patching_sweep(model, clean, corrupt, ["resid_pre.2"], None, metric, method="loop")
+    star = patching_sweep(model, clean, corrupt, ["resid_pre.2"], None, metric, method="atp*")
+    plain = patching_sweep(model, clean, corrupt, ["resid_pre.2"], None, metric, method="attribution")
+    star_err = float((star.values - exact.values).abs().max())
+    plain_err = float((plain.values - exact.values).abs().max())
+    assert star_err < 2e-6 and plain_err > 20 * star_err, (star_err, plain_err)  # the softmax is not linear
+    assert star.method == "atp*" and any("QK fix" in n for n in star.notes)
+
+
+def test_atp_star_without_a_difference_and_on_every_site_kind(llama_tiny) -> None:
+    clean, corrupt = _pair()
+    sites = ["embed", "resid_pre.1", "attn_out.0", "mlp_out.1", "resid_mid.1", "resid_post.2"]
+    same = patching_sweep(llama_tiny, clean, clean, sites, None, metric, method="atp*")
+    torch.testing.assert_close(same.values, torch.full_like(same.values, same.base_metric), atol=1e-5, rtol=0)
+    heads = head_sweep(llama_tiny, clean, corrupt, metric, method="atp*")
+    exact = head_sweep(llama_tiny, clean, corrupt, metric)
+    assert heads.values.shape == exact.values.shape and heads.row_labels == exact.row_labels
+    # the last layer's outputs feed no attention: AtP* is plain AtP there
+    a = patching_sweep(llama_tiny, clean, corrupt, ["resid_post.2", "resid_pre.1"], None, metric,
+                       method="attribution")
+    s = patching_sweep(llama_tiny, clean, corrupt, ["resid_post.2", "resid_pre.1"], None, metric, method="atp*")
+    torch.testing.assert_close(s.values[0], a.values[0], atol=1e-5, rtol=1e-5)
+
+
+def test_atp_star_is_closer_to_the_exact_sweep(llama_tiny) -> None:
+    """On a tiny random model, the QK fix moves the resid_pre estimates towards the exact sweep."""
+    clean, corrupt = _pair()
+    sites = "resid_pre.*"
+    exact = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric).values.flatten()
+    errs = {}
+    for m in ("attribution", "atp*"):
+        est = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method=m).values.flatten()
+        errs[m] = float((est - exact).abs().mean())
+    assert errs["atp*"] < errs["attribution"], errs
+
+
+def test_atp_star_partial_forwards_equal_full_forwards(llama_tiny, monkeypatch) -> None:
+    """The QK-fix patterns from partial forwards (KV prefix, start layer) == from full forwards stopped early."""
+    import lmscope.interventions.partial as partial
+
+    clean, corrupt = _pair()
+    sites = ["embed", "resid_pre.1", "attn_out.0", "mlp_out.1", "resid_mid.1", "resid_post.0", "head_z.1"]
+    fast = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="atp*", batch_size=3)
+    fast_heads = head_sweep(llama_tiny, clean, corrupt, metric, method="atp*")
+    monkeypatch.setattr(partial, "partial_forward_unsupported", lambda model: "forced off for the test")
+    slow = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="atp*")
+    torch.testing.assert_close(fast.values, slow.values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_heads.values, head_sweep(llama_tiny, clean, corrupt, metric, method="atp*").values,
+                               atol=1e-5, rtol=1e-5)
+    plain = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="attribution")
+    assert not torch.allclose(fast.values, plain.values, atol=1e-7)  # the fix changed something

@@ -1,0 +1,91 @@
+"""Key-only position shift: keys move, queries stay (vs an independent RoPE patch, and vs position_ids)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmscope.interventions.errors import InputError
+from lmscope.probes.binding.experiments import position_shift
+from lmscope.probes.binding.keyshift import key_position_shift
+
+
+def _by_hand(model, ids: torch.Tensor, shifts: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """Reference: the model's own apply_rotary_pos_emb, with the keys' cos/sin taken at position + shift."""
+    import transformers.models.llama.modeling_llama as ml
+
+    rope = model.hf_model.model.rotary_emb
+    pos = torch.arange(ids.shape[1])[None].expand_as(ids)
+    original = ml.apply_rotary_pos_emb
+
+    def patched(q, k, cos, sin, *args, **kwargs):
+        q_out, _ = original(q, k, cos, sin, *args, **kwargs)
+        cos_k, sin_k = rope(k, pos + shifts)
+        _, k_out = original(q, k, cos_k, sin_k, *args, **kwargs)
+        return q_out, k_out
+
+    monkeypatch.setattr(ml, "apply_rotary_pos_emb", patched)
+    try:
+        return model.run(ids).logits
+    finally:
+        monkeypatch.setattr(ml, "apply_rotary_pos_emb", original)
+
+
+def test_key_shift_equals_rotating_only_the_keys(toy_model, monkeypatch) -> None:
+    ids = torch.randint(5, 60, (2, 9))
+    shifts = torch.zeros_like(ids)
+    shifts[0, 2:4], shifts[1, 5:7], shifts[1, 1] = 3, -2, 4
+    with key_position_shift(toy_model, shifts):
+        got = toy_model.run(ids).logits
+    want = _by_hand(toy_model, ids, shifts, monkeypatch)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    clean = toy_model.run(ids).logits
+    assert not torch.allclose(got, clean, atol=1e-4)
+    # tokens before the first shifted key see nothing moved: identical
+    torch.testing.assert_close(got[0, :2], clean[0, :2], rtol=0, atol=1e-6)
+    with key_position_shift(toy_model, torch.zeros_like(ids)):  # zero shift = clean, hooks removed after
+        torch.testing.assert_close(toy_model.run(ids).logits, clean, rtol=0, atol=1e-6)
+    assert torch.equal(toy_model.run(ids).logits, clean)
+
+
+def test_keys_only_differs_from_moving_keys_and_queries(toy_model) -> None:
+    """Moving every token by d through position_ids changes nothing (RoPE is relative); moving only the keys does."""
+    ids = torch.randint(5, 60, (1, 8))
+    clean = toy_model.run(ids).logits
+    both = toy_model.run(ids, position_ids=torch.arange(8)[None] + 5).logits
+    torch.testing.assert_close(both, clean, rtol=1e-4, atol=1e-4)
+    with key_position_shift(toy_model, torch.full_like(ids, 5)):
+        keys = toy_model.run(ids).logits
+    assert not torch.allclose(keys, clean, atol=1e-3)
+
+
+def test_key_shift_bad_input(toy_model) -> None:
+    with pytest.raises(InputError, match="int tensor"):
+        with key_position_shift(toy_model, torch.zeros(1, 4)):
+            pass
+    with pytest.raises(InputError, match=r"shifts for \(1, 4\)"):
+        with key_position_shift(toy_model, torch.zeros(1, 4, dtype=torch.long)):
+            toy_model.run(torch.randint(5, 60, (1, 6)))
+    assert torch.equal(toy_model.run(torch.ones(1, 3, dtype=torch.long)).logits,
+                       toy_model.run(torch.ones(1, 3, dtype=torch.long)).logits)
+
+
+def test_position_shift_keys_only(toy_model, toy_task) -> None:
+    keys = position_shift(toy_model, toy_task, 3, fractions=(0.0, 1.0), progress=False, keys_only=True)
+    both = position_shift(toy_model, toy_task, 3, fractions=(0.0, 1.0), progress=False)
+    assert keys["logprob_right"][0] == pytest.approx(both["logprob_right"][0], abs=1e-5)  # no shift: same run
+    assert keys["logprob_right"][1] != pytest.approx(both["logprob_right"][1], abs=1e-5)
+    assert keys["method"].startswith("keys re-rotated")
+
+
+def test_key_shift_refused_without_llama_style_rope() -> None:
+    from tiny_models import build_tiny
+
+    from lmscope.interventions import HookedModel
+    from lmscope.probes.binding.keyshift import key_shift_unsupported
+
+    gpt2 = HookedModel(build_tiny("gpt2"))  # learned absolute positions: no rotary embedding
+    assert "one rotary embedding" in (key_shift_unsupported(gpt2) or "")
+    with pytest.raises(InputError, match="one rotary embedding"):
+        with key_position_shift(gpt2, torch.zeros(1, 3, dtype=torch.long)):
+            pass
