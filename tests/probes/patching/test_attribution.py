@@ -94,7 +94,7 @@ def test_atp_star_is_exact_when_the_rest_is_linear_in_the_pattern(llama_tiny, mo
 
     def crafted(model, pair, sites):
         _, logits = real(model, pair, sites)
-        return {s: base + delta for s in sites}, logits
+        return {s: (base + delta)[None] for s in sites}, logits  # [pairs=1, T, d_model]
 
     monkeypatch.setattr(sweep, "source_values", crafted)
     exact = patching_sweep(model, clean, corrupt, ["resid_pre.2"], None, metric, method="loop")
