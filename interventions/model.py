@@ -237,6 +237,10 @@ class HookedModel:
                              f"ids must be in 0..{rows - 1}.")
 
     def to_str_tokens(self, text: str) -> list[str]:
+        """``text`` as the model sees it: one decoded string per token, special tokens (a BOS) included.
+
+        The list lines up with positions in :meth:`run`/:meth:`tokenize` of the same unpadded prompt, so it
+        labels cache rows, lens tables and patching heat maps."""
         if self.tokenizer is None:
             raise InputError("This model has no tokenizer.")
         ids = self.tokenizer(text)["input_ids"]

@@ -3,8 +3,7 @@
 A :class:`SteeringVector` holds one vector per layer (site name -> ``[d_model]``
 tensor, or ``[k, d_model]`` for multi-position ActAdd) plus where it came from
 (method, model fingerprint, number of pairs). It is built by
-:meth:`SteeringVector.from_pairs` with one of four methods (see
-``../shared/METHODS.md`` §4):
+:meth:`SteeringVector.from_pairs` with one of four methods:
 
 - ``actadd`` (Turner et al.): one prompt pair; the difference of ``resid_pre`` at
   the first positions (the shorter prompt is right-filled with a space token so
