@@ -177,7 +177,7 @@ def attribute(model: HookedModel, prompt: Any, target: str | int, contrast: str 
     W = model.unembed_weight.detach().float()
     d = W[t] - (W[c] if c is not None else 0)
     ub = getattr(model.unembed, "bias", None)
-    u_bias = 0.0 if ub is None else float(ub[t].detach().float() - (ub[c].detach().float() if c is not None else 0))
+    u_bias = 0.0 if ub is None else float(ub[t].float() - (ub[c].float() if c is not None else 0))
     last = lambda s: res.cache[s][0, -1].float()  # noqa: E731
     lin = linearise_norm(model.final_norm, last(f"resid_post.{L - 1}"))
     config = model.hf_model.config
