@@ -137,7 +137,7 @@ def process_start() -> float:
         return time.time()
 
 
-_NEGATIVE_VALUE_OPTIONS = ("--layers",)
+_NEGATIVE_VALUE_OPTIONS = ("--layers", "--scale")
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
@@ -145,7 +145,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and re.fullmatch(r"-\d[\d,\s-]*", argv[i + 1]):
+        if argv[i] in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and re.fullmatch(r"-\.?\d[\d.,\s-]*", argv[i + 1]):
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
             continue
