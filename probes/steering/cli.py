@@ -134,8 +134,8 @@ def describe(sv: Any, scales: list[float], unit: str, normalize: bool) -> str:
     head = f"{sv.method} vector from {sv.n_pairs} pairs; " + "; ".join(parts) + "."
     shown = ", ".join(f"{s:g}" for s in scales)
     if unit == "resid":
-        added = "; ".join(f"{site} +{abs(s) * sv.resid_norms[site]:.1f}" for site in sv.sites for s in scales[:1])
+        added = ", ".join(f"{sv.resid_norms[site]:.1f} at {site}" for site in sv.sites)
         return (f"{head}\nscale {shown} in units of the typical residual norm (outlier tokens left out): "
-                f"scale 1 adds one typical residual along the vector's direction (scale {scales[0]:g}: {added}).")
+                f"scale 1 adds a vector of norm {added} along the steering direction (negative: against it).")
     what = "the unit vector" if normalize else "the vector as built"
     return f"{head}\nscale {shown} multiplies {what} (--unit raw)."

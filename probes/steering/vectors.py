@@ -259,7 +259,8 @@ class SteeringVector:
         ``unit`` says what ``scale`` counts: ``"raw"`` (default) the vector as stored (unit vectors with
         ``normalize``); ``"resid"`` the layer's typical residual norm (``resid_norms``), along the vector's
         direction, so ``scale=0.5`` adds half a typical residual whatever the vector's own norm (a
-        multi-position ActAdd vector is scaled so that its longest row is ``scale`` residual norms).
+        multi-position ActAdd vector is scaled so that its longest row is ``scale`` residual norms;
+        ``normalize`` is implied there).
 
         ``positions`` follows :mod:`lmscope.interventions.positions` ("all", "prompt",
         "generated", ints, slices, per-row specs) and keeps its meaning under
