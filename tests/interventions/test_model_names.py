@@ -126,3 +126,17 @@ def test_cli_help_names_hub_ids() -> None:
     p = argparse.ArgumentParser()
     cli.add_model_args(p)
     assert "EleutherAI/pythia-160m" in p.format_help()
+
+
+def test_from_pretrained_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python API too: no ~30 s of transformers retries, an OfflineError (an OSError) naming the way out."""
+    from lmscope.interventions import HookedModel
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=0.8: False)
+    monkeypatch.setattr(hub, "cached_snapshot", lambda hub_id: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(OfflineError, match="there is no network"):
+        HookedModel.from_pretrained("EleutherAI/pythia-160m")
+    assert time.perf_counter() - start < 5
