@@ -20,7 +20,7 @@ from .lazy import lazy_exports
 if TYPE_CHECKING:
     from .ablate import Ablate
     from .architectures import ARCHITECTURES, Architecture, register_architecture, supported_model_types
-    from .base import Intervention, load_interventions, save_interventions
+    from .base import Intervention, Interventions, as_interventions, load_interventions, save_interventions
     from .cache import ActivationCache, Cache
     from .collect import collect_activations
     from .datasets import ActivationDataset, write_dataset
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "Ablate": ".ablate", "ARCHITECTURES": ".architectures", "Architecture": ".architectures",
     "register_architecture": ".architectures", "supported_model_types": ".architectures",
-    "Intervention": ".base", "load_interventions": ".base", "save_interventions": ".base",
+    "Intervention": ".base", "Interventions": ".base", "as_interventions": ".base",
+    "load_interventions": ".base", "save_interventions": ".base",
     "ActivationCache": ".cache", "Cache": ".cache", "Edit": ".edit",
     "InputError": ".errors", "LmscopeError": ".errors", "ModelMismatchError": ".errors", "SiteError": ".errors",
     "UnsupportedArchitectureError": ".errors", "LibraryVersionError": ".errors", "Batch": ".inputs",
@@ -59,7 +60,7 @@ __all__ = [
     "ModelMismatchError", "Patch",
     "RunResult", "Site", "SiteError", "Steer", "UnsupportedArchitectureError", "collect_activations",
     "load_interventions", "parse_layers", "register_architecture", "resolve_layers", "save_interventions",
-    "supported_model_types", "ActivationDataset", "write_dataset",
+    "supported_model_types", "ActivationDataset", "write_dataset", "Interventions", "as_interventions",
 ]
 
 

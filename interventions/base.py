@@ -10,7 +10,8 @@ order; on one site they apply in that order, each seeing the previous result.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import torch
 
@@ -149,8 +150,39 @@ def intervention_from_dict(data: dict[str, Any], tensors: dict[str, torch.Tensor
     return _REGISTRY[name].from_config(data["config"], tensors)
 
 
-def save_interventions(interventions: list[Intervention], path: str | os.PathLike[str]) -> None:
-    """Save an ordered list of interventions into one folder."""
+Interventions = Union["Intervention", Iterable[Any], None]
+"""What every entry point that takes interventions accepts: one, a list (nested lists flatten), or None."""
+
+
+def as_interventions(interventions: Interventions) -> list[Intervention]:
+    """One intervention, a (nested) list/tuple/iterable of them, or None, as one flat list in order.
+
+    Every entry point that takes interventions (``run``, ``generate``, ``apply``, the partial forwards, the
+    evaluations...) goes through this, so each takes one object or a list alike (``sv.to_steer()`` returns a
+    list, which may sit inside another list). Anything else is an :class:`InputError` naming it.
+    """
+    if interventions is None:
+        return []
+    if isinstance(interventions, Intervention):
+        return [interventions]
+    if isinstance(interventions, (str, bytes, dict, torch.Tensor)) or not isinstance(interventions, Iterable):
+        raise InputError(f"Expected an intervention (Cache, Steer, Patch, Ablate, Edit...) or a list of them, "
+                         f"got {type(interventions).__name__}.")
+    out: list[Intervention] = []
+    for i, item in enumerate(interventions):
+        if isinstance(item, Intervention):
+            out.append(item)
+        elif isinstance(item, (list, tuple)):
+            out += as_interventions(item)
+        else:
+            raise InputError(f"Item {i} of the interventions is a {type(item).__name__}, not an intervention "
+                             f"(Cache, Steer, Patch, Ablate, Edit...) or a list of them.")
+    return out
+
+
+def save_interventions(interventions: Interventions, path: str | os.PathLike[str]) -> None:
+    """Save an ordered list of interventions (or one) into one folder."""
+    interventions = as_interventions(interventions)
     config = {"interventions": [iv.to_dict() for iv in interventions]}
     tensors = {f"{i}.{k}": v for i, iv in enumerate(interventions) for k, v in iv.tensors().items()}
     save_artifact(path, config, tensors, config_name="interventions.json")

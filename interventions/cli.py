@@ -68,18 +68,34 @@ def build_parser() -> argparse.ArgumentParser:
 def add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
     """The options every model-loading command shares: ``--model``, ``--dtype``, ``--device`` (``--threads``)."""
     p.add_argument("--model", default="default",
-                   help="'default' (SmolLM2-135M-Instruct), an HF name (needs a network), a folder or a .gguf file")
+                   help="'default' (SmolLM2-135M-Instruct), 'gemma-3-270m', an HF hub id such as "
+                        "EleutherAI/pythia-160m (a network, or the HF cache with HF_HUB_OFFLINE=1), a folder "
+                        "or a .gguf file")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     if threads:
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
-def check_model_arg(name: str) -> None:
-    """Refuse a ``--model`` path that does not exist before anything heavy is imported."""
-    if name != "default" and (os.sep in name or name.startswith(".") or name.endswith(".gguf")) \
-            and not os.path.exists(name):
-        raise CliError(f"No model at {name!r}: give 'default', an HF model name, or an existing folder/.gguf.")
+def check_model_arg(name: str) -> str:
+    """What ``--model`` names, checked before anything heavy is imported: an embedded name or existing path as
+    is; a hub id (``gpt2``, ``org/name``) as is with a network, else its HF-cache folder; else one-line errors.
+
+    Without a network a hub id that is not cached fails here in about a second (transformers alone would
+    retry for ~30 s and print two lines)."""
+    from .embedded import embedded_model
+    from .errors import OfflineError
+    from .hub import looks_like_hub_id, resolve_model_name
+
+    if embedded_model(name) is not None or os.path.exists(name):
+        return name
+    if not looks_like_hub_id(name):
+        raise CliError(f"No model at {name!r}: no such folder or file. Give 'default', a hub id "
+                       "('gpt2', 'EleutherAI/pythia-160m'), or an existing folder or .gguf file.")
+    try:
+        return resolve_model_name(name)
+    except OfflineError as err:
+        raise CliError(str(err)) from None
 
 
 def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: int | None = None) -> Any:
@@ -87,7 +103,7 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: 
 
     The one model loader of every command; a model that cannot be loaded becomes a :class:`CliError`.
     """
-    check_model_arg(name)
+    target = check_model_arg(name)
     import torch
 
     from .model import HookedModel
@@ -99,9 +115,10 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: 
 
         hf_logging.disable_progress_bar()
     try:
-        return HookedModel.from_pretrained(name, dtype=getattr(torch, dtype), device=device)
-    except OSError as err:  # missing folder / hub name without a network
-        raise CliError(f"Cannot load model {name!r}: {err}") from None
+        return HookedModel.from_pretrained(target, dtype=getattr(torch, dtype), device=device)
+    except OSError as err:  # a hub id that does not exist, a folder that is not a model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CliError(f"Cannot load model {name!r}: {first}") from None
 
 
 def model_from_args(args: argparse.Namespace) -> Any:
@@ -120,7 +137,7 @@ def process_start() -> float:
         return time.time()
 
 
-_NEGATIVE_VALUE_OPTIONS = ("--layers",)
+_NEGATIVE_VALUE_OPTIONS = ("--layers", "--scale")
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
@@ -128,7 +145,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and re.fullmatch(r"-\d[\d,\s-]*", argv[i + 1]):
+        if argv[i] in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and re.fullmatch(r"-\.?\d[\d.,\s-]*", argv[i + 1]):
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
             continue

@@ -34,10 +34,45 @@ def validate_token(token: TokenSpec, lengths: list[int], label: str) -> None:
                              f"(valid: 0..{n - 1} or -{n}..-1).")
 
 
+#: a token whose residual norm exceeds this multiple of its prompt's median norm is an outlier (attention sink)
+OUTLIER_FACTOR = 3.0
+
+
+def inlier_mask(values: torch.Tensor, mask: torch.Tensor, factor: float | None = OUTLIER_FACTOR) -> torch.Tensor:
+    """``[batch, pos]`` bool: real tokens whose norm is at most ``factor`` x their row's median real-token norm.
+
+    ``values`` is ``[batch, pos, d]``, ``mask`` the ``[batch, pos]`` attention mask. ``factor=None`` keeps every
+    real token. A row keeps at least its smallest-norm token, so no prompt is ever left empty.
+    """
+    real = mask.bool()
+    if factor is None:
+        return real
+    norms = values.float().norm(dim=-1)
+    keep = torch.zeros_like(real)
+    for i in range(norms.shape[0]):
+        row = norms[i][real[i]]
+        if row.numel() == 0:
+            continue
+        limit = factor * row.median()
+        keep[i] = real[i] & (norms[i] <= limit)
+    return keep
+
+
+def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``[batch, d]`` float32 mean of ``values [batch, pos, d]`` over the positions ``keep [batch, pos]`` selects."""
+    w = keep.to(values.device, torch.float32)[..., None]
+    return (values.float() * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+
 def collect_activations(model: HookedModel, prompts: Prompts, sites: list[str], token: int | str = -1,
                         batch_size: int = 16, progress: bool | None = None, desc: str = "activations",
-                        ) -> dict[str, torch.Tensor]:
+                        outliers: float | None = None) -> dict[str, torch.Tensor]:
     """Activations of ``prompts`` at one token (or averaged over real tokens with ``token="mean"``).
+
+    With ``token="mean"`` and ``outliers=f``, tokens whose norm exceeds ``f`` x their prompt's median norm at
+    that site (the attention-sink first token, ~5x the others on SmolLM2) are left out of the average
+    (:func:`inlier_mask`); ``None`` averages every real token.
 
     One ``model.run`` with a ``Cache(sites, positions=token)`` per batch; returns
     site -> ``[n_prompts, d]`` float32 on the CPU. ``progress`` shows a tqdm bar
@@ -57,10 +92,10 @@ def collect_activations(model: HookedModel, prompts: Prompts, sites: list[str], 
         validate_token(token, lengths, f"the batch starting at {start}:")
         if token == "mean":
             res = model.run(batch, [Cache(sites)])
-            mask = batch.attention_mask.to(res.logits.device, torch.float32)[..., None]
             for s in sites:
-                v = res.cache[s].float()
-                chunks[s].append(((v * mask).sum(1) / mask.sum(1)).cpu())
+                v = res.cache[s]
+                keep = inlier_mask(v, batch.attention_mask.to(v.device), outliers)
+                chunks[s].append(masked_mean(v, keep).cpu())
         else:
             res = model.run(batch, [Cache(sites, positions=token)])
             for s in sites:

@@ -26,6 +26,11 @@ class ModelMismatchError(LmscopeError, ValueError):
     """An artifact (lens, steering vector) was made for a different model."""
 
 
+class OfflineError(LmscopeError, OSError):
+    """A Hugging Face hub id was asked for, the hub cannot be reached (or HF_HUB_OFFLINE is set) and the model is
+    not in the local cache. An ``OSError``, as transformers' own offline errors are."""
+
+
 class ArtifactError(InputError):
     """A saved artifact that cannot be read: truncated or corrupted file, wrong dtype, wrong shapes, bad JSON."""
 

@@ -26,7 +26,7 @@ from .architectures import (
     weight_in_out,
 )
 from .backends.hooks import Session, attach
-from .base import Intervention
+from .base import Interventions, as_interventions
 from .cache import ActivationCache, session_cache
 from .errors import InputError, SiteError
 from .hf_compat import check_internals
@@ -97,8 +97,12 @@ class HookedModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | str = torch.float32,
                         device: str | torch.device = "cpu", **hf_kwargs: Any) -> HookedModel:
-        """Load with ``AutoModelForCausalLM.from_pretrained`` (hub names need a network; local folders and
-        ``gguf_file=`` work offline).
+        """Load with ``AutoModelForCausalLM.from_pretrained`` (hub ids need a network or the HF cache; local
+        folders and ``gguf_file=`` work offline).
+
+        Without a network (checked in under a second) a hub id loads from the local Hugging Face cache when it
+        is there, and is otherwise an :class:`~lmscope.interventions.errors.OfflineError` at once, instead of
+        transformers' ~30 s of retries.
 
         Big models: ``device_map="auto"`` or a dict, ``offload_folder=...`` and ``max_memory=...`` place modules
         across GPUs, CPU and disk with accelerate; every intervention works there (see
@@ -122,6 +126,10 @@ class HookedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = str(name_or_path)
+        if not hf_kwargs.get("local_files_only"):
+            from .hub import resolve_model_name
+
+            path = resolve_model_name(path)
         gguf = hf_kwargs.get("gguf_file")
         if path.endswith(".gguf") and gguf is None and os.path.isfile(path):
             path, hf_kwargs["gguf_file"] = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
@@ -267,6 +275,10 @@ class HookedModel:
                              f"ids must be in 0..{rows - 1}.")
 
     def to_str_tokens(self, text: str) -> list[str]:
+        """``text`` as the model sees it: one decoded string per token, special tokens (a BOS) included.
+
+        The list lines up with positions in :meth:`run`/:meth:`tokenize` of the same unpadded prompt, so it
+        labels cache rows, lens tables and patching heat maps."""
         if self.tokenizer is None:
             raise InputError("This model has no tokenizer.")
         ids = self.tokenizer(text)["input_ids"]
@@ -284,7 +296,7 @@ class HookedModel:
 
     # -- running -------------------------------------------------------------------------------
     @contextmanager
-    def apply(self, *interventions: Intervention | Sequence[Intervention]) -> Iterator[Session]:
+    def apply(self, *interventions: Interventions) -> Iterator[Session]:
         """Attach interventions for every forward in the body (``generate`` included); always detach.
 
         Yields the session; ``session.cache`` reads what any ``Cache`` recorded. The session acts only
@@ -292,13 +304,10 @@ class HookedModel:
         using the same model at the same time are unaffected. Sessions nest: inside an inner ``apply``
         the outer interventions still run, before the inner ones at a shared site.
         """
-        flat: list[Any] = []  # attach() checks that each one is an Intervention
-        for iv in interventions:
-            flat.extend(iv if isinstance(iv, (list, tuple)) else [iv])
-        with attach(self, flat) as session:
+        with attach(self, as_interventions(list(interventions))) as session:
             yield session
 
-    def run(self, inputs: Any, interventions: Sequence[Intervention] = (), *, padding_side: str = "left",
+    def run(self, inputs: Any, interventions: Interventions = (), *, padding_side: str = "left",
             grad: bool = False, position_ids: torch.Tensor | None = None, backend: str | None = None,
             remote: bool | str = False) -> RunResult:
         """One forward over ``inputs`` (padded; per-prompt results equal unbatched runs).
@@ -311,8 +320,7 @@ class HookedModel:
         (nnsight only) runs the trace on NDIF, ``remote="local"`` is nnsight's serverless dry run of that request
         (see :mod:`lmscope.interventions.backends.nnsight`).
         """
-        if isinstance(interventions, Intervention):
-            interventions = [interventions]
+        ivs = as_interventions(interventions)
         batch = self.tokenize(inputs, padding_side)
         if position_ids is not None:
             if tuple(position_ids.shape) != tuple(batch.input_ids.shape):
@@ -331,16 +339,17 @@ class HookedModel:
         if backend == "nnsight":
             from .backends.nnsight import run_nnsight
 
-            logits, cache = run_nnsight(self, batch, list(interventions), remote=remote, grad=grad)
+            logits, cache = run_nnsight(self, batch, ivs, remote=remote, grad=grad)
             return RunResult(logits, cache, batch)
-        with self.apply(list(interventions)) as session, (nullcontext() if grad else torch.no_grad()):
+        with self.apply(ivs) as session, (nullcontext() if grad else torch.no_grad()):
             out = self.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False)
         return RunResult(out.logits, session_cache(self, session, batch.attention_mask), batch)
 
-    def generate(self, inputs: Any, max_new_tokens: int = 32, *, interventions: Sequence[Intervention] = (),
+    def generate(self, inputs: Any, max_new_tokens: int = 32, *, interventions: Interventions = (),
                  do_sample: bool = False, **generate_kwargs: Any) -> Generation:
-        """Greedy (default) or sampled continuation of left-padded prompts under ``interventions``."""
+        """Greedy (default) or sampled continuation of left-padded prompts under ``interventions`` (one or a list)."""
+        ivs = as_interventions(interventions)
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         batch = self.tokenize(inputs, "left")
@@ -351,7 +360,7 @@ class HookedModel:
         if self.tokenizer is not None:
             pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
                 (self.tokenizer.eos_token_id or 0)
-        with self.apply(list(interventions)), torch.no_grad():
+        with self.apply(ivs), torch.no_grad():
             out = cast(Any, self.hf_model).generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                          max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
                                          **generate_kwargs)

@@ -20,13 +20,13 @@ models index by loop position, is sliced the same way. Both are restored on exit
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
 
 from .architectures import get_module
-from .base import Intervention
+from .base import Interventions, as_interventions
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -59,10 +59,10 @@ def _check_supported(model: HookedModel) -> None:
 
 
 def forward_with_kv(model: HookedModel, input_ids: torch.Tensor,
-                    interventions: Sequence[Intervention] = ()) -> tuple[torch.Tensor, Any]:
+                    interventions: Interventions = ()) -> tuple[torch.Tensor, Any]:
     """One unpadded forward over ``input_ids [batch, pos]`` that also returns the KV cache."""
     _check_supported(model)
-    with model.apply(list(interventions)), torch.no_grad():
+    with model.apply(as_interventions(interventions)), torch.no_grad():
         out = model.hf_model(input_ids=input_ids.to(model.device), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     return out.logits, cache
@@ -143,7 +143,7 @@ def _cache_kwarg(model: HookedModel) -> str:
 
 
 def run_from_layer(model: HookedModel, hidden: torch.Tensor | None, start: int, input_ids: torch.Tensor, *,
-                   past: Any = None, interventions: Sequence[Intervention] = (), last_only: bool = True,
+                   past: Any = None, interventions: Interventions = (), last_only: bool = True,
                    grad: bool = False) -> torch.Tensor:
     """Logits of the new tokens ``input_ids [batch, s]`` computed from layer ``start`` on.
 
@@ -165,7 +165,7 @@ def run_from_layer(model: HookedModel, hidden: torch.Tensor | None, start: int, 
         kwargs[_cache_kwarg(model)] = past
     if last_only:
         kwargs["logits_to_keep"] = 1
-    with model.apply(list(interventions)), start_at_layer(model, start, hidden), \
+    with model.apply(as_interventions(interventions)), start_at_layer(model, start, hidden), \
             (nullcontext() if grad else torch.no_grad()):
         logits = model.hf_model(**kwargs).logits
     return logits[:, -1] if last_only else logits

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lmscope.interventions.base import Intervention
+from lmscope.interventions.base import Intervention, Interventions, as_interventions
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.patch import Patch
@@ -40,7 +40,7 @@ class FrozenContext:
 
 
 def candidate_logprobs(model: HookedModel, prompts: Sequence[BindingPrompt], candidates: Sequence[Sequence[int]],
-                       interventions: Sequence[Intervention] = (), *,
+                       interventions: Interventions = (), *,
                        token_positions: Sequence[Sequence[int]] | None = None,
                        cache: bool = False) -> tuple[torch.Tensor, object]:
     """Log-probs ``[n, k]`` of each prompt's candidate tokens at its last token (one forward).
@@ -49,7 +49,7 @@ def candidate_logprobs(model: HookedModel, prompts: Sequence[BindingPrompt], can
     of 0..n-1; padding gets 0). ``cache=True`` also records ``resid_pre`` of every layer and returns the
     ``ActivationCache``.
     """
-    ivs = list(interventions) + ([Cache("resid_pre.*")] if cache else [])
+    ivs = as_interventions(interventions) + ([Cache("resid_pre.*")] if cache else [])
     pad = model.tokenizer.pad_token_id if model.tokenizer is not None else None
     from lmscope.interventions.inputs import pad as pad_ids
 

@@ -3,7 +3,7 @@
 ``probs`` tensors are ``[..., n_inputs, n_labels]`` label probabilities (renormalised over the label set)
 and ``true`` the ``[n_inputs]`` true label indices.
 
-Calibrated accuracy (METHODS.md §3): for each label, the threshold is the ``(n-1)/n`` quantile of that
+Calibrated accuracy (Halawi et al., arXiv 2307.09476): for each label, the threshold is the ``(n-1)/n`` quantile of that
 label's probability across inputs (``n`` = number of labels); an input counts as correct when its true
 label's probability exceeds its label's threshold. This removes a constant preference for one label:
 with balanced labels, a classifier whose probabilities carry no information scores about ``1/n``.

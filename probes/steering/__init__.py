@@ -3,7 +3,9 @@
 ``vectors`` builds :class:`SteeringVector` (mean/CAA, ActAdd, PCA/RepE, logistic) and turns it into
 ``Steer`` interventions; ``reading`` projects activations on steering directions (RepE reading) and
 reports per-layer separation; ``evals`` holds offline evaluations (behaviour score, multiple choice) and
-their shipped data; ``tradeoff`` sweeps steering scales and fits Wolf et al.'s curves; ``cli`` is
+their shipped data; ``scale`` gives scales a unit (the layer's typical residual norm); ``generation``
+tabulates steered texts over scales x prompts; ``tradeoff`` sweeps steering scales and fits Wolf et al.'s
+curves; ``cli`` is
 ``lmscope steer``.
 """
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
         read_jsonl,
         sentiment_eval,
     )
+    from .generation import GenerationSweep, generation_sweep
     from .reading import Separation, auroc, read, separation
     from .tradeoff import (
         Fit,
@@ -40,6 +43,7 @@ _LAZY = {
     "BehaviourEval": ".evals",
     "ChoiceEval": ".evals",
     "Fit": ".tradeoff",
+    "GenerationSweep": ".generation",
     "METHODS": ".vectors",
     "Separation": ".reading",
     "SteeringVector": ".vectors",
@@ -50,6 +54,7 @@ _LAZY = {
     "fit_quadratic": ".tradeoff",
     "fit_tanh": ".tradeoff",
     "fit_wolf_helpfulness": ".tradeoff",
+    "generation_sweep": ".generation",
     "load_pairs": ".evals",
     "mcq_eval": ".evals",
     "r_squared": ".tradeoff",

@@ -2,13 +2,18 @@
 
 ``lmscope steer --pairs FILE.jsonl --layer L --scale S [--method mean] [--max-new-tokens N] "PROMPT"``
 
-``FILE.jsonl`` has one ``{"positive": ..., "negative": ...}`` object per line.
+``FILE.jsonl`` has one ``{"positive": ..., "negative": ...}`` object per line (``--pairs sentiment`` uses the
+shipped sentiment pairs). ``--scale`` counts the layer's typical residual norm (``--unit resid``, the default:
+``0.5`` adds half a typical residual along the vector's direction) or the vector as built (``--unit raw``).
+Several scales (``--scale -1,0,1``) print a table of continuations, one row per scale.
 Torch and the model load only when the command runs (``register`` is cheap).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shutil
 import textwrap
 from typing import Any
@@ -21,15 +26,20 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("steer", help="steer generation with a vector built from contrast pairs",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("prompt", help="prompt to continue")
-    p.add_argument("--pairs", required=True, help="JSONL file of {positive, negative} contrast pairs")
+    p.add_argument("--pairs", required=True,
+                   help="JSONL file of {positive, negative} contrast pairs, or 'sentiment' (the shipped pairs)")
     p.add_argument("--layer", type=int, action="append", required=True,
                    help="layer to steer at (repeat for several; negative counts from the end)")
-    p.add_argument("--scale", type=float, required=True, help="multiplier of the steering vector")
+    p.add_argument("--scale", required=True,
+                   help="steering strength, or several comma-separated (-1,0,1: a table); see --unit")
+    p.add_argument("--unit", default="resid", choices=["resid", "raw"],
+                   help="what --scale counts: 'resid' (default) the layer's typical residual norm along the "
+                        "vector's direction; 'raw' the vector as built (unit vectors with --normalize)")
     p.add_argument("--method", default="mean", choices=["mean", "actadd", "pca", "logistic"])
     p.add_argument("--site", default="resid_pre", choices=["resid_pre", "resid_post"])
     p.add_argument("--token", default="-1", help="token compared in each pair: an index or 'mean' (default -1)")
     p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
-    p.add_argument("--normalize", action="store_true", help="unit-normalise each layer's vector first")
+    p.add_argument("--normalize", action="store_true", help="with --unit raw: unit-normalise each layer's vector")
     p.add_argument("--max-new-tokens", type=int, default=40)
     add_model_args(p)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
@@ -57,16 +67,35 @@ def _wrap(text: str, width: int) -> list[str]:
     return out
 
 
+def parse_scales(text: str) -> list[float]:
+    """``"8"`` or ``"-1,0,1"`` to floats; anything else is a :class:`CliError`."""
+    try:
+        scales = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CliError(f"--scale must be a number or comma-separated numbers (-1,0,1), got {text!r}.") from None
+    if not scales or not all(math.isfinite(s) for s in scales):
+        raise CliError(f"--scale must be finite numbers, got {text!r}.")
+    return scales
+
+
+SHIPPED_PAIRS = {"sentiment": "sentiment_pairs.jsonl"}  # --pairs NAME -> a file of probes/steering/data
+
+
 def run_steer(args: argparse.Namespace) -> int:
-    """Build the vector, then print unsteered and steered continuations side by side."""
-    from .evals import load_pairs
+    """Build the vector, then print unsteered and steered continuations side by side (one scale) or a table."""
+    from .evals import DATA_DIR, load_pairs
+    from .generation import generation_sweep
     from .vectors import SteeringVector
 
     try:
         token: int | str = args.token if args.token == "mean" else int(args.token)
     except ValueError:
         raise CliError(f"--token must be an integer or 'mean', got {args.token!r}.") from None
-    pos, neg = load_pairs(args.pairs)
+    scales = parse_scales(args.scale)
+    if args.normalize and args.unit == "resid":
+        raise CliError("--normalize applies to --unit raw; --unit resid already steers along the unit direction.")
+    shipped = args.pairs in SHIPPED_PAIRS and not os.path.exists(args.pairs)
+    pos, neg = load_pairs(DATA_DIR / SHIPPED_PAIRS[args.pairs] if shipped else args.pairs)
     if args.method == "actadd":
         pos, neg = pos[:1], neg[:1]
     model = model_from_args(args)
@@ -78,13 +107,35 @@ def run_steer(args: argparse.Namespace) -> int:
     if args.chat and model.tokenizer is not None:
         prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                      add_generation_prompt=True)
-    steers = sv.to_steer(args.scale, positions=args.positions, normalize=args.normalize)
+    print(describe(sv, scales, args.unit, args.normalize))
+    if len(scales) > 1:
+        sweep = generation_sweep(model, sv, scales, [prompt], args.max_new_tokens, unit=args.unit,
+                                 positions=args.positions) if not args.normalize else \
+            generation_sweep(model, sv.to_steer(1.0, positions=args.positions, normalize=True), scales, [prompt],
+                             args.max_new_tokens)
+        print(sweep.to_markdown())
+        return 0
+    steers = sv.to_steer(scales[0], positions=args.positions, normalize=args.normalize, unit=args.unit)
     plain = model.generate(prompt, args.max_new_tokens).texts
     steered = model.generate(prompt, args.max_new_tokens, interventions=steers).texts
     assert plain is not None and steered is not None
     width = args.width or shutil.get_terminal_size((120, 20)).columns
-    norms = ", ".join(f"{k}={v:.2f}" for k, v in sv.norms.items())
-    print(f"{args.method} vector from {sv.n_pairs} pairs; norms: {norms}; scale {args.scale:g}"
-          f"{' (unit vectors)' if args.normalize else ''}")
-    print(side_by_side(plain[0], steered[0], width, ("unsteered", f"steered (scale {args.scale:g})")))
+    print(side_by_side(plain[0], steered[0], width, ("unsteered", f"steered (scale {scales[0]:g})")))
     return 0
+
+
+def describe(sv: Any, scales: list[float], unit: str, normalize: bool) -> str:
+    """What the vector is and what a scale of 1 adds at each layer, in numbers (the first lines of the output)."""
+    parts = []
+    for site, norm in sv.norms.items():
+        resid = sv.resid_norms.get(site)
+        typical = f", typical residual norm {resid:.1f}" if resid is not None else ""
+        parts.append(f"{site}: vector norm {norm:.1f}{typical}")
+    head = f"{sv.method} vector from {sv.n_pairs} pairs; " + "; ".join(parts) + "."
+    shown = ", ".join(f"{s:g}" for s in scales)
+    if unit == "resid":
+        added = ", ".join(f"{sv.resid_norms[site]:.1f} at {site}" for site in sv.sites)
+        return (f"{head}\nscale {shown} in units of the typical residual norm (outlier tokens left out): "
+                f"scale 1 adds a vector of norm {added} along the steering direction (negative: against it).")
+    what = "the unit vector" if normalize else "the vector as built"
+    return f"{head}\nscale {shown} multiplies {what} (--unit raw)."

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 import torch
 
+from lmscope.interventions.base import Interventions, as_interventions
 from lmscope.interventions.errors import InputError
 
 if TYPE_CHECKING:
@@ -67,12 +68,13 @@ def load_pairs(path: str | os.PathLike[str] | None = None) -> tuple[list[str], l
     return [r["positive"] for r in rows], [r["negative"] for r in rows]
 
 
-def _next_token_probs(model: HookedModel, prompts: list[str], interventions: Sequence[Intervention],
+def _next_token_probs(model: HookedModel, prompts: list[str], interventions: Interventions,
                       batch_size: int) -> torch.Tensor:
     """[n_prompts, vocab] next-token probabilities (float32, CPU); one run per batch."""
+    ivs = as_interventions(interventions)
     out = []
     for i in range(0, len(prompts), batch_size):
-        res = model.run(prompts[i:i + batch_size], list(interventions))
+        res = model.run(prompts[i:i + batch_size], ivs)
         out.append(res.last_logits().float().softmax(-1).cpu())
     return torch.cat(out)
 
@@ -103,7 +105,7 @@ class BehaviourEval:
         if not self.positive_tokens or not self.negative_tokens:
             raise InputError("BehaviourEval needs positive and negative behaviour tokens.")
 
-    def __call__(self, model: HookedModel, interventions: Sequence[Intervention] = ()) -> dict[str, float]:
+    def __call__(self, model: HookedModel, interventions: Interventions = ()) -> dict[str, float]:
         pos = _token_ids(model, self.positive_tokens, "positive")
         neg = _token_ids(model, self.negative_tokens, "negative")
         probs = _next_token_probs(model, list(self.prompts), interventions, self.batch_size)
@@ -174,7 +176,7 @@ class ChoiceEval:
                              "distinct first tokens (reword them, or use mode='letter').")
         return ids
 
-    def __call__(self, model: HookedModel, interventions: Sequence[Intervention] = ()) -> dict[str, float]:
+    def __call__(self, model: HookedModel, interventions: Interventions = ()) -> dict[str, float]:
         ids = [self.choice_ids(model, i) for i in range(len(self.questions))]
         probs = _next_token_probs(model, [self.prompt(i) for i in range(len(self.questions))], interventions,
                                   self.batch_size)
@@ -209,7 +211,7 @@ class AnswerEval:
             raise InputError(f"AnswerEval needs as many answers as prompts (got {len(self.prompts)} prompts, "
                              f"{len(self.answers)} answers), and at least one.")
 
-    def __call__(self, model: HookedModel, interventions: Sequence[Intervention] = ()) -> dict[str, float]:
+    def __call__(self, model: HookedModel, interventions: Interventions = ()) -> dict[str, float]:
         if model.tokenizer is None:
             raise InputError("AnswerEval needs a tokenizer.")
         ids = [model.tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in self.answers]
@@ -247,9 +249,9 @@ def as_eval(obj: Any) -> EvalFn:
                      f"answers) tuple, a list of (prompt, answer) pairs or a dict; got {type(obj).__name__}.")
 
 
-def run_eval(fn: EvalFn, model: HookedModel, interventions: Sequence[Intervention]) -> dict[str, float]:
+def run_eval(fn: EvalFn, model: HookedModel, interventions: Interventions) -> dict[str, float]:
     """Call an evaluation and return a dict with at least ``score``."""
-    out = fn(model, interventions)
+    out = fn(model, as_interventions(interventions))  # a user's callable always gets a list
     if isinstance(out, dict):
         if "score" not in out:
             raise InputError(f"An evaluation returned a dict without 'score' (keys: {sorted(out)}).")

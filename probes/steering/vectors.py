@@ -3,8 +3,7 @@
 A :class:`SteeringVector` holds one vector per layer (site name -> ``[d_model]``
 tensor, or ``[k, d_model]`` for multi-position ActAdd) plus where it came from
 (method, model fingerprint, number of pairs). It is built by
-:meth:`SteeringVector.from_pairs` with one of four methods (see
-``../shared/METHODS.md`` §4):
+:meth:`SteeringVector.from_pairs` with one of four methods:
 
 - ``actadd`` (Turner et al.): one prompt pair; the difference of ``resid_pre`` at
   the first positions (the shorter prompt is right-filled with a space token so
@@ -33,13 +32,15 @@ import torch
 
 from lmscope.interventions.artifacts import load_artifact, save_artifact
 from lmscope.interventions.cache import Cache
-from lmscope.interventions.collect import TokenSpec, collect_activations, validate_token
+from lmscope.interventions.collect import OUTLIER_FACTOR, TokenSpec, collect_activations, validate_token
 from lmscope.interventions.errors import InputError, SiteError
 from lmscope.interventions.fingerprint import check_fingerprint
 from lmscope.interventions.inputs import Batch
 from lmscope.interventions.positions import PositionSpec
 from lmscope.interventions.specs import LayerSpec, Prompts, as_prompt_list, resolve_layers
 from lmscope.interventions.steer import Steer
+
+from .scale import check_unit, typical_norms
 
 if TYPE_CHECKING:
     from lmscope.interventions.model import HookedModel
@@ -52,12 +53,12 @@ FORMAT_VERSION = 1
 
 
 def _collect_pairs(model: HookedModel, pos: list[Any], neg: list[Any], sites: list[str], token: int | str,
-                   batch_size: int, progress: bool | None, method: str,
+                   batch_size: int, progress: bool | None, method: str, outliers: float | None = None,
                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Positive and negative activations; paired prompts share a batch (``batch_size`` pairs per run)."""
     if len(pos) != len(neg):  # unpaired (logistic): each side on its own
-        return (collect_activations(model, pos, sites, token, batch_size, progress, "positives"),
-                collect_activations(model, neg, sites, token, batch_size, progress, "negatives"))
+        return (collect_activations(model, pos, sites, token, batch_size, progress, "positives", outliers),
+                collect_activations(model, neg, sites, token, batch_size, progress, "negatives", outliers))
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
     from tqdm.auto import tqdm
@@ -70,7 +71,7 @@ def _collect_pairs(model: HookedModel, pos: list[Any], neg: list[Any], sites: li
                       disable=not show, leave=False):
         chunk = pos[start:start + batch_size]
         both = collect_activations(model, chunk + neg[start:start + batch_size], sites, token,
-                                   batch_size=2 * len(chunk), progress=False)
+                                   batch_size=2 * len(chunk), progress=False, outliers=outliers)
         for s in sites:
             hp[s].append(both[s][:len(chunk)])
             hn[s].append(both[s][len(chunk):])
@@ -94,6 +95,9 @@ class SteeringVector:
     n_pairs: int = 0
     token: int | str | None = -1
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: site -> typical residual norm there (outlier tokens left out), measured on the pairs; the unit of
+    #: ``to_steer(..., unit="resid")``. Empty for hand-made vectors until :meth:`measure_resid_norms`.
+    resid_norms: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.vectors:
@@ -110,12 +114,17 @@ class SteeringVector:
                                  "make every logit NaN. Rebuild it from finite activations.")
             clean[name] = v
         self.vectors = dict(sorted(clean.items(), key=lambda kv: _layer_of(kv[0])))
+        bad_norms = {s: n for s, n in self.resid_norms.items() if not (isinstance(n, (int, float)) and n > 0)}
+        if bad_norms:
+            raise InputError(f"resid_norms must be positive numbers, got {bad_norms}.")
+        self.resid_norms = {s: float(n) for s, n in self.resid_norms.items() if s in self.vectors}
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
     def from_pairs(cls, model: HookedModel, positive: Prompts, negative: Prompts, layers: LayerSpec = None,
                    method: str = "mean", token: TokenSpec = None, site: str = "resid_pre", batch_size: int = 16,
-                   progress: bool | None = None, C: float = 1.0) -> SteeringVector:
+                   progress: bool | None = None, C: float = 1.0,
+                   outliers: float | None = OUTLIER_FACTOR) -> SteeringVector:
         """Build a steering vector from contrast prompts (``positive[i]`` pairs with ``negative[i]``).
 
         ``token`` is the token whose activations are compared: an int (negative
@@ -123,7 +132,12 @@ class SteeringVector:
         ``"mean"`` (average over the prompt). For ``actadd`` the default is every
         position of the single pair (the "first positions"); an int picks one.
         ``site`` is the site kind (``resid_pre`` default, ``resid_post``...).
-        ``C`` is the inverse regularisation of ``logistic``.
+        ``C`` is the inverse regularisation of ``logistic``. With ``token="mean"``, tokens whose residual norm
+        exceeds ``outliers`` x their prompt's median (the attention-sink first token) are left out of the
+        average; ``outliers=None`` keeps every token (the behaviour before issue 21).
+
+        The typical residual norm at each site is measured on the same prompts (:meth:`measure_resid_norms`),
+        so ``to_steer(scale, unit="resid")`` can state a scale in residual norms.
         """
         if method not in METHODS:
             raise InputError(f"Unknown steering method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -151,12 +165,32 @@ class SteeringVector:
                 raise InputError(f"token must be an int or 'mean', got {tok!r}.")
             validate_token(tok, model.tokenize(pos).lengths.tolist(), "positive")
             validate_token(tok, model.tokenize(neg).lengths.tolist(), "negative")
-            hp_all, hn_all = _collect_pairs(model, pos, neg, sites, tok, batch_size, progress, method)
+            hp_all, hn_all = _collect_pairs(model, pos, neg, sites, tok, batch_size, progress, method,
+                                            outliers if tok == "mean" else None)
             vectors = {s: _direction(method, hp_all[s], hn_all[s], C) for s in sites}
-        return cls(vectors, method=method, site_kind=site, fingerprint=model.fingerprint(),
-                   n_pairs=len(pos) if method != "logistic" else min(len(pos), len(neg)),
-                   token=token if token is not None else (None if method == "actadd" else -1),
-                   metadata={"n_positive": len(pos), "n_negative": len(neg)})
+        sv = cls(vectors, method=method, site_kind=site, fingerprint=model.fingerprint(),
+                 n_pairs=len(pos) if method != "logistic" else min(len(pos), len(neg)),
+                 token=token if token is not None else (None if method == "actadd" else -1),
+                 metadata={"n_positive": len(pos), "n_negative": len(neg),
+                           **({"mean_outlier_factor": outliers} if token == "mean" else {})})
+        return sv.measure_resid_norms(model, pos + neg, batch_size=2 * batch_size, outliers=outliers)
+
+    def measure_resid_norms(self, model: HookedModel, prompts: Prompts, batch_size: int = 32,
+                            outliers: float | None = OUTLIER_FACTOR) -> SteeringVector:
+        """Measure (and keep, in ``resid_norms``) the typical residual norm at each of this vector's sites.
+
+        The mean norm over the prompts' real tokens, tokens above ``outliers`` x their prompt's median left
+        out (see :mod:`lmscope.probes.steering.scale`). For ``attn_out``/``mlp_out`` vectors the stream they
+        are added to is measured: ``resid_pre`` of the same layer. Returns ``self``.
+        """
+        self.check(model)
+        stream = {s: s if not s.startswith(("attn_out.", "mlp_out.")) else f"resid_pre.{_layer_of(s)}"
+                  for s in self.vectors}
+        norms, left_out = typical_norms(model, as_prompt_list(prompts, "prompts"), sorted(set(stream.values())),
+                                        batch_size, outliers)
+        self.resid_norms = {s: norms[stream[s]] for s in self.vectors}
+        self.metadata["resid_norm_outliers_left_out"] = {s: left_out[stream[s]] for s in self.vectors}
+        return self
 
     # -- access ---------------------------------------------------------------------------------------
     @property
@@ -219,8 +253,14 @@ class SteeringVector:
 
     # -- application ----------------------------------------------------------------------------------
     def to_steer(self, scale: float = 1.0, positions: PositionSpec = "all", normalize: bool = False,
-                 layers: LayerSpec = None) -> list[Steer]:
+                 layers: LayerSpec = None, unit: str = "raw") -> list[Steer]:
         """``Steer`` interventions adding ``scale * vector`` at each (or the chosen) layer.
+
+        ``unit`` says what ``scale`` counts: ``"raw"`` (default) the vector as stored (unit vectors with
+        ``normalize``); ``"resid"`` the layer's typical residual norm (``resid_norms``), along the vector's
+        direction, so ``scale=0.5`` adds half a typical residual whatever the vector's own norm (a
+        multi-position ActAdd vector is scaled so that its longest row is ``scale`` residual norms;
+        ``normalize`` is implied there).
 
         ``positions`` follows :mod:`lmscope.interventions.positions` ("all", "prompt",
         "generated", ints, slices, per-row specs) and keeps its meaning under
@@ -229,10 +269,21 @@ class SteeringVector:
         multi-position ActAdd vector is added row ``i`` at prompt token ``i``
         (``positions`` must stay "all" for it: the rows fix the positions).
         """
+        check_unit(unit)
         chosen = self.sites if layers is None else [self.site_of(i) for i in _layer_list(layers)]
+        missing = [s for s in chosen if s not in self.resid_norms]
+        if unit == "resid" and missing:
+            raise InputError(f"unit='resid' needs the typical residual norm at {', '.join(missing)}, which this "
+                             "vector has not measured (hand-made, or saved before issue 21): call "
+                             "sv.measure_resid_norms(model, prompts) first, or use unit='raw'.")
         out: list[Steer] = []
         for s in chosen:
             v = self.vectors[s]
+            if unit == "resid":
+                longest = float(v.norm(dim=-1).max())
+                if longest == 0:
+                    raise InputError(f"The vector at {s} is zero; it has no direction to steer along.")
+                v, normalize = v / longest * self.resid_norms[s], False
             if v.dim() == 1:
                 out.append(Steer(s, v, scale, positions=None if positions == "all" else positions,
                                  normalize=normalize))
@@ -250,7 +301,8 @@ class SteeringVector:
     def config(self) -> dict[str, Any]:
         return {"format": "lmscope.steering_vector", "version": FORMAT_VERSION, "method": self.method,
                 "site_kind": self.site_kind, "sites": self.sites, "fingerprint": self.fingerprint,
-                "n_pairs": self.n_pairs, "token": self.token, "norms": self.norms, "metadata": self.metadata}
+                "n_pairs": self.n_pairs, "token": self.token, "norms": self.norms, "metadata": self.metadata,
+                "resid_norms": self.resid_norms}
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``steering.json`` + ``tensors.safetensors`` into the folder ``path`` (atomic, no pickle)."""
@@ -267,7 +319,7 @@ class SteeringVector:
             raise InputError(f"{path} is incomplete: no tensors for {', '.join(missing)}.")
         sv = cls({s: tensors[s] for s in config["sites"]}, method=config["method"], site_kind=config["site_kind"],
                  fingerprint=config.get("fingerprint"), n_pairs=config.get("n_pairs", 0), token=config.get("token"),
-                 metadata=config.get("metadata", {}))
+                 metadata=config.get("metadata", {}), resid_norms=config.get("resid_norms") or {})
         if model is not None:
             sv.check(model)
         return sv
