@@ -7,6 +7,8 @@ exist. These tests add what a reader meets in the prose: file paths written in b
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from pathlib import Path
 
@@ -28,9 +30,22 @@ def _rel(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
+_SKIP = ("build", "__pycache__")
+
+
+@functools.lru_cache(maxsize=1)
+def _walk() -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """(folders, files) of the repository, once: hidden folders (.git, .venv*, caches) and build outputs pruned."""
+    dirs, files = [], []
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _SKIP]
+        dirs.append(Path(dirpath))
+        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return tuple(dirs), tuple(files)
+
+
 def _repo_file_names() -> set[str]:
-    return {p.name for p in ROOT.rglob("*") if ".git" not in p.parts and not any(
-        part.startswith(".") for part in p.relative_to(ROOT).parts)}
+    return {p.name for p in _walk()[1]}
 
 
 def repo_path_problems(text: str, where: Path, names: set[str]) -> list[str]:
@@ -49,10 +64,11 @@ def repo_path_problems(text: str, where: Path, names: set[str]) -> list[str]:
         bare = token.rstrip("/")
         if token.startswith(TOP_FOLDERS) or ("/" in bare and bare.endswith(FILE_SUFFIXES)):
             candidates = [ROOT / bare, where.parent / bare]
-            candidates += [d / bare for d in ROOT.rglob("*") if d.is_dir() and d.name in bare.split("/")[:1]
-                           and ".git" not in d.parts]
-            candidates += [d.parent / bare for d in ROOT.rglob(bare.split("/")[0]) if ".git" not in d.parts]
-            if not any(c.exists() for c in candidates):
+            first = bare.split("/")[0]
+            candidates += [d / bare for d in _walk()[0] if d.name == first]
+            candidates += [d.parent / bare for d in _walk()[0] if d.name == first]
+            # a path only counts inside the repository: `../shared/x.md` may exist on one machine, not in a clone
+            if not any(c.exists() and c.resolve().is_relative_to(ROOT) for c in candidates):
                 bad.append(f"{_rel(where)}: `{token}` does not exist")
         elif "/" not in bare and bare.endswith(SOURCE_SUFFIXES) and bare not in names:
             bad.append(f"{_rel(where)}: `{token}` names no file in the repository")
