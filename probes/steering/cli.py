@@ -43,7 +43,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=40)
     add_model_args(p)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    p.add_argument("--save", help="also save the steering vector into this folder")
+    # dest is not "save": nnsight gives every object a .save() method, so argparse would see the attribute as set
+    p.add_argument("--save", dest="save_folder", metavar="FOLDER",
+                   help="also save the steering vector into this folder")
     p.add_argument("--width", type=int, default=0, help="total output width (default: terminal width)")
     p.set_defaults(func=run_steer)
     return p
@@ -101,8 +103,8 @@ def run_steer(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     sv = SteeringVector.from_pairs(model, pos, neg, layers=args.layer, method=args.method, site=args.site,
                                    token=None if args.method == "actadd" and args.token == "-1" else token)
-    if args.save:
-        sv.save(args.save)
+    if args.save_folder:
+        sv.save(args.save_folder)
     prompt = args.prompt
     if args.chat and model.tokenizer is not None:
         prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,

@@ -79,3 +79,26 @@ def test_negative_layers_reach_the_parser() -> None:
     assert cli._join_negative_values(["decode", "x", "--layers", "-2,-1"]) == ["decode", "x", "--layers=-2,-1"]
     assert cli._join_negative_values(["decode", "x", "--layers", "3", "--json"]) == \
         ["decode", "x", "--layers", "3", "--json"]
+
+
+def test_no_cli_option_lands_on_an_attribute_every_object_has() -> None:
+    """nnsight gives every object a ``.save()`` method; argparse then treats ``args.save`` as already set and
+    never fills in the option's default, so ``--save`` was a bound method when absent (found by a fresh clone's
+    full run). No option of any command may use a destination an empty namespace already has."""
+    import argparse
+
+    import nnsight  # noqa: F401 - its import is what adds the attribute
+
+    from lmscope.interventions.cli import build_parser
+
+    parser = build_parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    clashes = []
+    for sub in subparsers:
+        for name, command in sub.choices.items():
+            for action in command._actions:
+                if action.dest != "help" and hasattr(argparse.Namespace(), action.dest):
+                    clashes.append(f"lmscope {name} {'/'.join(action.option_strings)} -> {action.dest}")
+    assert clashes == []
+    args = parser.parse_args(["steer", "--pairs", "sentiment", "--layer", "16", "--scale", "0.2", "hi"])
+    assert args.save_folder is None
