@@ -20,7 +20,7 @@ def _by_hand(model, ids: torch.Tensor, shifts: torch.Tensor, monkeypatch) -> tor
 
     def patched(q, k, cos, sin, *args, **kwargs):
         q_out, _ = original(q, k, cos, sin, *args, **kwargs)
-        cos_k, sin_k = rope(k, pos + shifts)
+        cos_k, sin_k = rope(k, (pos + shifts).to(k.device))  # the reference on the model's device
         _, k_out = original(q, k, cos_k, sin_k, *args, **kwargs)
         return q_out, k_out
 

@@ -84,12 +84,13 @@ def test_atp_star_is_exact_when_the_rest_is_linear_in_the_pattern(llama_tiny, mo
     model = llama_tiny
     _linear_after_pattern(model)
     clean, corrupt = _pair()
-    w_v = model.hf_model.model.layers[2].self_attn.v_proj.weight.detach()  # [kv * d_head, d_model]
-    null = torch.eye(w_v.shape[1]) - torch.linalg.pinv(w_v) @ w_v  # projector on null(W_V)
+    w_v = model.hf_model.model.layers[2].self_attn.v_proj.weight.detach().cpu()  # [kv * d_head, d_model]
+    null = torch.eye(w_v.shape[1]) - torch.linalg.pinv(w_v) @ w_v  # projector on null(W_V), built on the CPU
     base = model.run(corrupt, [Cache("resid_pre.2")]).cache["resid_pre.2"][0]
     gen = torch.Generator().manual_seed(0)
-    delta = 10.0 * torch.randn(base.shape, generator=gen) @ null
-    assert float((delta @ w_v.T).abs().max()) < 1e-4 and float(delta.norm()) > 1.0
+    delta_cpu = 10.0 * torch.randn(base.shape, generator=gen) @ null
+    assert float((delta_cpu @ w_v.T).abs().max()) < 1e-4 and float(delta_cpu.norm()) > 1.0
+    delta = delta_cpu.to(base.device)
     real = sweep.source_values
 
     def crafted(model, pair, sites):
