@@ -65,9 +65,33 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 
+class NormTally:
+    """Running mean of each site's residual norm over real tokens, outlier tokens (:func:`inlier_mask` with
+    ``factor``) left out: the typical norm a steering scale is measured in. Fed batch by batch from caches that
+    hold every position, so it costs no forward of its own."""
+
+    def __init__(self, sites: Sequence[str], factor: float | None = OUTLIER_FACTOR) -> None:
+        self.factor = factor
+        self.total = {s: 0.0 for s in sites}
+        self.count = {s: 0 for s in sites}
+        self.dropped = {s: 0 for s in sites}
+
+    def add(self, site: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+        """Count ``values [batch, pos, d]`` of ``site`` at the real tokens of ``mask [batch, pos]``."""
+        mask = mask.to(values.device)
+        keep = inlier_mask(values, mask, self.factor)
+        self.total[site] += float(values.float().norm(dim=-1)[keep].sum())
+        self.count[site] += int(keep.sum())
+        self.dropped[site] += int(mask.bool().sum()) - int(keep.sum())
+
+    def result(self) -> tuple[dict[str, float], dict[str, int]]:
+        """``(site -> typical norm, site -> tokens left out as outliers)``."""
+        return {s: self.total[s] / max(self.count[s], 1) for s in self.total}, dict(self.dropped)
+
+
 def collect_activations(model: HookedModel, prompts: Prompts, sites: list[str], token: int | str = -1,
                         batch_size: int = 16, progress: bool | None = None, desc: str = "activations",
-                        outliers: float | None = None) -> dict[str, torch.Tensor]:
+                        outliers: float | None = None, norms: NormTally | None = None) -> dict[str, torch.Tensor]:
     """Activations of ``prompts`` at one token (or averaged over real tokens with ``token="mean"``).
 
     With ``token="mean"`` and ``outliers=f``, tokens whose norm exceeds ``f`` x their prompt's median norm at
@@ -76,7 +100,8 @@ def collect_activations(model: HookedModel, prompts: Prompts, sites: list[str], 
 
     One ``model.run`` with a ``Cache(sites, positions=token)`` per batch; returns
     site -> ``[n_prompts, d]`` float32 on the CPU. ``progress`` shows a tqdm bar
-    (default: when there is more than one batch).
+    (default: when there is more than one batch). ``norms``: a :class:`NormTally` over ``sites`` that the same
+    forwards also feed (every position is then cached).
     """
     items = as_prompt_list(prompts, "prompts")
     if batch_size < 1:
@@ -90,16 +115,18 @@ def collect_activations(model: HookedModel, prompts: Prompts, sites: list[str], 
         batch = model.tokenize(items[start:start + batch_size])
         lengths = batch.lengths.tolist()
         validate_token(token, lengths, f"the batch starting at {start}:")
-        if token == "mean":
-            res = model.run(batch, [Cache(sites)])
-            for s in sites:
-                v = res.cache[s]
+        every = Cache(sites) if token == "mean" or norms is not None else None
+        one = Cache(sites, positions=token) if token != "mean" else None
+        model.run(batch, [c for c in (every, one) if c is not None])
+        for s in sites:
+            if every is not None and norms is not None:
+                norms.add(s, every.cache[s], batch.attention_mask)
+            if one is not None:
+                chunks[s].append(one.cache[s][:, 0].float().cpu())
+            else:
+                v = every.cache[s]  # type: ignore[union-attr]
                 keep = inlier_mask(v, batch.attention_mask.to(v.device), outliers)
                 chunks[s].append(masked_mean(v, keep).cpu())
-        else:
-            res = model.run(batch, [Cache(sites, positions=token)])
-            for s in sites:
-                chunks[s].append(res.cache[s][:, 0].float().cpu())
     return {s: torch.cat(c) for s, c in chunks.items()}
 
 

@@ -17,7 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from lmscope.interventions.cache import Cache
-from lmscope.interventions.collect import OUTLIER_FACTOR, inlier_mask, masked_mean  # noqa: F401 (re-exported)
+from lmscope.interventions.collect import (  # noqa: F401 (inlier_mask, masked_mean re-exported)
+    OUTLIER_FACTOR,
+    NormTally,
+    inlier_mask,
+    masked_mean,
+)
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.specs import as_prompt_list
 
@@ -38,20 +43,12 @@ def typical_norms(model: HookedModel, prompts: Sequence[Any], sites: Sequence[st
     items = as_prompt_list(list(prompts), "prompts")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-    total = {s: 0.0 for s in sites}
-    count = {s: 0 for s in sites}
-    dropped = {s: 0 for s in sites}
+    tally = NormTally(sites, factor)
     for start in range(0, len(items), batch_size):
         res = model.run(items[start:start + batch_size], Cache(list(sites)))
-        mask = res.batch.attention_mask
         for s in sites:
-            v = res.cache[s]
-            keep = inlier_mask(v, mask.to(v.device), factor)
-            norms = v.float().norm(dim=-1)
-            total[s] += float(norms[keep].sum())
-            count[s] += int(keep.sum())
-            dropped[s] += int(mask.bool().sum()) - int(keep.sum())
-    return {s: total[s] / max(count[s], 1) for s in sites}, dropped
+            tally.add(s, res.cache[s], res.batch.attention_mask)
+    return tally.result()
 
 
 def check_unit(unit: str) -> None:

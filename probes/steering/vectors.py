@@ -32,7 +32,7 @@ import torch
 
 from lmscope.interventions.artifacts import load_artifact, save_artifact
 from lmscope.interventions.cache import Cache
-from lmscope.interventions.collect import OUTLIER_FACTOR, TokenSpec, collect_activations, validate_token
+from lmscope.interventions.collect import OUTLIER_FACTOR, NormTally, TokenSpec, collect_activations, validate_token
 from lmscope.interventions.errors import InputError, SiteError
 from lmscope.interventions.fingerprint import check_fingerprint
 from lmscope.interventions.inputs import Batch
@@ -54,11 +54,12 @@ FORMAT_VERSION = 1
 
 def _collect_pairs(model: HookedModel, pos: list[Any], neg: list[Any], sites: list[str], token: int | str,
                    batch_size: int, progress: bool | None, method: str, outliers: float | None = None,
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Positive and negative activations; paired prompts share a batch (``batch_size`` pairs per run)."""
+                   norms: NormTally | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Positive and negative activations; paired prompts share a batch (``batch_size`` pairs per run).
+    ``norms`` also tallies the sites' typical residual norms from the same forwards."""
     if len(pos) != len(neg):  # unpaired (logistic): each side on its own
-        return (collect_activations(model, pos, sites, token, batch_size, progress, "positives", outliers),
-                collect_activations(model, neg, sites, token, batch_size, progress, "negatives", outliers))
+        return (collect_activations(model, pos, sites, token, batch_size, progress, "positives", outliers, norms),
+                collect_activations(model, neg, sites, token, batch_size, progress, "negatives", outliers, norms))
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
     from tqdm.auto import tqdm
@@ -71,7 +72,7 @@ def _collect_pairs(model: HookedModel, pos: list[Any], neg: list[Any], sites: li
                       disable=not show, leave=False):
         chunk = pos[start:start + batch_size]
         both = collect_activations(model, chunk + neg[start:start + batch_size], sites, token,
-                                   batch_size=2 * len(chunk), progress=False, outliers=outliers)
+                                   batch_size=2 * len(chunk), progress=False, outliers=outliers, norms=norms)
         for s in sites:
             hp[s].append(both[s][:len(chunk)])
             hn[s].append(both[s][len(chunk):])
@@ -157,6 +158,7 @@ class SteeringVector:
             raise InputError("logistic needs at least two positive and two negative prompts.")
         layer_ids = resolve_layers(model, layers)
         sites = [f"{site}.{i}" for i in layer_ids]
+        tally = None
         if method == "actadd" and token is None:
             vectors = _actadd_vectors(model, pos[0], neg[0], sites)
         else:
@@ -165,15 +167,23 @@ class SteeringVector:
                 raise InputError(f"token must be an int or 'mean', got {tok!r}.")
             validate_token(tok, model.tokenize(pos).lengths.tolist(), "positive")
             validate_token(tok, model.tokenize(neg).lengths.tolist(), "negative")
+            # the residual sites' typical norms come from the same forwards; attn_out / mlp_out vectors are
+            # measured against resid_pre (measure_resid_norms runs them)
+            tally = NormTally(sites, outliers) if site not in ("attn_out", "mlp_out") else None
             hp_all, hn_all = _collect_pairs(model, pos, neg, sites, tok, batch_size, progress, method,
-                                            outliers if tok == "mean" else None)
+                                            outliers if tok == "mean" else None, tally)
             vectors = {s: _direction(method, hp_all[s], hn_all[s], C) for s in sites}
         sv = cls(vectors, method=method, site_kind=site, fingerprint=model.fingerprint(),
                  n_pairs=len(pos) if method != "logistic" else min(len(pos), len(neg)),
                  token=token if token is not None else (None if method == "actadd" else -1),
                  metadata={"n_positive": len(pos), "n_negative": len(neg),
                            **({"mean_outlier_factor": outliers} if token == "mean" else {})})
-        return sv.measure_resid_norms(model, pos + neg, batch_size=2 * batch_size, outliers=outliers)
+        if tally is None:
+            return sv.measure_resid_norms(model, pos + neg, batch_size=2 * batch_size, outliers=outliers)
+        norms, left_out = tally.result()
+        sv.resid_norms = norms
+        sv.metadata["resid_norm_outliers_left_out"] = left_out
+        return sv
 
     def measure_resid_norms(self, model: HookedModel, prompts: Prompts, batch_size: int = 32,
                             outliers: float | None = OUTLIER_FACTOR) -> SteeringVector:

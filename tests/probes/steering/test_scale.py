@@ -97,6 +97,24 @@ def test_to_steer_in_resid_units(llama_tiny: HookedModel, tmp_path: Path) -> Non
     assert bare.measure_resid_norms(llama_tiny, POS + NEG).resid_norms == pytest.approx(sv.resid_norms)
 
 
+@pytest.mark.parametrize("method,token", [("mean", -1), ("mean", "mean"), ("logistic", -1)])
+def test_from_pairs_measures_the_norms_in_its_own_forwards(llama_tiny: HookedModel, method: str,
+                                                           token: int | str) -> None:
+    """The typical norms come from the forwards that collect the pairs (one forward per batch, none extra), and
+    equal a separate measurement."""
+    calls = []
+    handle = llama_tiny.hf_model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        sv = SteeringVector.from_pairs(llama_tiny, POS, NEG, layers=[1, 2], method=method, token=token,
+                                       batch_size=2)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # 3 pairs in batches of 2 pairs; before, a second pass measured the norms (4)
+    separate = SteeringVector(dict(sv.vectors)).measure_resid_norms(llama_tiny, POS + NEG)
+    assert sv.resid_norms == pytest.approx(separate.resid_norms, rel=1e-5)
+    assert sv.metadata["resid_norm_outliers_left_out"] == separate.metadata["resid_norm_outliers_left_out"]
+
+
 def test_generation_sweep_matches_generate(llama_tiny: HookedModel) -> None:
     sv = SteeringVector.from_pairs(llama_tiny, POS, NEG, layers=[1], method="mean")
     prompts = [[1, 2, 3], [4, 5, 6, 7]]
