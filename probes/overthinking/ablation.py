@@ -243,6 +243,16 @@ def final_label_probs(model: HookedModel, prompts: PromptSet,
     return _looped_label_probs(model, prompts, makers, batch_size, progress)
 
 
+def _final_token_setup(model: HookedModel, prompts: PromptSet,
+                       batch_size: int) -> tuple[torch.Tensor, str, list[range]]:
+    """What both final-token runners need: the label ids, the forward's KV-cache keyword, the prompt batches."""
+    from .readings import batches
+
+    label_idx = torch.as_tensor(prompts.label_ids, device=model.device)
+    kw = "cache" if "cache" in inspect.signature(model.hf_model.forward).parameters else "past_key_values"
+    return label_idx, kw, batches(len(prompts), batch_size)
+
+
 def _prefix(model: HookedModel, rows: Sequence[int], prompts: PromptSet) -> tuple[Any, Any]:
     batch = model.tokenize([prompts.ids[i] for i in rows])
     ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
@@ -255,14 +265,10 @@ def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str
                          progress: bool, config_chunk: int) -> dict[str, torch.Tensor]:
     from tqdm.auto import tqdm
 
-    from .readings import batches
-
-    label_idx = torch.as_tensor(prompts.label_ids, device=model.device)
-    kw = "cache" if "cache" in inspect.signature(model.hf_model.forward).parameters else "past_key_values"
+    label_idx, kw, chunks = _final_token_setup(model, prompts, batch_size)
     names = list(specs)
     groups = [names[i:i + config_chunk] for i in range(0, len(names), config_chunk)]
     out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    chunks = batches(len(prompts), batch_size)
     bar = tqdm(total=len(chunks) * len(groups), desc="ablations", disable=not progress, leave=False)
     for rows in chunks:
         batch, past = _prefix(model, rows, prompts)
@@ -290,12 +296,8 @@ def _looped_label_probs(model: HookedModel, prompts: PromptSet, configs: dict[st
                         batch_size: int, progress: bool) -> dict[str, torch.Tensor]:
     from tqdm.auto import tqdm
 
-    from .readings import batches
-
-    label_idx = torch.as_tensor(prompts.label_ids, device=model.device)
-    kw = "cache" if "cache" in inspect.signature(model.hf_model.forward).parameters else "past_key_values"
+    label_idx, kw, chunks = _final_token_setup(model, prompts, batch_size)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in configs}
-    chunks = batches(len(prompts), batch_size)
     bar = tqdm(total=len(chunks) * len(configs), desc="ablations", disable=not progress, leave=False)
     for rows in chunks:
         batch, past = _prefix(model, rows, prompts)
