@@ -178,7 +178,10 @@ def _make_dry_run(tmp_path: Path, *args: str) -> str:
     for f in ("Makefile", "pyproject.toml", ".ci/constraints.txt"):
         (clone / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, clone / f)
-    run = subprocess.run(["make", "-n", *args], cwd=clone, capture_output=True, text=True)
+    # A clean environment: inside `make test BROWSER=1` (CI) the outer make exports its command-line variables through
+    # MAKEFLAGS, which the inner make would otherwise inherit; the default is what a new user gets.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "BROWSER")}
+    run = subprocess.run(["make", "-n", *args], cwd=clone, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     return run.stdout
 
