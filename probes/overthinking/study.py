@@ -86,6 +86,26 @@ class OverthinkingReport:
             atomic_write_bytes(out / f"{name}.png", self.png(name))
         return out
 
+    @classmethod
+    def load(cls, folder: str | Path, *, figures: bool = True) -> OverthinkingReport:
+        """Read a report written by :meth:`save` (``report.json``; figures are redrawn from its numbers).
+
+        Lets a notebook show a study run once at full size (``lmscope overthinking --out``) without re-running it.
+        """
+        path = Path(folder) / "report.json"
+        if not path.is_file():
+            raise InputError(f"No overthinking report at {path}; write one with `lmscope overthinking --out "
+                             f"{folder}` or OverthinkingReport.save.")
+        try:
+            data = _nan_in_lists(json.loads(path.read_text()))
+            report = cls(StudyConfig(**data["config"]), data["model"], list(data["labels"]), data["tables"],
+                         data["critical"], data["heads"], data["ablation"], data["timings"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{path} is not an overthinking report ({type(err).__name__}: {err}).") from None
+        if figures:
+            report.figures = make_figures(report)
+        return report
+
     def png(self, name: str) -> bytes:
         """One figure as PNG bytes (``IPython.display.Image(report.png(name))`` shows it in a notebook)."""
         if name not in self.figures:
@@ -136,6 +156,20 @@ def _finite(x: float | None) -> bool:
 def _signed(x: float | None, sign: str = "+") -> str:
     """``x`` to 3 decimals (with ``sign`` as the format's sign option), or ``n/a`` when undefined."""
     return f"{x:{sign}.3f}" if x is not None and _finite(x) else "n/a"
+
+
+#: Report fields that are always numbers (a ``null`` there was a NaN); other ``null`` fields mean "none".
+_FLOAT_FIELDS = frozenset({"gap", "gap_reduction", "gap_reduction_mean", "gap_reduction_std", "acc_true", "acc_false",
+                           "acc_true_mean", "acc_false_mean", "best_false_acc", "final_false_acc"})
+
+
+def _nan_in_lists(obj: Any) -> Any:
+    """Undo :func:`_json_safe`: a ``null`` inside a list of numbers, or in a number-only field, was a NaN."""
+    if isinstance(obj, dict):
+        return {k: math.nan if v is None and k in _FLOAT_FIELDS else _nan_in_lists(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [math.nan if v is None else _nan_in_lists(v) for v in obj]
+    return obj
 
 
 def _json_safe(obj: Any) -> Any:

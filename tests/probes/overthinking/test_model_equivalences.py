@@ -213,6 +213,22 @@ def test_study_saves_report_and_figures(tmp_path: Path) -> None:
                                                "ablation.png", "accuracy_demos.png"}
 
 
+@pytest.mark.slow
+def test_saved_report_loads_back_with_the_same_numbers_and_figures(tmp_path: Path) -> None:
+    from lmscope.probes.overthinking.study import OverthinkingReport
+
+    _, report = _tiny_study(figures=True)
+    back = OverthinkingReport.load(report.save(tmp_path / "rep"))
+    assert back.to_dict() == report.to_dict()
+    assert set(back.figures) == set(report.figures) and back.summary() == report.summary()
+    with pytest.raises(InputError, match="No overthinking report at"):
+        OverthinkingReport.load(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.json").write_text('{"config": {}}')
+    with pytest.raises(InputError, match="is not an overthinking report"):
+        OverthinkingReport.load(tmp_path / "bad")
+
+
 def _mixed_configs(model: HookedModel) -> dict:
     from lmscope.probes.overthinking.ablation import random_head_sets
 
