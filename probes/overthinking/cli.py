@@ -29,7 +29,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--n-random", type=int, default=20, help="random head sets in the control")
     p.add_argument("--lens", action="append", choices=["logit", "tuned"],
-                   help="lens(es) to read with (repeat; default logit and tuned)")
+                   help="lens(es) to read with (repeat; default logit and tuned: the model's default tuned lens, "
+                        "fitted once per model and cached)")
     p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -54,8 +55,6 @@ def run_overthinking(args: argparse.Namespace) -> int:
     score = task if args.score_task == "same" else load_task(args.score_task)
     model = model_from_args(args)
     lenses = args.lens or ["logit", "tuned"]
-    if "tuned" in lenses and args.model != "default":
-        raise CliError("The tuned lens is only cached for the default model; pass --lens logit for other models.")
     report = run_study(model, task, score_task=score, false_setting=args.false_setting, n_prompts=args.n_prompts,
                        n_demos=args.n_demos, lenses=lenses, top_k=args.top_k, n_random=args.n_random,
                        ablate=not args.no_ablation, batch_size=args.batch_size, seed=args.seed,
