@@ -145,16 +145,16 @@ def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *,
             rows_t.append(build_prompt(tok, task, t.context, name, allow_absent=True))
             rows_s.append(build_prompt(tok, task, src, name, allow_absent=True))
     cands = [t.candidates + s.candidates for t, s in zip(rows_t, rows_s)]
-    sources: dict[tuple[int, ...], Any] = {}  # one source run per batch, shared by the three swaps
+    source_runs: dict[tuple[int, ...], Any] = {}  # one source run per batch, shared by the three swaps
 
     def source_cache(rows: Sequence[int]) -> Any:
         key = tuple(rows)
-        if key not in sources:
-            sources.clear()
+        if key not in source_runs:
+            source_runs.clear()
             src = [rows_s[i] for i in rows]
-            sources[key] = (context_acts(model, src) if method == "kv" else
+            source_runs[key] = (context_acts(model, src) if method == "kv" else
                             candidate_logprobs(model, src, [cands[i] for i in rows], cache=True)[1])
-        return sources[key]
+        return source_runs[key]
 
     def maker(what: str) -> Any:
         def make(rows: Sequence[int], frozen: FrozenContext | None) -> list:

@@ -103,7 +103,7 @@ def score_many(model: HookedModel, prompts: Sequence[BindingPrompt], makes: dict
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
-    cands = [p.candidates for p in prompts] if candidates is None else list(candidates)
+    cands: list[Sequence[int]] = [p.candidates for p in prompts] if candidates is None else list(candidates)
     if len({len(c) for c in cands}) > 1:
         raise InputError("Every prompt must have the same number of candidates.")
     if method == "kv" and prompts and kv_unsupported(model, prompts) is None:
@@ -153,7 +153,8 @@ class _ContextStore:
     """Context forwards (attention mask, KV per layer, clean ``resid_pre``) memoised by their token ids."""
 
     def __init__(self, model: HookedModel, acts: bool) -> None:
-        self.model, self.acts, self.memo = model, acts, {}  # type: dict[tuple, tuple[Any, Any, Any]]
+        self.model, self.acts = model, acts
+        self.memo: dict[tuple[tuple[int, ...], ...], Any] = {}
 
 
 _STORE: list[_ContextStore] = []
@@ -185,7 +186,7 @@ def _context_forward(model: HookedModel, contexts: list[tuple[int, ...]],
     with model.apply([Cache("resid_pre.*")] if acts else []) as session, torch.no_grad():
         out = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=batch.position_ids.to(model.device),
                              use_cache=True, **({"logits_to_keep": 1} if keep else {}))
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache: Any = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     result = (mask, kv, session_cache(model, session, mask) if acts else None)
     if store is not None:
