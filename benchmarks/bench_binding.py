@@ -5,6 +5,9 @@ CAPITALS test prompts measured in the same process (the study costs that many cl
 study's JSON report (the notebook plots it).
 
     .venv/bin/python benchmarks/bench_binding.py --n-train 128 --n-test 100 --out binding_report.json
+    .venv/bin/python benchmarks/bench_binding.py --part kv --n-train 32 --n-test 32 --threads 1
+    # --part kv: one task (capitals: baseline + estimate_deltas + table_one) with method="full" and method="kv"
+    # in the same process; prints both wall times, their ratio and the largest log-prob difference
     # on an accelerator, with the GGUF and tokenizer copied there:
     python3 benchmarks/bench_binding.py --gguf DIR/SmolLM2-135M-Instruct.Q4_1.gguf --tokenizer DIR --device cuda
 """
@@ -60,6 +63,43 @@ def merge(paths: list[str], out: str) -> None:
     print(json.dumps(merged["benchmark"], indent=1))
 
 
+def compare_methods(model, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
+    """baseline + estimate_deltas + table_one on CAPITALS, once per scoring method; the log-probs of every
+    Table-1 row are compared too (the same score_many calls table_one makes)."""
+    from lmscope.probes.binding import baseline, build_prompt, estimate_deltas, load_task, sample_contexts, table_one
+    from lmscope.probes.binding.means import _shift_maker
+    from lmscope.probes.binding.runs import score_many
+
+    task, kw = load_task("capitals"), dict(batch_size=args.batch_size, progress=False)
+    results, walls = {}, {}
+    for method in ("full", "kv", "full", "kv"):  # twice each: the first of each is a warm-up
+        sync(args.device)
+        t0 = time.perf_counter()
+        base = baseline(model, task, args.n_test, method=method, **kw)
+        deltas = estimate_deltas(model, task, args.n_train, method=method, **kw)
+        table = table_one(model, task, deltas, args.n_test, method=method, **kw)
+        sync(args.device)
+        walls[method] = time.perf_counter() - t0
+        results[method] = (base, deltas, table)
+        print(f"{method}: {walls[method]:.2f} s", flush=True)
+    deltas = results["full"][1]
+    contexts = sample_contexts(model.tokenizer, task, args.n_test, split="test", seed=0, spare_entity=True)
+    prompts = [build_prompt(model.tokenizer, task, c, q) for c in contexts for q in (0, 1)]
+    makes = {"none": None, **{row: _shift_maker(prompts, deltas, kinds) for row, kinds in (
+        ("swap_attributes", ("attribute",)), ("swap_entities", ("entity",)), ("swap_both", ("entity", "attribute")))}}
+    lp = {m: score_many(model, prompts, makes, method=m, **kw) for m in ("full", "kv")}
+    diff = max(float((lp["kv"][k] - lp["full"][k]).abs().max()) for k in makes)
+    ddiff = max(float((a - b).abs().max()) for a, b in zip(results["full"][1].entity + results["full"][1].attribute,
+                                                           results["kv"][1].entity + results["kv"][1].attribute))
+    rows = {m: {k: v["accuracy"] for k, v in results[m][2]["rows"].items()} for m in ("full", "kv")}
+    print(json.dumps({"full_s": walls["full"], "kv_s": walls["kv"], "ratio_full_over_kv": walls["full"] / walls["kv"],
+                      "max_abs_logprob_diff": diff, "max_abs_delta_diff": ddiff,
+                      "same_table_one_accuracies": rows["full"] == rows["kv"],
+                      "baseline_acc": [results[m][0]["accuracy"] for m in ("full", "kv")],
+                      "n_train": args.n_train, "n_test": args.n_test, "batch_size": args.batch_size,
+                      "threads": torch.get_num_threads()}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf"), ap.add_argument("--tokenizer"), ap.add_argument("--device", default="cpu")
@@ -78,6 +118,8 @@ def main() -> None:
     ap.add_argument("--n-transfer", type=int, default=None, help="samples for the transfer runs (default n-test)")
     ap.add_argument("--smoke-first", action="store_true", help="run a tiny study first (fails fast, warms up)")
     ap.add_argument("--merge", nargs="+", help="merge these report files into --out and exit")
+    ap.add_argument("--part", choices=("study", "kv"), default="study",
+                    help="kv: time one task with the full-prompt and the KV-cache scoring paths")
     args = ap.parse_args()
     if args.merge:
         merge(args.merge, args.out)
@@ -87,6 +129,9 @@ def main() -> None:
     from lmscope.probes.binding import binding_study, build_prompt, load_task, sample_contexts, score
 
     model = load(args)
+    if args.part == "kv":
+        compare_methods(model, args)
+        return
     if args.smoke_first:
         t0 = time.perf_counter()
         binding_study(model, n_train=4, n_test=4, n_factorization=2, n_position=2, n_subspace=2, progress=False)

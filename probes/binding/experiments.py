@@ -11,7 +11,17 @@ from lmscope.interventions.errors import InputError
 from lmscope.interventions.patch import Patch
 
 from .prompts import BindingPrompt, Context, absent_entity, answer_token, build_prompt, sample_contexts, span_positions
-from .runs import FrozenContext, accuracy, attribute_medians, calibrated_accuracy, candidate_logprobs, score, score_many
+from .runs import (
+    FrozenContext,
+    accuracy,
+    attribute_medians,
+    calibrated_accuracy,
+    candidate_logprobs,
+    context_acts,
+    score,
+    score_many,
+    shared_contexts,
+)
 from .tasks import BindingTask
 
 if TYPE_CHECKING:
@@ -21,24 +31,33 @@ SWAPS = ("none", "entity", "attribute", "both")
 
 
 def calibration(model: HookedModel, task: BindingTask, contexts: Sequence[Context], split: str, *,
-                batch_size: int = 16, progress: bool = True) -> dict[str, float]:
+                batch_size: int = 16, progress: bool = True, method: str = "kv") -> dict[str, float]:
     """Each attribute's median log-prob when the query names someone absent from the context."""
     prompts = [build_prompt(model.tokenizer, task, c, absent_entity(task, c, split, seed=i), allow_absent=True)
                for i, c in enumerate(contexts)]
-    lp = score(model, prompts, batch_size=batch_size, progress=progress, desc="calibration")
+    lp = score(model, prompts, batch_size=batch_size, progress=progress, desc="calibration", method=method)
     return attribute_medians(lp, [c.attributes for c in contexts])
 
 
 def baseline(model: HookedModel, task: BindingTask, n_samples: int = 64, *, split: str = "test", seed: int = 0,
-             batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
-    """Accuracy and mean log-prob of the right attribute per queried slot, raw and calibrated."""
+             batch_size: int = 16, progress: bool = True, method: str = "kv") -> dict[str, Any]:
+    """Accuracy and mean log-prob of the right attribute per queried slot, raw and calibrated.
+
+    ``method``: see :func:`score_many` (with ``"kv"`` the calibration and slot queries share each context's
+    forward)."""
     contexts = sample_contexts(model.tokenizer, task, n_samples, split=split, seed=seed, spare_entity=True)
+    with shared_contexts(model):
+        return _baseline(model, task, contexts, n_samples, split, batch_size, progress, method)
+
+
+def _baseline(model: HookedModel, task: BindingTask, contexts: list[Context], n_samples: int, split: str,
+              batch_size: int, progress: bool, method: str) -> dict[str, Any]:
     n = len(contexts[0].entities)
-    medians = calibration(model, task, contexts, split, batch_size=batch_size, progress=progress)
+    medians = calibration(model, task, contexts, split, batch_size=batch_size, progress=progress, method=method)
     out: dict[str, Any] = {"task": task.name, "n_samples": n_samples, "split": split, "per_slot": []}
     for q in range(n):
         prompts = [build_prompt(model.tokenizer, task, c, q) for c in contexts]
-        lp = score(model, prompts, batch_size=batch_size, progress=progress, desc=f"baseline slot {q}")
+        lp = score(model, prompts, batch_size=batch_size, progress=progress, desc=f"baseline slot {q}", method=method)
         out["per_slot"].append({"slot": q, "accuracy": accuracy(lp, [q] * len(prompts)),
                                 "calibrated_accuracy": calibrated_accuracy(lp, [c.attributes for c in contexts],
                                                                            [q] * len(prompts), medians),
@@ -98,7 +117,8 @@ def predicted_binding(what: str, side: int, n: int = 2) -> dict[int, int]:
 
 
 def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *, side: int = 0,
-                  split: str = "test", seed: int = 0, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+                  split: str = "test", seed: int = 0, batch_size: int = 16, progress: bool = True,
+                  method: str = "kv") -> dict[str, Any]:
     """Swap slot ``side``'s entity/attribute/both activations from a source context at ``resid_pre`` of every
     layer (context frozen, question recomputed); query every name; mean log-prob table per condition."""
     tok, rng = model.tokenizer, random.Random(seed + 1)
@@ -125,17 +145,27 @@ def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *,
             rows_t.append(build_prompt(tok, task, t.context, name, allow_absent=True))
             rows_s.append(build_prompt(tok, task, src, name, allow_absent=True))
     cands = [t.candidates + s.candidates for t, s in zip(rows_t, rows_s)]
+    source_runs: dict[tuple[int, ...], Any] = {}  # one source run per batch, shared by the three swaps
+
+    def source_cache(rows: Sequence[int]) -> Any:
+        key = tuple(rows)
+        if key not in source_runs:
+            source_runs.clear()
+            src = [rows_s[i] for i in rows]
+            source_runs[key] = (context_acts(model, src) if method == "kv" else
+                            candidate_logprobs(model, src, [cands[i] for i in rows], cache=True)[1])
+        return source_runs[key]
+
     def maker(what: str) -> Any:
-        def make(rows: range, frozen: FrozenContext | None) -> list:
+        def make(rows: Sequence[int], frozen: FrozenContext | None) -> list:
             assert frozen is not None
             src = [rows_s[i] for i in rows]
-            _, cache = candidate_logprobs(model, src, [cands[i] for i in rows], cache=True)
-            return [frozen.patch, swap_patch([rows_t[i] for i in rows], src, cache, what, [side])]
+            return [frozen.patch, swap_patch([rows_t[i] for i in rows], src, source_cache(rows), what, [side])]
         return make
 
     makes = {"none": None, **{w: maker(w) for w in SWAPS[1:]}}  # freezing alone changes nothing (tested)
     scores = score_many(model, rows_t, makes, candidates=cands, batch_size=batch_size, progress=progress,
-                        desc="factorization")
+                        desc="factorization", method=method)
     tables, accs = {}, {}
     for what, lp in scores.items():
         per = lp.reshape(len(targets), 2 * n, 2 * n)

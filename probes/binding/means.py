@@ -13,7 +13,15 @@ from lmscope.interventions.errors import InputError
 
 from .experiments import calibration
 from .prompts import BindingPrompt, build_prompt, sample_contexts
-from .runs import FrozenContext, accuracy, calibrated_accuracy, candidate_logprobs, score_many
+from .runs import (
+    FrozenContext,
+    accuracy,
+    calibrated_accuracy,
+    candidate_logprobs,
+    context_acts,
+    score_many,
+    shared_contexts,
+)
 from .shift import BindingShift, random_like
 from .tasks import BindingTask
 
@@ -51,18 +59,20 @@ def _accumulate(acc: dict, key: tuple, values: torch.Tensor) -> None:
 
 
 def estimate_deltas(model: HookedModel, task: BindingTask, n_samples: int = 128, *, n_entities: int = 2,
-                    split: str = "train", seed: int = 0, batch_size: int = 16, progress: bool = True) -> BindingDeltas:
+                    split: str = "train", seed: int = 0, batch_size: int = 16, progress: bool = True,
+                    method: str = "kv") -> BindingDeltas:
     """Δ(k) = mean over samples of act(item in slot k) − act(same item in slot 0), at ``resid_pre`` of every
-    layer and each token of the item's span; slot 0 comes from the cyclically shifted context."""
+    layer and each token of the item's span; slot 0 comes from the cyclically shifted context.
+    ``method="kv"`` skips the logits of all but the last token (``"full"``: full-prompt runs)."""
     tok = model.tokenizer
     contexts = sample_contexts(tok, task, n_samples, split=split, n_entities=n_entities, seed=seed)
     acc: dict = {}
     for s in tqdm(range(0, len(contexts), batch_size), desc="deltas", disable=not progress, leave=False):
         chunk = contexts[s:s + batch_size]
         base = [build_prompt(tok, task, c, None) for c in chunk]
-        acts = _span_acts(model, base)
+        acts = _span_acts(model, base, method)
         for k in range(1, n_entities):
-            rolled = _span_acts(model, [build_prompt(tok, task, c.rolled(k), None) for c in chunk])
+            rolled = _span_acts(model, [build_prompt(tok, task, c.rolled(k), None) for c in chunk], method)
             for i in range(len(chunk)):
                 for which in ("E", "A"):
                     a, b = acts[i][which][k], rolled[i][which][0]
@@ -75,9 +85,13 @@ def estimate_deltas(model: HookedModel, task: BindingTask, n_samples: int = 128,
                          [mean(("A", k)) for k in range(1, n_entities)], n_samples)
 
 
-def _span_acts(model: HookedModel, prompts: list[BindingPrompt]) -> list[dict[str, list[torch.Tensor]]]:
+def _span_acts(model: HookedModel, prompts: list[BindingPrompt],
+               method: str = "kv") -> list[dict[str, list[torch.Tensor]]]:
     """Per prompt: ``resid_pre`` of all layers ``[layers, span, d]`` for each entity (``"E"``) and attribute span."""
-    _, cache = candidate_logprobs(model, prompts, [p.candidates for p in prompts], cache=True)
+    if method == "kv" and all(p.context_len == len(p.ids) for p in prompts):
+        cache: Any = context_acts(model, prompts)
+    else:
+        _, cache = candidate_logprobs(model, prompts, [p.candidates for p in prompts], cache=True)
     stack = torch.stack([_unpadded(cache, layer) for layer in range(model.n_layers)], 0)
     out = []
     for i, p in enumerate(prompts):
@@ -98,12 +112,21 @@ def _spans(prompts: Sequence[BindingPrompt], kind: str, slot: int) -> list[list[
 
 def table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_samples: int = 64, *,
               query_slots: Sequence[int] = (0, 1), split: str = "test", seed: int = 0, batch_size: int = 16,
-              progress: bool = True, rows: Sequence[str] = ROWS) -> dict[str, Any]:
+              progress: bool = True, rows: Sequence[str] = ROWS, method: str = "kv") -> dict[str, Any]:
     """The paper's Table 1: accuracy (w.r.t. the original binding) under none / swap attributes / swap entities /
-    swap both, and random same-norm vectors in place of both Δs; +Δ at slot 0, −Δ at slot 1, every layer."""
+    swap both, and random same-norm vectors in place of both Δs; +Δ at slot 0, −Δ at slot 1, every layer.
+    ``method``: see :func:`score_many` (``"kv"``: calibration and every queried slot share each context's run)."""
+    with shared_contexts(model, acts=any(r != "none" for r in rows)):
+        return _table_one(model, task, deltas, n_samples, query_slots, split, seed, batch_size, progress, rows,
+                          method)
+
+
+def _table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_samples: int,
+               query_slots: Sequence[int], split: str, seed: int, batch_size: int, progress: bool,
+               rows: Sequence[str], method: str) -> dict[str, Any]:
     tok = model.tokenizer
     contexts = sample_contexts(tok, task, n_samples, split=split, seed=seed, spare_entity=True)
-    medians = calibration(model, task, contexts, split, batch_size=batch_size, progress=progress)
+    medians = calibration(model, task, contexts, split, batch_size=batch_size, progress=progress, method=method)
     rand = BindingDeltas(deltas.task, [random_like(d, seed + 1) for d in deltas.entity],
                          [random_like(d, seed + 2) for d in deltas.attribute], deltas.n_samples)
     plan = {"none": (None, ()), "swap_attributes": (deltas, ("attribute",)), "swap_entities": (deltas, ("entity",)),
@@ -116,7 +139,8 @@ def table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_sa
         prompts = [build_prompt(tok, task, c, q) for c in contexts]
         makes: dict[str, Any] = {row: None if plan[row][0] is None else _shift_maker(prompts, *plan[row])  # type: ignore[arg-type]
                                  for row in rows}
-        scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc=f"table 1 q{q}")
+        scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc=f"table 1 q{q}",
+                            method=method)
         for row, lp in scores.items():
             res = out["rows"].setdefault(row, {"accuracy": [], "calibrated_accuracy": [], "mean_logprob": []})
             res["accuracy"].append(accuracy(lp, [q] * len(prompts)))
@@ -131,7 +155,7 @@ def _shift_maker(prompts: Sequence[BindingPrompt], deltas: BindingDeltas, kinds:
                  coords: tuple[float, float] | None = None) -> Any:
     """Per batch: the frozen context plus one ``BindingShift`` per kind (swap: +Δ(1) at slot 0, −Δ(1) at
     slot 1; ``coords=(a, b)``: slot 1 moved to ``(a−1)Δ(1) + bΔ(2)`` from where it was)."""
-    def make(rows: range, frozen: FrozenContext | None) -> list:
+    def make(rows: Sequence[int], frozen: FrozenContext | None) -> list:
         assert frozen is not None
         batch = [prompts[i] for i in rows]
         ivs: list[Any] = [frozen.patch]
@@ -150,23 +174,23 @@ def _shift_maker(prompts: Sequence[BindingPrompt], deltas: BindingDeltas, kinds:
 
 def transfer(model: HookedModel, task: BindingTask, deltas_by_task: dict[str, BindingDeltas], n_samples: int = 64, *,
              rows: Sequence[str] = ("swap_attributes", "swap_entities", "swap_both", "random_both"), seed: int = 0,
-             batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+             batch_size: int = 16, progress: bool = True, method: str = "kv") -> dict[str, Any]:
     """Δ of each task applied to ``task``'s test contexts: swap rows (accuracy w.r.t. the original binding;
     a transferable Δ drives swap_entities/swap_attributes towards 0), plus zero and random controls."""
     out: dict[str, Any] = {"target_task": task.name, "n_samples": n_samples, "by_delta": {}}
     for name, d in deltas_by_task.items():
         res = table_one(model, task, d, n_samples, query_slots=(0,), seed=seed, batch_size=batch_size,
-                        progress=progress, rows=rows)
+                        progress=progress, rows=rows, method=method)
         out["by_delta"][name] = {row: v["calibrated_accuracy"][0] for row, v in res["rows"].items()}
     res = table_one(model, task, next(iter(deltas_by_task.values())), n_samples, query_slots=(0,), seed=seed,
-                    batch_size=batch_size, progress=progress, rows=("none",))
+                    batch_size=batch_size, progress=progress, rows=("none",), method=method)
     out["zero_vector"] = res["rows"]["none"]["calibrated_accuracy"][0]
     return out
 
 
 def subspace(model: HookedModel, task: BindingTask, deltas3: BindingDeltas, n_samples: int = 32, *,
              grid: Sequence[float] = (-1.0, 0.0, 1.0, 2.0), split: str = "test", seed: int = 0,
-             batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+             batch_size: int = 16, progress: bool = True, method: str = "kv") -> dict[str, Any]:
     """Move slot 1 (entity and attribute) to ``a·Δ(1) + b·Δ(2)`` (3-entity Δs) relative to slot 0's ID, for
     ``(a, b)`` on a grid; accuracy of both queries (slot 1 at the root (0, 0) shares slot 0's ID)."""
     if len(deltas3.entity) < 2:
@@ -176,7 +200,8 @@ def subspace(model: HookedModel, task: BindingTask, deltas3: BindingDeltas, n_sa
     prompts = [build_prompt(tok, task, c, q) for c in contexts for q in (0, 1)]
     makes: dict[Any, Any] = {(i, j): _shift_maker(prompts, deltas3, ("entity", "attribute"), coords=(a, b))
              for i, b in enumerate(grid) for j, a in enumerate(grid)}
-    scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc="subspace grid")
+    scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc="subspace grid",
+                        method=method)
     acc = np.zeros((len(grid), len(grid)))
     for key, lp in scores.items():
         i, j = cast(tuple[int, int], key)

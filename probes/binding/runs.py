@@ -7,23 +7,30 @@ their token spans differ per prompt.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+import inspect
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from lmscope.interventions.base import Intervention, Interventions, as_interventions
-from lmscope.interventions.cache import Cache
+from lmscope.interventions.cache import ActivationCache, Cache, session_cache
 from lmscope.interventions.errors import InputError
-from lmscope.interventions.patch import Patch
+from lmscope.interventions.inputs import pad as pad_ids
+from lmscope.interventions.partial import partial_forward_unsupported
+from lmscope.interventions.patch import Patch, to_token_coordinates
+from lmscope.interventions.positions import ForwardContext
+from lmscope.interventions.sites import Site
 
 from .prompts import BindingPrompt
 
 if TYPE_CHECKING:
     from lmscope.interventions.model import HookedModel
 
-MakeInterventions = Callable[[range, "FrozenContext | None"], list[Intervention]]
+MakeInterventions = Callable[[Sequence[int], "FrozenContext | None"], list[Intervention]]
+METHODS = ("kv", "full")
 
 
 class FrozenContext:
@@ -50,10 +57,7 @@ def candidate_logprobs(model: HookedModel, prompts: Sequence[BindingPrompt], can
     ``ActivationCache``.
     """
     ivs = as_interventions(interventions) + ([Cache("resid_pre.*")] if cache else [])
-    pad = model.tokenizer.pad_token_id if model.tokenizer is not None else None
-    from lmscope.interventions.inputs import pad as pad_ids
-
-    batch = pad_ids([list(p.ids) for p in prompts], pad if pad is not None else 0, "left")
+    batch = pad_ids([list(p.ids) for p in prompts], _pad_id(model), "left")
     position_ids = None
     if token_positions is not None:
         position_ids = torch.zeros_like(batch.input_ids)
@@ -70,25 +74,40 @@ def candidate_logprobs(model: HookedModel, prompts: Sequence[BindingPrompt], can
 
 def score(model: HookedModel, prompts: Sequence[BindingPrompt], make: MakeInterventions | None = None, *,
           candidates: Sequence[Sequence[int]] | None = None, batch_size: int = 16, progress: bool = True,
-          desc: str = "binding") -> torch.Tensor:
+          desc: str = "binding", method: str = "kv") -> torch.Tensor:
     """Candidate log-probs ``[n, k]`` of all ``prompts`` under the interventions ``make(rows, frozen)`` builds
     (``rows`` = the batch's indices into ``prompts``); see :func:`score_many`."""
     return score_many(model, prompts, {"x": make}, candidates=candidates, batch_size=batch_size,
-                      progress=progress, desc=desc)["x"]
+                      progress=progress, desc=desc, method=method)["x"]
 
 
 def score_many(model: HookedModel, prompts: Sequence[BindingPrompt], makes: dict[str, MakeInterventions | None], *,
                candidates: Sequence[Sequence[int]] | None = None, batch_size: int = 16, progress: bool = True,
-               desc: str = "binding") -> dict[str, torch.Tensor]:
+               desc: str = "binding", method: str = "kv") -> dict[Any, torch.Tensor]:
     """Candidate log-probs ``[n, k]`` per condition (``None`` = clean run).
 
-    Each batch runs clean once, caching ``resid_pre`` of every layer when some condition needs it: that run
-    gives the clean scores and the :class:`FrozenContext` every intervened condition starts from (so the
-    question part is all they recompute). One more forward per intervened condition.
+    ``method="full"``: each batch runs clean once, caching ``resid_pre`` of every layer when some condition
+    needs it: that run gives the clean scores and the :class:`FrozenContext` every intervened condition starts
+    from; one more full-prompt forward per intervened condition.
+
+    ``method="kv"`` (default; same results up to float rounding): each distinct context runs once (prompts
+    that share it, e.g. a calibration query and one query per slot, share that forward) and keeps its KV
+    cache; clean scores run only the question tokens over it. Under the frozen context the ``resid_pre`` of
+    every context position at every layer is fixed (its clean value, or what the condition's interventions
+    write there), so a condition's context K/V equal the clean ones except at the positions its interventions
+    change: those tokens run again (original position ids, ``resid_pre`` of every layer overwritten with the
+    intended values, their stale cache columns masked out) in the same forward as the question tokens. A
+    condition whose interventions write anything but ``resid_pre`` of context positions, or that does not
+    apply the frozen context, runs the full prompt instead; so do models where reusing a prefix cache is not
+    exact (ALiBi; sliding windows shorter than twice the longest prompt).
     """
-    cands = [p.candidates for p in prompts] if candidates is None else list(candidates)
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
+    cands: list[Sequence[int]] = [p.candidates for p in prompts] if candidates is None else list(candidates)
     if len({len(c) for c in cands}) > 1:
         raise InputError("Every prompt must have the same number of candidates.")
+    if method == "kv" and prompts and kv_unsupported(model, prompts) is None:
+        return _score_many_kv(model, prompts, makes, cands, batch_size, progress, desc)
     need_cache = any(m is not None for m in makes.values())
     out: dict[str, list[torch.Tensor]] = {k: [] for k in makes}
     for s in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
@@ -99,6 +118,242 @@ def score_many(model: HookedModel, prompts: Sequence[BindingPrompt], makes: dict
             out[name].append(clean if make is None else
                              candidate_logprobs(model, chunk, cc, make(range(s, s + len(chunk)), frozen))[0])
     return {k: torch.cat(v) if v else torch.zeros(0, 0) for k, v in out.items()}
+
+
+# -- the KV path ---------------------------------------------------------------------------------------------
+
+def _pad_id(model: HookedModel) -> int:
+    pad = model.tokenizer.pad_token_id if model.tokenizer is not None else None
+    return int(pad) if pad is not None else 0
+
+
+def kv_unsupported(model: HookedModel, prompts: Sequence[BindingPrompt]) -> str | None:
+    """Why the KV path is not exact for ``prompts`` on ``model`` (None when it is).
+
+    A sliding window is harmless when no forward spans it: the KV path's forwards hold at most a context
+    plus its rewritten tokens plus a question (under twice the longest prompt), so a window longer than that
+    masks nothing (Gemma 2/3's 512+ windows and binding prompts of ~60 tokens).
+    """
+    reason = partial_forward_unsupported(model)
+    if reason == "sliding-window attention":
+        window = int(getattr(model.hf_model.config, "sliding_window", 0) or 0)
+        longest = max(len(p.ids) for p in prompts)
+        if 2 * longest + 1 < window:
+            return None
+        return f"sliding window {window} not longer than twice the longest prompt ({longest} tokens)"
+    return reason
+
+
+def _forward_kwargs(model: HookedModel) -> tuple[str, bool]:
+    params = inspect.signature(model.hf_model.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
+
+
+class _ContextStore:
+    """Context forwards (attention mask, KV per layer, clean ``resid_pre``) memoised by their token ids."""
+
+    def __init__(self, model: HookedModel, acts: bool) -> None:
+        self.model, self.acts = model, acts
+        self.memo: dict[tuple[tuple[int, ...], ...], Any] = {}
+
+
+_STORE: list[_ContextStore] = []
+
+
+@contextmanager
+def shared_contexts(model: HookedModel, acts: bool = False) -> Iterator[None]:
+    """Within the block, KV-path scoring runs each batch of contexts once and reuses it across calls
+    (calibration and per-slot queries of the same contexts); ``acts`` also records ``resid_pre`` on the first
+    forward (later calls that freeze the context need it)."""
+    _STORE.append(_ContextStore(model, acts))
+    try:
+        yield
+    finally:
+        _STORE.pop()
+
+
+def _context_forward(model: HookedModel, contexts: list[tuple[int, ...]],
+                     acts: bool) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], Any]:
+    """Run the (left-padded) contexts once: attention mask, per-layer (K, V), and the ``resid_pre`` cache."""
+    store = next((s for s in reversed(_STORE) if s.model is model), None)
+    key = tuple(contexts)
+    if store is not None and key in store.memo and (not acts or store.memo[key][2] is not None):
+        return store.memo[key]
+    acts = acts or (store is not None and store.acts)
+    batch = pad_ids([list(c) for c in contexts], _pad_id(model), "left")
+    ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
+    _, keep = _forward_kwargs(model)
+    with model.apply([Cache("resid_pre.*")] if acts else []) as session, torch.no_grad():
+        out = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=batch.position_ids.to(model.device),
+                             use_cache=True, **({"logits_to_keep": 1} if keep else {}))
+    cache: Any = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    result = (mask, kv, session_cache(model, session, mask) if acts else None)
+    if store is not None:
+        store.memo[key] = result
+    return result
+
+
+def context_acts(model: HookedModel, prompts: Sequence[BindingPrompt]) -> ActivationCache:
+    """Clean ``resid_pre`` of every layer over the prompts' contexts (one forward, no logits but the last)."""
+    acts = _context_forward(model, [tuple(p.ids[:p.context_len]) for p in prompts], True)[2]
+    assert acts is not None
+    return acts
+
+
+def _rows_of(model: HookedModel, acts: Any, rmap: torch.Tensor) -> ActivationCache:
+    idx = rmap.to(acts.attention_mask.device)
+    return ActivationCache(model, {model.resolve(name)[0]: acts[name][idx.to(acts[name].device)] for name in acts},
+                           acts.attention_mask[idx])
+
+
+class _WriteTokens(Intervention):
+    """Internal: overwrite ``resid_pre`` of every layer at the given (row, column) cells of the forward."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, values: list[torch.Tensor]) -> None:
+        super().__init__("resid_pre.*")
+        self.rows, self.cols, self.values = rows, cols, values
+
+    def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
+        assert site.layer is not None
+        out = value.clone()
+        out[self.rows.to(value.device), self.cols.to(value.device)] = \
+            self.values[site.layer].to(device=value.device, dtype=value.dtype)
+        return out
+
+
+def _plan_writes(model: HookedModel, chunk: list[BindingPrompt], ivs: list[Intervention], frozen: FrozenContext,
+                 acts: ActivationCache) -> tuple[list[list[int]], list[torch.Tensor]] | None:
+    """What ``ivs`` write at the context positions under the frozen context: per row, the token indices whose
+    ``resid_pre`` differs from the clean one at some layer, and per layer their intended values (row-major).
+
+    The interventions are applied, in order, to a full-prompt layout holding the clean context values (and
+    fixed random values elsewhere), exactly as a forward would hand them the ``resid_pre`` sites. None when
+    the KV path cannot reproduce them: a site other than ``resid_pre``, no frozen context, or a write outside
+    the context.
+    """
+    if not any(iv is frozen.patch for iv in ivs):
+        return None
+    per_site: dict[Site, list[Intervention]] = {}
+    for iv in ivs:
+        sites = iv.sites(model)
+        if any(s.kind != "resid_pre" for s in sites):
+            return None
+        iv.bind(model)
+        iv.start()
+        for site in sites:
+            per_site.setdefault(site, []).append(iv)
+    batch = pad_ids([list(p.ids) for p in chunk], _pad_id(model), "left")
+    b, width = batch.input_ids.shape
+    mask = batch.attention_mask.to(model.device)
+    ctx = ForwardContext(mask, 0, width)
+    rows = torch.cat([torch.full((p.context_len,), i) for i, p in enumerate(chunk)])
+    toks = torch.cat([torch.arange(p.context_len) for p in chunk])
+    cols = toks + torch.tensor([width - len(p.ids) for p in chunk])[rows]
+    in_ctx = torch.zeros(b, width, dtype=torch.bool)
+    in_ctx[rows, cols] = True
+    outside = ~in_ctx
+    gen = torch.Generator().manual_seed(0)
+    changed = torch.zeros(rows.numel(), dtype=torch.bool)
+    intended = []
+    for layer in range(model.n_layers):
+        site = model.resolve(f"resid_pre.{layer}")[0]
+        clean = to_token_coordinates(acts[site.name], acts.attention_mask)
+        base = torch.randn(b, width, clean.shape[-1], generator=gen).to(device=clean.device, dtype=clean.dtype)
+        base[rows, cols] = clean[rows, toks]
+        value = base
+        for iv in per_site.get(site, []):
+            new = iv(value, site, ctx)
+            if new is not None:
+                value = new
+        if not torch.equal(value[outside], base[outside]):
+            return None
+        cells = value[rows, cols]
+        changed |= (cells != base[rows, cols]).any(-1).cpu()
+        intended.append(cells)
+    written = [toks[(rows == i) & changed].tolist() for i in range(b)]
+    return written, [v[changed.to(v.device)] for v in intended]
+
+
+def _question_logprobs(model: HookedModel, chunk: list[BindingPrompt], cands: list[Sequence[int]],
+                       mask: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], rmap: torch.Tensor,
+                       written: list[list[int]] | None = None, values: list[torch.Tensor] | None = None,
+                       ) -> torch.Tensor:
+    """Candidate log-probs from one forward over each row's rewritten context tokens and question tokens,
+    after row ``rmap[i]`` of the contexts' KV cache (the rewritten tokens' stale columns masked out)."""
+    from transformers import DynamicCache
+
+    written = written or [[] for _ in chunk]
+    dev = model.device
+    idx = rmap.to(dev)
+    config: Any = model.hf_model.config
+    past = DynamicCache(ddp_cache_data=[(k[idx], v[idx]) for k, v in kv], config=config)
+    seqs = [[p.ids[t] for t in w] + list(p.ids[p.context_len:]) for p, w in zip(chunk, written)]
+    poss = [list(w) + list(range(p.context_len, len(p.ids))) for p, w in zip(chunk, written)]
+    n = max(len(x) for x in seqs)
+    b, wc = len(chunk), mask.shape[1]
+    ids = torch.full((b, n), _pad_id(model), dtype=torch.long)
+    pos = torch.zeros(b, n, dtype=torch.long)
+    new_mask = torch.zeros(b, n, dtype=torch.long)
+    past_mask = mask[idx].clone()
+    wrows, wcols = [], []
+    for i, (seq, ps, w) in enumerate(zip(seqs, poss, written)):
+        start = n - len(seq)
+        ids[i, start:], pos[i, start:], new_mask[i, start:] = torch.tensor(seq), torch.tensor(ps), 1
+        pad_c = wc - int(mask[idx[i]].sum())
+        for j, t in enumerate(w):
+            past_mask[i, pad_c + t] = 0
+            wrows.append(i)
+            wcols.append(start + j)
+    kw, keep = _forward_kwargs(model)
+    ivs: list[Intervention] = []
+    if wrows:
+        assert values is not None
+        ivs = [_WriteTokens(torch.tensor(wrows), torch.tensor(wcols), values)]
+    with (model.apply(ivs) if ivs else nullcontext()), torch.no_grad():
+        logits = model.hf_model(input_ids=ids.to(dev), attention_mask=torch.cat([past_mask, new_mask.to(dev)], 1),
+                                position_ids=pos.to(dev), use_cache=True, **{kw: past},
+                                **({"logits_to_keep": 1} if keep else {})).logits[:, -1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(1, torch.tensor([list(c) for c in cands], device=logp.device)).cpu()
+
+
+def _score_many_kv(model: HookedModel, prompts: Sequence[BindingPrompt], makes: dict[Any, MakeInterventions | None],
+                   cands: list[Sequence[int]], batch_size: int, progress: bool, desc: str) -> dict[Any, torch.Tensor]:
+    keys = [tuple(p.ids[:p.context_len]) for p in prompts]
+    uniq: dict[tuple[int, ...], list[int]] = {}
+    for i, key in enumerate(keys):
+        uniq.setdefault(key, []).append(i)
+    order = list(uniq)
+    need_acts = any(m is not None for m in makes.values())
+    out: dict[Any, torch.Tensor | None] = {k: None for k in makes}
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        group = order[s:s + batch_size]
+        mask, kv, acts = _context_forward(model, group, need_acts)
+        rows = sorted(i for key in group for i in uniq[key])
+        local = {key: j for j, key in enumerate(group)}
+        rmap = torch.tensor([local[keys[i]] for i in rows])
+        chunk, cc = [prompts[i] for i in rows], [cands[i] for i in rows]
+        frozen, row_acts = None, None
+        if need_acts:
+            row_acts = _rows_of(model, acts, rmap)
+            frozen = FrozenContext(model, chunk, row_acts)
+        clean = None
+        for name, make in makes.items():
+            if make is None:
+                if clean is None:
+                    clean = _question_logprobs(model, chunk, cc, mask, kv, rmap)
+                res = clean
+            else:
+                assert frozen is not None and row_acts is not None
+                ivs = as_interventions(make(rows, frozen))
+                plan = _plan_writes(model, chunk, ivs, frozen, row_acts)
+                res = candidate_logprobs(model, chunk, cc, ivs)[0] if plan is None else \
+                    _question_logprobs(model, chunk, cc, mask, kv, rmap, *plan)
+            if out[name] is None:
+                out[name] = torch.zeros(len(prompts), res.shape[1])
+            out[name][rows] = res  # type: ignore[index]
+    return {k: v if v is not None else torch.zeros(0, 0) for k, v in out.items()}
 
 
 def accuracy(logprobs: torch.Tensor, correct: Sequence[int]) -> float:

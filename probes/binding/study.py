@@ -33,7 +33,7 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
                   position_what: Sequence[str] = ("entity", "attribute"),
                   n_transfer: int | None = None,
                   transfer_rows: Sequence[str] = ("swap_attributes", "swap_entities", "swap_both", "random_both"),
-                  batch_size: int = 16, progress: bool = True,
+                  batch_size: int = 16, progress: bool = True, method: str = "kv",
                   parts: Sequence[str] = ("baseline", "factorization", "position", "table_one", "transfer",
                                           "subspace")) -> dict[str, Any]:
     """Run the binding experiments on ``model``: per task a baseline and the Table-1 rows (Δ from ``n_train``
@@ -43,11 +43,11 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
     objs = [t if isinstance(t, BindingTask) else load_task(t) for t in tasks]
     by_name = {t.name: t for t in objs}
     main = by_name.get(main_task) or objs[0]
-    kw: dict[str, Any] = dict(seed=seed, batch_size=batch_size, progress=progress)
+    kw: dict[str, Any] = dict(seed=seed, batch_size=batch_size, progress=progress, method=method)
     report: dict[str, Any] = {"model": repr(model), "paper": PAPER, "tasks": {}, "settings": {
         "n_train": n_train, "n_test": n_test, "n_factorization": n_factorization, "n_position": n_position,
         "n_subspace": n_subspace, "grid": list(grid),
-        "fractions": list(fractions), "seed": seed, "site": "resid_pre, every layer"}}
+        "fractions": list(fractions), "seed": seed, "site": "resid_pre, every layer", "method": method}}
     deltas = {}
     for t in objs:
         entry: dict[str, Any] = {}
@@ -61,11 +61,12 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
     if "factorization" in parts:
         report["factorization"] = factorization(model, main, n_factorization, **kw)
     if "position" in parts:
-        report["position"] = {w: position_shift(model, main, n_position, what=w, fractions=fractions, **kw)
+        pkw = {k: v for k, v in kw.items() if k != "method"}  # custom position ids: full-prompt runs
+        report["position"] = {w: position_shift(model, main, n_position, what=w, fractions=fractions, **pkw)
                               for w in position_what}
         why = key_shift_unsupported(model)
         report["position_keys_only"] = {"skipped": why} if why else {
-            w: position_shift(model, main, n_position, what=w, fractions=fractions, keys_only=True, **kw)
+            w: position_shift(model, main, n_position, what=w, fractions=fractions, keys_only=True, **pkw)
             for w in position_what}
     if "transfer" in parts and deltas:
         report["transfer"] = transfer(model, main, deltas, n_transfer or n_test, rows=transfer_rows, **kw)
