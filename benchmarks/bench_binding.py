@@ -1,10 +1,11 @@
-"""Benchmark: the full binding-ID study on SmolLM2 (all four tasks, Table-1 rows, 100+ samples each).
+"""Benchmark: the full binding-ID study on SmolLM2 or Gemma 3 270M (all four tasks, Table-1 rows, 100+ samples each).
 
 Reports wall time and peak memory, and the ratio of the study's wall time to one clean scoring pass over the
 CAPITALS test prompts measured in the same process (the study costs that many clean passes). Writes the
-study's JSON report (the notebook plots it).
+study's JSON report (the notebook plots it), by default ``benchmarks/results/binding_report_<model>.json``.
 
-    .venv/bin/python benchmarks/bench_binding.py --n-train 128 --n-test 100 --out binding_report.json
+    .venv/bin/python benchmarks/bench_binding.py --model smollm2 --n-train 128 --n-test 100
+    .venv/bin/python benchmarks/bench_binding.py --model gemma-3-270m --n-train 128 --n-test 100
     .venv/bin/python benchmarks/bench_binding.py --part kv --n-train 32 --n-test 32 --threads 1
     # --part kv: one task (capitals: baseline + estimate_deltas + table_one) with method="full" and method="kv"
     # in the same process; prints both wall times, their ratio and the largest log-prob difference
@@ -25,11 +26,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from memory import rss_kb  # noqa: E402
 
+MODELS = ("smollm2", "gemma-3-270m")
+RESULTS = Path(__file__).parent / "results"
+
+
+def default_out(model: str) -> Path:
+    """Where a model's report goes unless ``--out`` says otherwise (the notebook reads these)."""
+    return RESULTS / f"binding_report_{model}.json"
+
 
 def load(args: argparse.Namespace):
     from lmscope.interventions import HookedModel
 
     if args.gguf is None:
+        if args.model == "gemma-3-270m":
+            return HookedModel.from_pretrained("gemma-3-270m", device=args.device)
         return HookedModel.default(device=args.device)
     from transformers import AutoTokenizer
 
@@ -46,7 +57,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def merge(paths: list[str], out: str) -> None:
+def merge(paths: list[str], out: str, model: str | None = None) -> None:
     """Merge reports of runs that split the study (per-task parts, main-task extras) into one report."""
     merged: dict = {"tasks": {}, "benchmark": {"runs": []}}
     for path in paths:
@@ -58,6 +69,10 @@ def merge(paths: list[str], out: str) -> None:
         merged.setdefault("settings", {})[Path(path).stem] = settings
         merged.update({k: v for k, v in rep.items() if k != "wall_s"})
     merged["tasks"] = {k: v for k, v in merged["tasks"].items() if v}
+    names = {r.get("model_name") for r in merged["benchmark"]["runs"]} - {None}
+    if len(names) > 1:
+        raise SystemExit(f"refusing to merge reports of different models: {sorted(names)}")
+    merged["model_name"] = names.pop() if names else model
     merged["benchmark"]["command"] = " ; ".join(r["command"] for r in merged["benchmark"]["runs"])
     Path(out).write_text(json.dumps(merged, indent=1))
     print(json.dumps(merged["benchmark"], indent=1))
@@ -102,27 +117,29 @@ def compare_methods(model, args: argparse.Namespace) -> None:  # type: ignore[no
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=MODELS, default="smollm2", help="which real model (the GGUF path is SmolLM2)")
     ap.add_argument("--gguf"), ap.add_argument("--tokenizer"), ap.add_argument("--device", default="cpu")
     ap.add_argument("--n-train", type=int, default=128)
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--n-other", type=int, default=64, help="samples for factorization/position/subspace")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", default="binding_report.json")
+    ap.add_argument("--out", default=None, help="report path (default benchmarks/results/binding_report_<model>.json)")
     ap.add_argument("--tasks", default="capitals,shapes,fruits,parallel")
     ap.add_argument("--table-slots", default="0,1", help="queried slots of the Table-1 rows")
     ap.add_argument("--fractions", default="-0.5,0,0.25,0.5,0.75,1,1.5")
     ap.add_argument("--grid", default="-1,0,1,2")
     ap.add_argument("--position-what", default="entity,attribute")
-    ap.add_argument("--parts", default="baseline,factorization,position,table_one,transfer,subspace")
+    ap.add_argument("--parts", default="baseline,factorization,position,table_one,transfer,subspace,patching")
     ap.add_argument("--n-transfer", type=int, default=None, help="samples for the transfer runs (default n-test)")
     ap.add_argument("--smoke-first", action="store_true", help="run a tiny study first (fails fast, warms up)")
     ap.add_argument("--merge", nargs="+", help="merge these report files into --out and exit")
     ap.add_argument("--part", choices=("study", "kv"), default="study",
                     help="kv: time one task with the full-prompt and the KV-cache scoring paths")
     args = ap.parse_args()
+    args.out = args.out or str(default_out(args.model))
     if args.merge:
-        merge(args.merge, args.out)
+        merge(args.merge, args.out, args.model)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,7 +179,8 @@ def main() -> None:
              "peak_rss_mb": rss_kb("VmHWM") / 1024,
              "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if args.device.startswith("cuda") else None,
              "n_train": args.n_train, "n_test": args.n_test, "n_other": args.n_other, "batch_size": args.batch_size,
-             "command": " ".join(sys.argv)}
+             "model_name": args.model, "command": " ".join(sys.argv)}
+    report["model_name"] = args.model
     report["benchmark"] = bench
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(bench, indent=1))

@@ -5,7 +5,8 @@ interventions (Δ_E, Δ_A), the binding-ID subspace, and a one-call study.
 calibrated accuracy) under interventions with the context frozen; ``experiments`` holds the baseline, the
 factorization test (core ``Patch`` with ``source_positions``) and position shifts (``position_ids``);
 ``shift`` is the ``BindingShift`` intervention; ``means`` estimates Δ and runs Table 1, transfer and the
-subspace grid; ``study`` runs everything into one JSON-able report.
+subspace grid; ``patching`` the resid_pre x position patching map of one pair; ``study`` runs everything into
+one JSON-able report.
 """
 
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from lmscope.interventions.lazy import lazy_exports
 if TYPE_CHECKING:
     from .experiments import baseline, factorization, position_shift, predicted_binding, swap_patch
     from .means import BindingDeltas, estimate_deltas, subspace, table_one, transfer
+    from .patching import binding_patching, patching_pair
     from .prompts import BindingPrompt, Context, build_prompt, sample_contexts
     from .runs import accuracy, attribute_medians, calibrated_accuracy, candidate_logprobs, score
     from .shift import BindingShift, random_like
@@ -26,6 +28,7 @@ _LAZY = {
     "predicted_binding": ".experiments", "swap_patch": ".experiments",
     "BindingDeltas": ".means", "estimate_deltas": ".means", "subspace": ".means", "table_one": ".means",
     "transfer": ".means",
+    "binding_patching": ".patching", "patching_pair": ".patching",
     "BindingPrompt": ".prompts", "Context": ".prompts", "build_prompt": ".prompts", "sample_contexts": ".prompts",
     "accuracy": ".runs", "attribute_medians": ".runs", "calibrated_accuracy": ".runs",
     "candidate_logprobs": ".runs", "score": ".runs",

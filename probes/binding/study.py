@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .experiments import baseline, factorization, position_shift
 from .keyshift import key_shift_unsupported
 from .means import estimate_deltas, subspace, table_one, transfer
+from .patching import binding_patching
 from .tasks import SHIPPED, BindingTask, load_task
 
 if TYPE_CHECKING:
@@ -35,10 +36,12 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
                   transfer_rows: Sequence[str] = ("swap_attributes", "swap_entities", "swap_both", "random_both"),
                   batch_size: int = 16, progress: bool = True, method: str = "kv",
                   parts: Sequence[str] = ("baseline", "factorization", "position", "table_one", "transfer",
-                                          "subspace")) -> dict[str, Any]:
+                                          "subspace", "patching"),
+                  patching_method: str = "exact") -> dict[str, Any]:
     """Run the binding experiments on ``model``: per task a baseline and the Table-1 rows (Δ from ``n_train``
     train-split samples, evaluated on ``n_test`` test-split samples); on ``main_task`` the factorization test,
-    the position shift, cross-task transfer of Δ and the Δ(1), Δ(2) subspace grid. ``parts`` selects pieces."""
+    the position shift, cross-task transfer of Δ, the Δ(1), Δ(2) subspace grid and a ``resid_pre`` x position
+    patching map of one clean/attribute-exchanged pair (``binding_patching``). ``parts`` selects pieces."""
     started = time.perf_counter()
     objs = [t if isinstance(t, BindingTask) else load_task(t) for t in tasks]
     by_name = {t.name: t for t in objs}
@@ -73,5 +76,8 @@ def binding_study(model: HookedModel, tasks: Sequence[str | BindingTask] = SHIPP
     if "subspace" in parts and main.fixed_slots in (None, 3):
         d3 = estimate_deltas(model, main, n_train, n_entities=3, **kw)
         report["subspace"] = subspace(model, main, d3, n_subspace, grid=grid, **kw)
+    if "patching" in parts:
+        report["patching"] = binding_patching(model, main, seed=seed, method=patching_method,
+                                              batch_size=batch_size, progress=progress)
     report["wall_s"] = time.perf_counter() - started
     return report
