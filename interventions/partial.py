@@ -135,7 +135,7 @@ def start_at_layer(model: HookedModel, start: int, hidden: torch.Tensor | None) 
                 config.layer_types = layer_types
 
 
-def _cache_kwarg(model: HookedModel) -> str:
+def cache_kwarg(model: HookedModel) -> str:
     """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier releases)."""
     import inspect
 
@@ -162,7 +162,7 @@ def run_from_layer(model: HookedModel, hidden: torch.Tensor | None, start: int, 
     pos = torch.arange(p, p + s, device=ids.device).expand(batch, -1)
     kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=past is not None)
     if past is not None:
-        kwargs[_cache_kwarg(model)] = past
+        kwargs[cache_kwarg(model)] = past
     if last_only:
         kwargs["logits_to_keep"] = 1
     with model.apply(as_interventions(interventions)), start_at_layer(model, start, hidden), \

@@ -145,8 +145,9 @@ def kv_unsupported(model: HookedModel, prompts: Sequence[BindingPrompt]) -> str 
 
 
 def _forward_kwargs(model: HookedModel) -> tuple[str, bool]:
-    params = inspect.signature(model.hf_model.forward).parameters
-    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
+    from lmscope.interventions.partial import cache_kwarg
+
+    return cache_kwarg(model), "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters
 
 
 class _ContextStore:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import random
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -249,7 +248,9 @@ def _final_token_setup(model: HookedModel, prompts: PromptSet,
     from .readings import batches
 
     label_idx = torch.as_tensor(prompts.label_ids, device=model.device)
-    kw = "cache" if "cache" in inspect.signature(model.hf_model.forward).parameters else "past_key_values"
+    from lmscope.interventions.partial import cache_kwarg
+
+    kw = cache_kwarg(model)
     return label_idx, kw, batches(len(prompts), batch_size)
 
 
