@@ -35,24 +35,30 @@ if TYPE_CHECKING:
     from .model import HookedModel
 
 
-def partial_forward_unsupported(model: HookedModel) -> str | None:
+def partial_forward_unsupported(model: HookedModel, length: int | None = None) -> str | None:
     """Why partial forwards are not exact on ``model`` (None when they are).
 
     Sliding-window attention keeps only its window in the KV cache and builds its mask from cache positions,
     and ALiBi biases depend on absolute key positions; the prefix/layer skipping is verified against full
-    forwards on every other battery architecture, and refused on these rather than trusted.
+    forwards on every other battery architecture, and refused on these rather than trusted. ``length`` is
+    the longest sequence (KV prefix plus new tokens) the forwards will hold: a sliding window longer than
+    that masks no key and evicts nothing from the cache, so such forwards are exact (Gemma 2/3's 512+
+    windows and prompts of a few dozen tokens). None means any length.
     """
     config: Any = model.hf_model.config
-    if getattr(config, "sliding_window", None) and any(
+    window = getattr(config, "sliding_window", None)
+    if window and any(
             t == "sliding_attention" for t in (getattr(config, "layer_types", None) or ["sliding_attention"])):
-        return "sliding-window attention"
+        if length is None or length >= int(window):
+            held = "" if length is None else f" of {length} tokens"
+            return f"sliding-window attention (window {int(window)}, not longer than the sequences{held})"
     if getattr(config, "alibi", False):
         return "ALiBi position biases"
     return None
 
 
-def _check_supported(model: HookedModel) -> None:
-    reason = partial_forward_unsupported(model)
+def _check_supported(model: HookedModel, length: int) -> None:
+    reason = partial_forward_unsupported(model, length)
     if reason is not None:
         raise InputError(f"Partial forwards (KV prefix + start layer) are not exact on this {model.arch.name} model "
                          f"({reason}); run full forwards instead (e.g. patching_sweep(method='loop')).")
@@ -61,7 +67,7 @@ def _check_supported(model: HookedModel) -> None:
 def forward_with_kv(model: HookedModel, input_ids: torch.Tensor,
                     interventions: Interventions = ()) -> tuple[torch.Tensor, Any]:
     """One unpadded forward over ``input_ids [batch, pos]`` that also returns the KV cache."""
-    _check_supported(model)
+    _check_supported(model, int(input_ids.shape[-1]))
     with model.apply(as_interventions(interventions)), torch.no_grad():
         out = model.hf_model(input_ids=input_ids.to(model.device), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -154,10 +160,10 @@ def run_from_layer(model: HookedModel, hidden: torch.Tensor | None, start: int, 
     Returns ``[batch, vocab]`` logits of the last token (``last_only``) or ``[batch, s, vocab]``.
     Equals the matching slice of a full forward up to float rounding (tested per architecture).
     """
-    _check_supported(model)
     ids = input_ids.to(model.device)
     batch, s = ids.shape
     p = int(past.get_seq_length()) if past is not None else 0
+    _check_supported(model, p + s)
     mask = torch.ones(batch, p + s, dtype=torch.long, device=ids.device)
     pos = torch.arange(p, p + s, device=ids.device).expand(batch, -1)
     kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=past is not None)

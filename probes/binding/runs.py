@@ -134,14 +134,8 @@ def kv_unsupported(model: HookedModel, prompts: Sequence[BindingPrompt]) -> str 
     plus its rewritten tokens plus a question (under twice the longest prompt), so a window longer than that
     masks nothing (Gemma 2/3's 512+ windows and binding prompts of ~60 tokens).
     """
-    reason = partial_forward_unsupported(model)
-    if reason == "sliding-window attention":
-        window = int(getattr(model.hf_model.config, "sliding_window", 0) or 0)
-        longest = max(len(p.ids) for p in prompts)
-        if 2 * longest + 1 < window:
-            return None
-        return f"sliding window {window} not longer than twice the longest prompt ({longest} tokens)"
-    return reason
+    longest = max(len(p.ids) for p in prompts)
+    return partial_forward_unsupported(model, 2 * longest + 1)
 
 
 def _forward_kwargs(model: HookedModel) -> tuple[str, bool]:

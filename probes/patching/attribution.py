@@ -204,7 +204,7 @@ def _pattern_terms(model: HookedModel, pair: Pair, cells: list[Cell], source: di
 
     from .sweep import RowWrite
 
-    partial = partial_forward_unsupported(model) is None
+    partial = partial_forward_unsupported(model, int(pair.base.shape[1])) is None
     groups: dict[tuple[int, int], list[Cell]] = {}
     for c in cells:
         if feeds_layer(c) in patterns:

@@ -320,7 +320,7 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
                                                         metrics[g.index[i]], direction, qk_fix=method == "atp*",
                                                         batch_size=batch_size)
         return results[0] if n_pairs == 1 else _combine([results[i] for i in range(n_pairs)], positions, lengths)
-    unsupported = partial_forward_unsupported(model) if method == "exact" else None
+    unsupported = partial_forward_unsupported(model, max(lengths)) if method == "exact" else None
     if unsupported is not None:
         warnings.warn(f"The fast exact sweep's partial forwards are not exact with {unsupported}; computing the "
                       "same map with one full forward per patch (method='loop').", stacklevel=2)

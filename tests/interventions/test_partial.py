@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import random_ids
+from tiny_models import build_tiny, random_ids
 
-from lmscope.interventions import Cache, InputError, Steer
-from lmscope.interventions.partial import forward_with_kv, kv_prefix, run_from_layer, start_at_layer
+from lmscope.interventions import Cache, HookedModel, InputError, Steer
+from lmscope.interventions.partial import (
+    forward_with_kv,
+    kv_prefix,
+    partial_forward_unsupported,
+    run_from_layer,
+    start_at_layer,
+)
 
 
 def _ids(n: int = 7, seed: int = 0) -> torch.Tensor:
@@ -86,3 +92,24 @@ def test_unsupported_architectures_are_refused(tiny) -> None:
         forward_with_kv(tiny, ids)
     with pytest.raises(InputError, match="not exact"):
         run_from_layer(tiny, None, 1, ids)
+
+
+@pytest.mark.parametrize("arch", ["mistral_sliding", "gemma2", "gemma3_text", "mixtral"])
+def test_sequences_shorter_than_a_sliding_window_run_partially_and_exactly(arch: str, one_thread: None) -> None:
+    """A window longer than every sequence masks nothing: prefix + start-layer runs equal the full forward."""
+    model = HookedModel(build_tiny(arch))
+    window = int(model.hf_model.config.sliding_window)
+    assert "sliding-window" in str(partial_forward_unsupported(model))  # unknown length: refused
+    assert "sliding-window" in str(partial_forward_unsupported(model, window))  # the window could mask a key
+    assert partial_forward_unsupported(model, window - 1) is None
+    ids = _ids(window - 1, seed=3)
+    cache = Cache("resid_pre.*")
+    full, kv = forward_with_kv(model, ids, [cache])
+    for layer in range(model.n_layers):
+        for p in range(window - 1):
+            hidden = cache[f"resid_pre.{layer}"][:, p:].expand(2, -1, -1)
+            out = run_from_layer(model, hidden if layer else None, layer, ids[:, p:].expand(2, -1),
+                                 past=kv_prefix(model, kv, p, 2), last_only=False)
+            torch.testing.assert_close(out, full[:, p:].expand(2, -1, -1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="window 4, not longer than the sequences of 4 tokens"):
+        forward_with_kv(model, _ids(window))

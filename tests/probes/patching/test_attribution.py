@@ -142,7 +142,7 @@ def test_atp_star_partial_forwards_equal_full_forwards(llama_tiny, monkeypatch) 
     sites = ["embed", "resid_pre.1", "attn_out.0", "mlp_out.1", "resid_mid.1", "resid_post.0", "head_z.1"]
     fast = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="atp*", batch_size=3)
     fast_heads = head_sweep(llama_tiny, clean, corrupt, metric, method="atp*")
-    monkeypatch.setattr(partial, "partial_forward_unsupported", lambda model: "forced off for the test")
+    monkeypatch.setattr(partial, "partial_forward_unsupported", lambda model, length=None: "forced off for the test")
     slow = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="atp*")
     torch.testing.assert_close(fast.values, slow.values, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast_heads.values, head_sweep(llama_tiny, clean, corrupt, metric, method="atp*").values,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
-from tiny_models import random_ids
+from tiny_models import WINDOW, build_tiny, random_ids
 
-from lmscope.interventions import InputError, SiteError
+from lmscope.interventions import HookedModel, InputError, SiteError
 from lmscope.probes.patching import head_sweep, patching_sweep, resid_pre_sweep
 
 
@@ -38,6 +40,23 @@ def test_exact_sweep_equals_loop_on_every_architecture(tiny) -> None:
     if "resid_mid" in tiny.available_kinds:
         sites.append("resid_mid.1")
     _assert_equal_maps(tiny, clean, corrupt, sites, [0, 2, 3, 5])
+
+
+@pytest.mark.parametrize("arch", ["mistral_sliding", "gemma3_text"])
+def test_prompts_shorter_than_the_sliding_window_keep_the_fast_exact_sweep(arch: str, one_thread: None) -> None:
+    model = HookedModel(build_tiny(arch))
+    clean = random_ids((WINDOW - 1,), 4)
+    corrupt = clean.clone()
+    corrupt[1] = (corrupt[1] + 5) % 97
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        fast = patching_sweep(model, clean, corrupt, ["resid_pre.*", "attn_out.1"], "all", metric, layer_block=2)
+    assert fast.method == "exact"
+    _assert_equal_maps(model, clean, corrupt, ["resid_pre.*", "attn_out.1", "mlp_out.2"], "all")
+    long_clean, long_corrupt = _pair(WINDOW + 2, seed=4)
+    with pytest.warns(UserWarning, match="sliding-window attention"):
+        slow = patching_sweep(model, long_clean, long_corrupt, "resid_pre.*", [0, -1], metric)
+    assert slow.method == "loop"
 
 
 def test_exact_head_sweep_equals_loop_per_head(tiny) -> None:
