@@ -33,10 +33,16 @@ SWAPS = ("none", "entity", "attribute", "both")
 def calibration(model: HookedModel, task: BindingTask, contexts: Sequence[Context], split: str, *,
                 batch_size: int = 16, progress: bool = True, method: str = "kv") -> dict[str, float]:
     """Each attribute's median log-prob when the query names someone absent from the context."""
-    prompts = [build_prompt(model.tokenizer, task, c, absent_entity(task, c, split, seed=i), allow_absent=True)
-               for i, c in enumerate(contexts)]
-    lp = score(model, prompts, batch_size=batch_size, progress=progress, desc="calibration", method=method)
+    lp = score(model, _calibration_prompts(model, task, contexts, split), batch_size=batch_size, progress=progress,
+               desc="calibration", method=method)
     return attribute_medians(lp, [c.attributes for c in contexts])
+
+
+def _calibration_prompts(model: HookedModel, task: BindingTask, contexts: Sequence[Context],
+                         split: str) -> list[BindingPrompt]:
+    """One query per context about a name absent from it (seeded by the context's index)."""
+    return [build_prompt(model.tokenizer, task, c, absent_entity(task, c, split, seed=i), allow_absent=True)
+            for i, c in enumerate(contexts)]
 
 
 def baseline(model: HookedModel, task: BindingTask, n_samples: int = 64, *, split: str = "test", seed: int = 0,
@@ -52,15 +58,19 @@ def baseline(model: HookedModel, task: BindingTask, n_samples: int = 64, *, spli
 
 def _baseline(model: HookedModel, task: BindingTask, contexts: list[Context], n_samples: int, split: str,
               batch_size: int, progress: bool, method: str) -> dict[str, Any]:
-    n = len(contexts[0].entities)
-    medians = calibration(model, task, contexts, split, batch_size=batch_size, progress=progress, method=method)
+    n, m = len(contexts[0].entities), len(contexts)
+    # calibration and every slot in one call: the KV path runs each context and the question prefix the
+    # queries share once (the full path scores the same prompts one by one)
+    prompts = _calibration_prompts(model, task, contexts, split) + \
+        [build_prompt(model.tokenizer, task, c, q) for q in range(n) for c in contexts]
+    scores = score(model, prompts, batch_size=batch_size, progress=progress, desc="baseline", method=method)
+    medians = attribute_medians(scores[:m], [c.attributes for c in contexts])
     out: dict[str, Any] = {"task": task.name, "n_samples": n_samples, "split": split, "per_slot": []}
     for q in range(n):
-        prompts = [build_prompt(model.tokenizer, task, c, q) for c in contexts]
-        lp = score(model, prompts, batch_size=batch_size, progress=progress, desc=f"baseline slot {q}", method=method)
-        out["per_slot"].append({"slot": q, "accuracy": accuracy(lp, [q] * len(prompts)),
+        lp = scores[m * (q + 1):m * (q + 2)]
+        out["per_slot"].append({"slot": q, "accuracy": accuracy(lp, [q] * m),
                                 "calibrated_accuracy": calibrated_accuracy(lp, [c.attributes for c in contexts],
-                                                                           [q] * len(prompts), medians),
+                                                                           [q] * m, medians),
                                 "mean_logprob": float(lp[:, q].mean())})
     out["accuracy"] = sum(s["accuracy"] for s in out["per_slot"]) / n
     out["calibrated_accuracy"] = sum(s["calibrated_accuracy"] for s in out["per_slot"]) / n

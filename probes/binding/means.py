@@ -135,17 +135,21 @@ def _table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_s
     if unknown:
         raise InputError(f"Unknown Table-1 rows {unknown}; known: {', '.join(plan)}.")
     out: dict[str, Any] = {"task": task.name, "delta_task": deltas.task, "n_samples": n_samples, "rows": {}}
-    for q in query_slots:
-        prompts = [build_prompt(tok, task, c, q) for c in contexts]
-        makes: dict[str, Any] = {row: None if plan[row][0] is None else _shift_maker(prompts, *plan[row])  # type: ignore[arg-type]
-                                 for row in rows}
-        scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc=f"table 1 q{q}",
-                            method=method)
-        for row, lp in scores.items():
+    # every queried slot in one call: under the KV path each context's rewritten tokens and the question
+    # prefix the slots share run once per condition
+    m = len(contexts)
+    prompts = [build_prompt(tok, task, c, q) for q in query_slots for c in contexts]
+    makes: dict[str, Any] = {row: None if plan[row][0] is None else _shift_maker(prompts, *plan[row])  # type: ignore[arg-type]
+                             for row in rows}
+    scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc="table 1",
+                        method=method)
+    for j, q in enumerate(query_slots):
+        for row, all_lp in scores.items():
+            lp = all_lp[j * m:(j + 1) * m]
             res = out["rows"].setdefault(row, {"accuracy": [], "calibrated_accuracy": [], "mean_logprob": []})
-            res["accuracy"].append(accuracy(lp, [q] * len(prompts)))
+            res["accuracy"].append(accuracy(lp, [q] * m))
             res["calibrated_accuracy"].append(calibrated_accuracy(lp, [c.attributes for c in contexts],
-                                                                  [q] * len(prompts), medians))
+                                                                  [q] * m, medians))
             res["mean_logprob"].append(float(lp[:, q].mean()))
     out["query_slots"] = list(query_slots)
     return out

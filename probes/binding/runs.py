@@ -96,7 +96,9 @@ def score_many(model: HookedModel, prompts: Sequence[BindingPrompt], makes: dict
     every context position at every layer is fixed (its clean value, or what the condition's interventions
     write there), so a condition's context K/V equal the clean ones except at the positions its interventions
     change: those tokens run again (original position ids, ``resid_pre`` of every layer overwritten with the
-    intended values, their stale cache columns masked out) in the same forward as the question tokens. A
+    intended values, their stale cache columns masked out), once per context together with the question
+    prefix its prompts share, and each prompt then runs only the rest of its question (pass the queries of
+    every slot of a context in one call to share that work; see :func:`_question_logprobs`). A
     condition whose interventions write anything but ``resid_pre`` of context positions, or that does not
     apply the frozen context, runs the full prompt instead; so do models where reusing a prefix cache is not
     exact (ALiBi; sliding windows shorter than twice the longest prompt).
@@ -251,12 +253,15 @@ def _plan_writes(model: HookedModel, chunk: list[BindingPrompt], ivs: list[Inter
     gen = torch.Generator().manual_seed(0)
     changed = torch.zeros(rows.numel(), dtype=torch.bool)
     intended = []
+    noise: torch.Tensor | None = None
     for layer in range(model.n_layers):
         site = model.resolve(f"resid_pre.{layer}")[0]
         clean = to_token_coordinates(acts[site.name], acts.attention_mask)
-        base = torch.randn(b, width, clean.shape[-1], generator=gen).to(device=clean.device, dtype=clean.dtype)
+        if noise is None:  # one draw serves every layer: it only has to differ from what a write would put there
+            noise = torch.randn(b, width, clean.shape[-1], generator=gen).to(device=clean.device, dtype=clean.dtype)
+        base = noise.clone()
         base[rows, cols] = clean[rows, toks]
-        value = base
+        value = base.clone()
         for iv in per_site.get(site, []):
             new = iv(value, site, ctx)
             if new is not None:
@@ -270,45 +275,131 @@ def _plan_writes(model: HookedModel, chunk: list[BindingPrompt], ivs: list[Inter
     return written, [v[changed.to(v.device)] for v in intended]
 
 
+def _kv_cache(model: HookedModel, kv: list[tuple[torch.Tensor, torch.Tensor]], idx: torch.Tensor) -> Any:
+    """A fresh ``DynamicCache`` holding rows ``idx`` of the per-layer ``(K, V)`` list."""
+    from transformers import DynamicCache
+
+    config: Any = model.hf_model.config
+    return DynamicCache(ddp_cache_data=[(k[idx], v[idx]) for k, v in kv], config=config)
+
+
+def _left_pad(seqs: list[list[int]], poss: list[list[int]], pad: int) -> tuple[torch.Tensor, ...]:
+    """Left-padded ``ids``, ``position_ids`` and attention mask ``[rows, longest]`` of new tokens."""
+    n = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    pos = torch.zeros(len(seqs), n, dtype=torch.long)
+    new_mask = torch.zeros(len(seqs), n, dtype=torch.long)
+    for i, (seq, ps) in enumerate(zip(seqs, poss)):
+        if seq:
+            ids[i, n - len(seq):], pos[i, n - len(seq):], new_mask[i, n - len(seq):] = \
+                torch.tensor(seq), torch.tensor(ps), 1
+    return ids, pos, new_mask
+
+
+def _units(chunk: list[BindingPrompt], rmap: torch.Tensor, written: list[list[int]],
+           values: list[torch.Tensor] | None) -> tuple[list[list[int]], list[int]]:
+    """Rows that may share one run of their rewritten tokens and common question prefix: same context, same
+    rewritten tokens with the same intended values at every layer. Returns the units (row lists) and, per
+    unit, the length of the question prefix all its rows share (each row keeps at least its last token)."""
+    offsets = [0]
+    for w in written:
+        offsets.append(offsets[-1] + len(w))
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, w in enumerate(written):
+        key: tuple[Any, ...] = (int(rmap[i]), tuple(w))
+        first = groups.get(key, [None])[0]
+        if first is not None and w and values is not None and not all(
+                torch.equal(v[offsets[first]:offsets[first + 1]], v[offsets[i]:offsets[i + 1]]) for v in values):
+            key = (*key, i)  # same tokens, other values: its own unit
+        groups.setdefault(key, []).append(i)
+    units = list(groups.values())
+    shared = []
+    for rows in units:
+        qs = [chunk[i].ids[chunk[i].context_len:] for i in rows]
+        limit = min(len(q) for q in qs) - 1
+        k = 0
+        while k < limit and all(q[k] == qs[0][k] for q in qs):
+            k += 1
+        shared.append(k)
+    return units, shared
+
+
 def _question_logprobs(model: HookedModel, chunk: list[BindingPrompt], cands: list[Sequence[int]],
                        mask: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]], rmap: torch.Tensor,
                        written: list[list[int]] | None = None, values: list[torch.Tensor] | None = None,
                        ) -> torch.Tensor:
-    """Candidate log-probs from one forward over each row's rewritten context tokens and question tokens,
-    after row ``rmap[i]`` of the contexts' KV cache (the rewritten tokens' stale columns masked out)."""
-    from transformers import DynamicCache
+    """Candidate log-probs of ``chunk`` over row ``rmap[i]`` of the contexts' KV cache, in two forwards.
 
+    1. Once per unit (rows with the same context and the same rewrites, see :func:`_units`): its rewritten
+       context tokens (``resid_pre`` of every layer overwritten with ``values``, original position ids,
+       their stale cache columns masked out) plus the question prefix its rows share (e.g. "Question: Which
+       city does" before the queried name), appended to the context's cache.
+    2. Per row: the rest of its question over its unit's extended cache; logits of the last token only.
+
+    Every token sees exactly the keys and values it would see in one forward over the whole prompt, so the
+    result equals the one-forward version (and the full prompt) up to float rounding; the shared prefix and
+    the rewritten tokens run once per context instead of once per queried slot.
+    """
     written = written or [[] for _ in chunk]
-    dev = model.device
-    idx = rmap.to(dev)
-    config: Any = model.hf_model.config
-    past = DynamicCache(ddp_cache_data=[(k[idx], v[idx]) for k, v in kv], config=config)
-    seqs = [[p.ids[t] for t in w] + list(p.ids[p.context_len:]) for p, w in zip(chunk, written)]
-    poss = [list(w) + list(range(p.context_len, len(p.ids))) for p, w in zip(chunk, written)]
-    n = max(len(x) for x in seqs)
-    b, wc = len(chunk), mask.shape[1]
-    ids = torch.full((b, n), _pad_id(model), dtype=torch.long)
-    pos = torch.zeros(b, n, dtype=torch.long)
-    new_mask = torch.zeros(b, n, dtype=torch.long)
-    past_mask = mask[idx].clone()
-    wrows, wcols = [], []
-    for i, (seq, ps, w) in enumerate(zip(seqs, poss, written)):
-        start = n - len(seq)
-        ids[i, start:], pos[i, start:], new_mask[i, start:] = torch.tensor(seq), torch.tensor(ps), 1
-        pad_c = wc - int(mask[idx[i]].sum())
-        for j, t in enumerate(w):
-            past_mask[i, pad_c + t] = 0
-            wrows.append(i)
-            wcols.append(start + j)
+    dev, pad = model.device, _pad_id(model)
     kw, keep = _forward_kwargs(model)
-    ivs: list[Intervention] = []
-    if wrows:
-        assert values is not None
-        ivs = [_WriteTokens(torch.tensor(wrows), torch.tensor(wcols), values)]
-    with (model.apply(ivs) if ivs else nullcontext()), torch.no_grad():
-        logits = model.hf_model(input_ids=ids.to(dev), attention_mask=torch.cat([past_mask, new_mask.to(dev)], 1),
-                                position_ids=pos.to(dev), use_cache=True, **{kw: past},
-                                **({"logits_to_keep": 1} if keep else {})).logits[:, -1]
+    last = {"logits_to_keep": 1} if keep else {}
+    units, shared = _units(chunk, rmap, written, values)
+    heads = [rows[0] for rows in units]
+    cidx = rmap[heads].to(dev)
+    past_mask = mask[cidx].clone()
+    wc = mask.shape[1]
+    seqs, poss = [], []
+    wrows: list[int] = []
+    wcols: list[int] = []
+    sel: list[int] = []
+    offsets = [0]
+    for w in written:
+        offsets.append(offsets[-1] + len(w))
+    for u, (i, s) in enumerate(zip(heads, shared)):
+        p, w = chunk[i], written[i]
+        seqs.append([p.ids[t] for t in w] + list(p.ids[p.context_len:p.context_len + s]))
+        poss.append(list(w) + list(range(p.context_len, p.context_len + s)))
+        pad_c = wc - int(mask[cidx[u]].sum())
+        for t in w:
+            past_mask[u, pad_c + t] = 0
+        sel.extend(range(offsets[i], offsets[i + 1]))
+    ext_kv, ext_mask = kv, past_mask
+    if any(seqs):
+        ids, pos, new_mask = _left_pad(seqs, poss, pad)
+        n1 = ids.shape[1]
+        for u, i in enumerate(heads):
+            start = n1 - len(seqs[u])
+            wrows.extend([u] * len(written[i]))
+            wcols.extend(range(start, start + len(written[i])))
+        ivs: list[Intervention] = []
+        if wrows:
+            assert values is not None
+            pick = torch.tensor(sel)
+            ivs = [_WriteTokens(torch.tensor(wrows), torch.tensor(wcols), [v[pick.to(v.device)] for v in values])]
+        past = _kv_cache(model, kv, cidx)
+        with (model.apply(ivs) if ivs else nullcontext()), torch.no_grad():
+            out = model.hf_model(input_ids=ids.to(dev), attention_mask=torch.cat([past_mask, new_mask.to(dev)], 1),
+                                 position_ids=pos.to(dev), use_cache=True, **{kw: past}, **last)
+        cache: Any = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        ext_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        ext_mask = torch.cat([past_mask, new_mask.to(dev)], 1)
+    else:  # nothing to share: the rows read the context cache directly
+        ext_kv = [(k[cidx], v[cidx]) for k, v in kv]
+    unit_of = torch.zeros(len(chunk), dtype=torch.long)
+    for u, rows in enumerate(units):
+        unit_of[rows] = u
+    seqs2, poss2 = [], []
+    for i, p in enumerate(chunk):
+        s = shared[int(unit_of[i])]
+        seqs2.append(list(p.ids[p.context_len + s:]))
+        poss2.append(list(range(p.context_len + s, len(p.ids))))
+    ids2, pos2, mask2 = _left_pad(seqs2, poss2, pad)
+    uidx = unit_of.to(dev)
+    with torch.no_grad():
+        logits = model.hf_model(input_ids=ids2.to(dev), attention_mask=torch.cat([ext_mask[uidx], mask2.to(dev)], 1),
+                                position_ids=pos2.to(dev), use_cache=True, **{kw: _kv_cache(model, ext_kv, uidx)},
+                                **last).logits[:, -1]
     logp = torch.log_softmax(logits.float(), dim=-1)
     return logp.gather(1, torch.tensor([list(c) for c in cands], device=logp.device)).cpu()
 

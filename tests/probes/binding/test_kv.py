@@ -191,3 +191,26 @@ def _close_loose(a, b) -> None:  # type: ignore[no-untyped-def]
             _close_loose(x, y)
     elif isinstance(a, float):
         assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_kv_units_share_the_question_prefix_of_a_context(toy_model, toy_task) -> None:
+    """Queries of one context with the same rewrites form one unit whose shared question prefix runs once;
+    other intended values (or another context) split the unit; every row keeps at least its last token."""
+    from lmscope.probes.binding.runs import _units
+
+    tok = toy_model.tokenizer
+    contexts = sample_contexts(tok, toy_task, 2, split="test", seed=0, spare_entity=True)
+    prompts = [build_prompt(tok, toy_task, c, q) for c in contexts for q in (0, 1)]
+    q0, q1 = (p.ids[p.context_len:] for p in prompts[:2])
+    lcp = next(k for k in range(min(len(q0), len(q1))) if q0[k] != q1[k])
+    rmap = torch.tensor([0, 0, 1, 1])
+    units, shared = _units(prompts, rmap, [[] for _ in prompts], None)
+    assert units == [[0, 1], [2, 3]] and shared[0] == lcp > 0
+    values = [torch.zeros(4, 3), torch.ones(4, 3)]  # one rewritten token per row, equal per context
+    units, _ = _units(prompts, rmap, [[1], [1], [1], [1]], values)
+    assert units == [[0, 1], [2, 3]]
+    values[1][1] += 1  # row 1 would write other values at layer 1: it cannot share row 0's run
+    units, _ = _units(prompts, rmap, [[1], [1], [1], [1]], values)
+    assert units == [[0], [1], [2, 3]]
+    units, shared = _units(prompts[:1], rmap[:1], [[]], None)
+    assert shared == [len(q0) - 1]  # alone, a row shares all but its last token with itself
