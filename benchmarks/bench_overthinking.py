@@ -1,4 +1,4 @@
-"""Overthinking-study benchmarks on SmolLM2-135M-Instruct (CPU).
+"""Overthinking-study benchmarks on SmolLM2-135M-Instruct or Gemma 3 270M (``--model``; CPU).
 
 Parts (``--part``, default all):
 
@@ -10,7 +10,8 @@ Parts (``--part``, default all):
   same ``--head-prompts`` prompts, same process; ratio of wall times, and the max score difference.
 - ``ablation``: the ablation phase (none + 3 methods x (top + ``--n-random`` random sets) configurations of
   ``--k`` heads) on ``--ablation-prompts`` prompts: configurations batched (one final-token forward for all)
-  vs one final-token forward per configuration, same process; ratio and max probability difference.
+  vs one final-token forward per configuration, same process; ratio and max probability difference. The
+  batched runner also starts each group at its first ablated layer and unembeds only the label rows.
 
 Run: ``.venv/bin/python benchmarks/bench_overthinking.py --part all``
 """
@@ -101,12 +102,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="overthinking-bench")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--model", default="default", help="default (SmolLM2-135M-Instruct) or gemma-3-270m")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from lmscope.interventions import HookedModel
     from lmscope.lens.training import default_lens
 
-    model = HookedModel.default()
+    model = HookedModel.default() if args.model == "default" else HookedModel.from_pretrained(args.model)
     if args.part in ("all", "study"):
         default_lens(model)  # cached: loaded before the measured study
     if args.part in ("all", "heads"):

@@ -16,6 +16,13 @@ repeated over ``C`` configurations (rows = prompts x configurations) and the fin
 :class:`RowHeadAblation`, in which every row ablates its own configuration's heads. A ``mean`` ablation
 averages over its own configuration's rows only, so the numbers equal the one-configuration-at-a-time
 loop (``batch_configs=False``, kept as the reference) up to float32 rounding of the larger batch.
+
+The batched runner also skips work no configuration can change: the final token runs once unablated
+(which gives the no-ablation configurations and ``resid_pre`` of every layer), each group of
+configurations then starts at its earliest ablated layer from that residual (the configurations are
+sorted by it, so a group of late-layer heads skips most of the network), and the unembedding is cut to
+the label rows for the duration (only the label probabilities are read: on a 262k vocabulary that matrix
+costs more than the rest of a small model's token forward).
 """
 
 from __future__ import annotations
@@ -23,13 +30,17 @@ from __future__ import annotations
 import copy
 import functools
 import random
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
+from torch import nn
 
 from lmscope.interventions.ablate import Ablate
+from lmscope.interventions.architectures import get_module
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.partial import partial_forward_unsupported, start_at_layer
 from lmscope.interventions.positions import ForwardContext, position_mask
 from lmscope.interventions.sites import Site
 
@@ -262,33 +273,100 @@ def _prefix(model: HookedModel, rows: Sequence[int], prompts: PromptSet) -> tupl
     return batch, pre.get("cache", None) or pre.get("past_key_values")
 
 
+@contextmanager
+def label_unembedding(model: HookedModel, label_ids: torch.Tensor) -> Iterator[bool]:
+    """Inside the block the model's unembedding is a ``Linear`` holding only the ``label_ids`` rows (its
+    logits are the labels' logits, in that order); yields False and changes nothing where that is not
+    possible (an unembedding that is not a plain ``Linear``, weights on the meta device or behind an
+    accelerate hook). Softcapping and logit scales act per logit, so they still apply unchanged."""
+    mod = model.unembed
+    weight = getattr(mod, "weight", None)
+    if type(mod) is not nn.Linear or weight is None or weight.device.type == "meta" or hasattr(mod, "_hf_hook"):
+        yield False
+        return
+    small = nn.Linear(weight.shape[1], int(label_ids.numel()), bias=mod.bias is not None, device=weight.device,
+                      dtype=weight.dtype)
+    with torch.no_grad():
+        idx = label_ids.to(weight.device)
+        small.weight.copy_(weight[idx])
+        if mod.bias is not None:
+            small.bias.copy_(mod.bias[idx])
+    path = model.arch.unembed
+    parent = get_module(model.hf_model, path.rsplit(".", 1)[0]) if "." in path else model.hf_model
+    attr = path.rsplit(".", 1)[-1]
+    setattr(parent, attr, small)
+    try:
+        yield True
+    finally:
+        setattr(parent, attr, mod)
+
+
+def _label_probs(logits: torch.Tensor, label_idx: torch.Tensor, restricted: bool) -> torch.Tensor:
+    """Renormalised label probabilities from last-token logits (already the label logits when restricted;
+    checked by width, so a model whose forward bypasses its unembedding module still reads the right ones)."""
+    if not (restricted and logits.shape[-1] == label_idx.numel()):
+        logits = logits[:, label_idx]
+    return logits.float().softmax(-1)
+
+
+def _grab_input(store: list[torch.Tensor], module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook: keep the hidden states entering the layer (``resid_pre``)."""
+    store.append(args[0] if args else kwargs["hidden_states"])
+
+
+def _first_layer(spec: AblationSpec, n_layers: int) -> int:
+    """The earliest layer a configuration ablates (``n_layers`` for none)."""
+    return min((int(layer) % n_layers for layer, _ in spec[0]), default=n_layers)
+
+
 def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str, AblationSpec], batch_size: int,
                          progress: bool, config_chunk: int) -> dict[str, torch.Tensor]:
     from tqdm.auto import tqdm
 
     label_idx, kw, chunks = _final_token_setup(model, prompts, batch_size)
-    names = list(specs)
-    groups = [names[i:i + config_chunk] for i in range(0, len(names), config_chunk)]
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    bar = tqdm(total=len(chunks) * len(groups), desc="ablations", disable=not progress, leave=False)
-    for rows in chunks:
-        batch, past = _prefix(model, rows, prompts)
-        ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
-        for group in groups:
-            n_conf = len(group)
-            cache = copy.deepcopy(past)
-            cache.batch_repeat_interleave(n_conf)
-            todo = [specs[n] for n in group]
-            ivs: list[Intervention] = [RowHeadAblation(todo)] if any(len(h) for h, _ in todo) else []
-            with model.apply(ivs):
-                logits = model.hf_model(input_ids=ids[:, -1:].repeat_interleave(n_conf, 0),
-                                        attention_mask=mask.repeat_interleave(n_conf, 0),
-                                        position_ids=pos[:, -1:].repeat_interleave(n_conf, 0),
-                                        use_cache=True, **{kw: cache}).logits[:, -1]
-            probs = logits[:, label_idx].float().softmax(-1).view(len(rows), n_conf, -1).cpu()
-            for c, name in enumerate(group):
-                out[name].append(probs[:, c])
+    nl = model.n_layers
+    first = {name: _first_layer(spec, nl) for name, spec in specs.items()}
+    longest = max((len(x) for x in prompts.ids), default=0)
+    skip = partial_forward_unsupported(model, longest + 1) is None  # starting above layer 0 is exact
+    ablated = sorted((n for n in specs if first[n] < nl), key=lambda n: first[n])  # late heads group together
+    groups = [ablated[i:i + config_chunk] for i in range(0, len(ablated), config_chunk)]
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
+    layers = [model.layer_module(i) for i in range(nl)]
+    bar = tqdm(total=len(chunks) * (len(groups) + 1), desc="ablations", disable=not progress, leave=False)
+    with label_unembedding(model, label_idx) as restricted:
+        for rows in chunks:
+            batch, past = _prefix(model, rows, prompts)
+            ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
+            resid: list[torch.Tensor] = []
+            grab = functools.partial(_grab_input, resid)
+            handles = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in layers] if skip else []
+            try:  # the final token once, unablated: the no-ablation configs, and the residual entering each layer
+                logits = model.hf_model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
+                                        use_cache=True, **{kw: copy.deepcopy(past)}).logits[:, -1]
+            finally:
+                for h in handles:
+                    h.remove()
+            clean = _label_probs(logits, label_idx, restricted).cpu()
+            for name in specs:
+                if first[name] >= nl:
+                    out[name].append(clean)
             bar.update(1)
+            for group in groups:
+                n_conf = len(group)
+                start = first[group[0]] if skip else 0
+                cache = copy.deepcopy(past)
+                cache.batch_repeat_interleave(n_conf)
+                hidden = resid[start].repeat_interleave(n_conf, 0) if start else None
+                with model.apply([RowHeadAblation([specs[n] for n in group])]), \
+                        (start_at_layer(model, start, hidden) if start else nullcontext()):
+                    logits = model.hf_model(input_ids=ids[:, -1:].repeat_interleave(n_conf, 0),
+                                            attention_mask=mask.repeat_interleave(n_conf, 0),
+                                            position_ids=pos[:, -1:].repeat_interleave(n_conf, 0),
+                                            use_cache=True, **{kw: cache}).logits[:, -1]
+                probs = _label_probs(logits, label_idx, restricted).view(len(rows), n_conf, -1).cpu()
+                for c, name in enumerate(group):
+                    out[name].append(probs[:, c])
+                bar.update(1)
     bar.close()
     return {k: torch.cat(v) for k, v in out.items()}
 

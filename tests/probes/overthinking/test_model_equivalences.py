@@ -241,11 +241,16 @@ def _mixed_configs(model: HookedModel) -> dict:
     return configs
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama_tied"])
+@pytest.mark.parametrize("arch", ["llama", "llama_tied", "gpt2", "gpt_neox", "qwen3", "gemma2", "gemma3_text"])
 def test_batched_configs_equal_the_per_config_loop(arch: str) -> None:
-    """Rows = prompts x configurations, one final-token forward: the same numbers as one forward per config,
-    including ``mean`` (each configuration's mean over its own rows) and padded prompts of different lengths."""
+    """Rows = prompts x configurations, one final-token forward per group: the same numbers as one forward per
+    config, including ``mean`` (each configuration's mean over its own rows), padded prompts of different
+    lengths, groups that start above layer 0 (sorted by their first ablated layer) and the label-only
+    unembedding (Gemma 2's final softcapping acts per logit). The Gemma windows are widened past the prompts,
+    as on the real models (the loop's cache rollback needs that)."""
     model = toy_model(arch)
+    if arch.startswith("gemma"):
+        model.hf_model.config.sliding_window = 64
     ps = _prompts(model, "permuted", n=5)
     configs = _mixed_configs(model)
     loop = final_label_probs(model, ps, configs, batch_size=2, progress=False, batch_configs=False)
@@ -258,6 +263,50 @@ def test_batched_configs_equal_the_per_config_loop(arch: str) -> None:
     assert not torch.allclose(loop["mean/top"], loop["zero/top"], atol=1e-4)
     assert not torch.allclose(loop["mean/top"], loop["none"], atol=1e-4)
     assert not torch.allclose(loop["qkv/top"], loop["none"], atol=1e-4)
+
+
+def test_batched_configs_run_every_layer_where_skipping_is_not_exact(monkeypatch) -> None:
+    """Where a partial forward is not exact, each group starts at layer 0: same numbers, no start-layer swap."""
+    import lmscope.probes.overthinking.ablation as ablation
+
+    model = toy_model("llama")
+    ps = _prompts(model, "permuted", n=3)
+    configs = _mixed_configs(model)
+    loop = final_label_probs(model, ps, configs, batch_size=3, progress=False, batch_configs=False)
+    starts: list[int] = []
+    real_start = ablation.start_at_layer
+
+    def spy(m, start, hidden):  # type: ignore[no-untyped-def]
+        starts.append(start)
+        return real_start(m, start, hidden)
+
+    monkeypatch.setattr(ablation, "start_at_layer", spy)
+    final_label_probs(model, ps, configs, batch_size=3, progress=False, config_chunk=4)
+    assert starts and max(starts) > 0  # the top heads start at layer 1
+    starts.clear()
+    monkeypatch.setattr(ablation, "partial_forward_unsupported", lambda m, length=None: "a reason")
+    batched = final_label_probs(model, ps, configs, batch_size=3, progress=False, config_chunk=4)
+    assert not starts
+    for name in loop:
+        assert torch.allclose(batched[name], loop[name], atol=1e-6, rtol=0), name
+
+
+def test_label_unembedding_is_restored_and_equals_the_label_columns() -> None:
+    from lmscope.probes.overthinking.ablation import label_unembedding
+
+    model = toy_model("gpt2")
+    ids = torch.tensor([3, 7, 5])
+    original = model.unembed
+    x = [[1, 4, 6, 2]]
+    full = model.run(x).logits[0, -1]
+    with label_unembedding(model, ids) as restricted:
+        assert restricted and model.unembed is not original
+        small = model.hf_model(input_ids=torch.tensor(x)).logits[0, -1]
+    assert model.unembed is original
+    torch.testing.assert_close(small, full[ids], rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="boom"), label_unembedding(model, ids):
+        raise RuntimeError("boom")
+    assert model.unembed is original
 
 
 def test_batched_mean_is_per_configuration_not_over_the_whole_batch() -> None:
