@@ -79,8 +79,9 @@ def bench_ablation(model, args) -> None:
     times, res = {}, {}
     for batched in (True, False):
         t0 = time.perf_counter()
+        chunk = {"config_chunk": args.config_chunk} if args.config_chunk else {}
         res[batched] = final_label_probs(model, ps, configs, batch_size=args.batch_size, progress=False,
-                                         batch_configs=batched)
+                                         batch_configs=batched, **chunk)
         times[batched] = time.perf_counter() - t0
     diff = max(float((res[True][k] - res[False][k]).abs().max()) for k in configs)
     print(f"ablation phase, {args.ablation_prompts} prompts x {args.n_demos} demos, {len(configs)} configurations "
@@ -99,6 +100,8 @@ def main() -> None:
     p.add_argument("--ablation-prompts", type=int, default=16)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--config-chunk", type=int, default=None, help="configurations per batched forward "
+                   "(default: final_label_probs' own)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="overthinking-bench")
     p.add_argument("--quiet", action="store_true")

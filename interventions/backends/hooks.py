@@ -122,11 +122,14 @@ def _eager_with_pattern_hook(module: nn.Module, query: torch.Tensor, key: torch.
             return original(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    n_rep = query.shape[1] // key.shape[1]
-    if n_rep > 1:  # grouped-query attention: repeat key/value heads
-        key = key.repeat_interleave(n_rep, dim=1)
-        value = value.repeat_interleave(n_rep, dim=1)
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    b, n_heads, _, d_head = query.shape
+    n_kv = key.shape[1]
+    n_rep = n_heads // n_kv
+    # grouped-query attention: query head i reads key/value head i // n_rep. The n_rep query heads of a group
+    # are stacked along the query axis, so key/value are never copied n_rep times (on a long cache that copy
+    # costs more than the products themselves)
+    grouped = query.reshape(b, n_kv, n_rep * q_len, d_head)
+    weights = torch.matmul(grouped, key.transpose(2, 3)).view(b, n_heads, q_len, -1) * scaling
     softcap = kwargs.get("softcap")
     if softcap:
         weights = torch.tanh(weights / softcap) * softcap
@@ -136,8 +139,8 @@ def _eager_with_pattern_hook(module: nn.Module, query: torch.Tensor, key: torch.
     weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = _run_hooks(hooks, "attn_pattern", weights, q_len)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
-    return out, weights
+    out = torch.matmul(weights.reshape(b, n_kv, n_rep * q_len, -1), value).view(b, n_heads, q_len, -1)
+    return out.transpose(1, 2).contiguous(), weights
 
 
 AttentionInterface.register(PATTERN_ATTENTION, _eager_with_pattern_hook)

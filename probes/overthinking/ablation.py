@@ -17,12 +17,17 @@ repeated over ``C`` configurations (rows = prompts x configurations) and the fin
 averages over its own configuration's rows only, so the numbers equal the one-configuration-at-a-time
 loop (``batch_configs=False``, kept as the reference) up to float32 rounding of the larger batch.
 
-The batched runner also skips work no configuration can change: the final token runs once unablated
-(which gives the no-ablation configurations and ``resid_pre`` of every layer), each group of
+The batched runner also avoids work and copies no configuration needs. The final token runs once
+unablated (which gives the no-ablation configurations and ``resid_pre`` of every layer); each group of
 configurations then starts at its earliest ablated layer from that residual (the configurations are
-sorted by it, so a group of late-layer heads skips most of the network), and the unembedding is cut to
-the label rows for the duration (only the label probabilities are read: on a 262k vocabulary that matrix
-costs more than the rest of a small model's token forward).
+sorted by it, so a group of late-layer heads skips most of the network). Within a group the
+configurations lie along the query axis, not the batch: each prompt's final token appears ``C`` times at
+the same position, a 4D mask lets copy ``c`` see the prefix and itself only, and column ``c`` ablates
+configuration ``c``, so the prefix cache is shared instead of copied ``C`` times (on CPU those copies cost
+more than the arithmetic). The unembedding is cut to the label rows for the duration (only the label
+probabilities are read: on a 262k vocabulary that matrix costs more than the rest of a small model's token
+forward). Where reusing the prefix cache for more than one new token is not exact (sliding windows the
+prompts reach, ALiBi), the groups run as rows over every layer instead.
 """
 
 from __future__ import annotations
@@ -211,6 +216,40 @@ class RowHeadAblation(Intervention):
         return cls([([tuple(h) for h in hs], m) for hs, m in config["configs"]])
 
 
+class _ColumnHeadAblation(RowHeadAblation):
+    """Internal: the configurations along the *query* axis. The forward holds each prompt's final token ``C``
+    times (same position id; a 4D mask lets copy ``c`` see the prompt's prefix and itself only), and column
+    ``c`` ablates ``configs[c]``: the prefix cache is shared by the ``C`` copies instead of repeated per row.
+    ``prefix_mask`` (``[prompts, prefix]``, 1 = real token) gives the keys the ``qkv`` pattern spreads over."""
+
+    def __init__(self, configs: Sequence[AblationSpec], prefix_mask: torch.Tensor) -> None:
+        super().__init__(configs)
+        self.prefix_mask = prefix_mask
+
+    def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
+        n_conf = len(self.configs)
+        assert site.layer is not None
+        if site.kind == "attn_pattern":  # [prompts, heads, C, prefix + C]
+            prefix = self.prefix_mask.to(device=value.device, dtype=value.dtype)
+            if value.shape[2] != n_conf or value.shape[3] != prefix.shape[1] + n_conf:
+                raise InputError("_ColumnHeadAblation runs only in its own final-token forward.")
+            # a zero q/k/v at the final token: weight 1/n on each of its n visible real tokens, 0 on itself
+            uniform = torch.cat([prefix / (prefix.sum(1, keepdim=True) + 1), prefix.new_zeros(len(prefix), n_conf)],
+                                1)
+            cols = self._masks[("qkv", site.layer)].to(value.device).T  # [heads, C]
+            return torch.where(cols[None, :, :, None], uniform[:, None, None, :], value)
+        if value.shape[1] != n_conf:  # head_z: [prompts, C, heads, d_head]
+            raise InputError("_ColumnHeadAblation runs only in its own final-token forward.")
+        out = value
+        zero = self._masks.get(("zero", site.layer))
+        if zero is not None:
+            out = torch.where(zero.to(value.device)[None, :, :, None], torch.zeros_like(out), out)
+        mean = self._masks.get(("mean", site.layer))
+        if mean is not None:  # each configuration's mean over its own rows: the prompts' final tokens
+            out = torch.where(mean.to(value.device)[None, :, :, None], value.mean(0, keepdim=True), out)
+        return out
+
+
 def _as_spec(name: str, value: Any) -> AblationSpec | None:
     """A config value as an :data:`AblationSpec`, or ``None`` for a callable (only the loop runs those)."""
     if callable(value):
@@ -319,6 +358,19 @@ def _first_layer(spec: AblationSpec, n_layers: int) -> int:
     return min((int(layer) % n_layers for layer, _ in spec[0]), default=n_layers)
 
 
+def _column_mask(mask: torch.Tensor, n_conf: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive 4D mask ``[prompts, 1, C, prefix + C]`` of the column layout: copy ``c`` of a final token
+    sees the prompt's real prefix tokens and itself."""
+    prefix = mask[:, :-1].bool()
+    b, p = prefix.shape
+    allowed = torch.zeros(b, n_conf, p + n_conf, dtype=torch.bool, device=mask.device)
+    allowed[:, :, :p] = prefix[:, None, :]
+    diag = torch.arange(n_conf, device=mask.device)
+    allowed[:, diag, p + diag] = True
+    return torch.zeros(b, 1, n_conf, p + n_conf, dtype=dtype, device=mask.device).masked_fill(
+        ~allowed[:, None], torch.finfo(dtype).min)
+
+
 def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str, AblationSpec], batch_size: int,
                          progress: bool, config_chunk: int) -> dict[str, torch.Tensor]:
     from tqdm.auto import tqdm
@@ -327,11 +379,14 @@ def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str
     nl = model.n_layers
     first = {name: _first_layer(spec, nl) for name, spec in specs.items()}
     longest = max((len(x) for x in prompts.ids), default=0)
-    skip = partial_forward_unsupported(model, longest + 1) is None  # starting above layer 0 is exact
+    # the column layout and starting above layer 0 reuse the prefix cache past the usual one new token: exact
+    # unless a sliding window could drop prefix keys or positions carry ALiBi biases (then rows, every layer)
+    columns = partial_forward_unsupported(model, longest + config_chunk) is None
     ablated = sorted((n for n in specs if first[n] < nl), key=lambda n: first[n])  # late heads group together
     groups = [ablated[i:i + config_chunk] for i in range(0, len(ablated), config_chunk)]
     out: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
     layers = [model.layer_module(i) for i in range(nl)]
+    dtype = next(model.hf_model.parameters()).dtype
     bar = tqdm(total=len(chunks) * (len(groups) + 1), desc="ablations", disable=not progress, leave=False)
     with label_unembedding(model, label_idx) as restricted:
         for rows in chunks:
@@ -339,7 +394,7 @@ def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str
             ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
             resid: list[torch.Tensor] = []
             grab = functools.partial(_grab_input, resid)
-            handles = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in layers] if skip else []
+            handles = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in layers] if columns else []
             try:  # the final token once, unablated: the no-ablation configs, and the residual entering each layer
                 logits = model.hf_model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
                                         use_cache=True, **{kw: copy.deepcopy(past)}).logits[:, -1]
@@ -352,20 +407,28 @@ def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str
                     out[name].append(clean)
             bar.update(1)
             for group in groups:
-                n_conf = len(group)
-                start = first[group[0]] if skip else 0
+                n_conf, todo = len(group), [specs[n] for n in group]
                 cache = copy.deepcopy(past)
-                cache.batch_repeat_interleave(n_conf)
-                hidden = resid[start].repeat_interleave(n_conf, 0) if start else None
-                with model.apply([RowHeadAblation([specs[n] for n in group])]), \
-                        (start_at_layer(model, start, hidden) if start else nullcontext()):
-                    logits = model.hf_model(input_ids=ids[:, -1:].repeat_interleave(n_conf, 0),
-                                            attention_mask=mask.repeat_interleave(n_conf, 0),
-                                            position_ids=pos[:, -1:].repeat_interleave(n_conf, 0),
-                                            use_cache=True, **{kw: cache}).logits[:, -1]
-                probs = _label_probs(logits, label_idx, restricted).view(len(rows), n_conf, -1).cpu()
+                if columns:
+                    start = first[group[0]]
+                    hidden = resid[start].expand(-1, n_conf, -1).contiguous() if start else None
+                    with model.apply([_ColumnHeadAblation(todo, mask[:, :-1])]), \
+                            (start_at_layer(model, start, hidden) if start else nullcontext()):
+                        logits = model.hf_model(input_ids=ids[:, -1:].expand(-1, n_conf),
+                                                attention_mask=_column_mask(mask, n_conf, dtype),
+                                                position_ids=pos[:, -1:].expand(-1, n_conf),
+                                                use_cache=True, **{kw: cache}).logits  # [prompts, C, labels]
+                    probs = _label_probs(logits.flatten(0, 1), label_idx, restricted).view(len(rows), n_conf, -1)
+                else:
+                    cache.batch_repeat_interleave(n_conf)
+                    with model.apply([RowHeadAblation(todo)]):
+                        logits = model.hf_model(input_ids=ids[:, -1:].repeat_interleave(n_conf, 0),
+                                                attention_mask=mask.repeat_interleave(n_conf, 0),
+                                                position_ids=pos[:, -1:].repeat_interleave(n_conf, 0),
+                                                use_cache=True, **{kw: cache}).logits[:, -1]
+                    probs = _label_probs(logits, label_idx, restricted).view(len(rows), n_conf, -1)
                 for c, name in enumerate(group):
-                    out[name].append(probs[:, c])
+                    out[name].append(probs[:, c].cpu())
                 bar.update(1)
     bar.close()
     return {k: torch.cat(v) for k, v in out.items()}

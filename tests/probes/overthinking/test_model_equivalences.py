@@ -265,8 +265,9 @@ def test_batched_configs_equal_the_per_config_loop(arch: str) -> None:
     assert not torch.allclose(loop["qkv/top"], loop["none"], atol=1e-4)
 
 
-def test_batched_configs_run_every_layer_where_skipping_is_not_exact(monkeypatch) -> None:
-    """Where a partial forward is not exact, each group starts at layer 0: same numbers, no start-layer swap."""
+def test_batched_configs_run_as_rows_over_every_layer_where_columns_are_not_exact(monkeypatch) -> None:
+    """Configurations along the query axis (shared prefix cache) and start layers above 0 where partial
+    forwards are exact; otherwise rows over every layer. Both equal the loop."""
     import lmscope.probes.overthinking.ablation as ablation
 
     model = toy_model("llama")
@@ -274,19 +275,29 @@ def test_batched_configs_run_every_layer_where_skipping_is_not_exact(monkeypatch
     configs = _mixed_configs(model)
     loop = final_label_probs(model, ps, configs, batch_size=3, progress=False, batch_configs=False)
     starts: list[int] = []
-    real_start = ablation.start_at_layer
+    layouts: list[int] = []
+    real_start, real_mask = ablation.start_at_layer, ablation._column_mask
 
     def spy(m, start, hidden):  # type: ignore[no-untyped-def]
         starts.append(start)
         return real_start(m, start, hidden)
 
+    def mask_spy(mask, n_conf, dtype):  # type: ignore[no-untyped-def]
+        layouts.append(n_conf)
+        return real_mask(mask, n_conf, dtype)
+
     monkeypatch.setattr(ablation, "start_at_layer", spy)
-    final_label_probs(model, ps, configs, batch_size=3, progress=False, config_chunk=4)
+    monkeypatch.setattr(ablation, "_column_mask", mask_spy)
+    columns = final_label_probs(model, ps, configs, batch_size=3, progress=False, config_chunk=4)
     assert starts and max(starts) > 0  # the top heads start at layer 1
+    assert layouts and max(layouts) == 4  # every group ran in the column layout
     starts.clear()
+    layouts.clear()
     monkeypatch.setattr(ablation, "partial_forward_unsupported", lambda m, length=None: "a reason")
     batched = final_label_probs(model, ps, configs, batch_size=3, progress=False, config_chunk=4)
-    assert not starts
+    assert not starts and not layouts
+    for name in loop:
+        assert torch.allclose(columns[name], loop[name], atol=1e-6, rtol=0), name
     for name in loop:
         assert torch.allclose(batched[name], loop[name], atol=1e-6, rtol=0), name
 
