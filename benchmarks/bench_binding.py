@@ -86,17 +86,24 @@ def compare_methods(model, args: argparse.Namespace) -> None:  # type: ignore[no
     from lmscope.probes.binding.runs import score_many
 
     task, kw = load_task("capitals"), dict(batch_size=args.batch_size, progress=False)
-    results, walls = {}, {}
+    results, walls, phases = {}, {}, {}
     for method in ("full", "kv", "full", "kv"):  # twice each: the first of each is a warm-up
         sync(args.device)
         t0 = time.perf_counter()
         base = baseline(model, task, args.n_test, method=method, **kw)
+        sync(args.device)
+        t1 = time.perf_counter()
         deltas = estimate_deltas(model, task, args.n_train, method=method, **kw)
+        sync(args.device)
+        t2 = time.perf_counter()
         table = table_one(model, task, deltas, args.n_test, method=method, **kw)
         sync(args.device)
-        walls[method] = time.perf_counter() - t0
+        t3 = time.perf_counter()
+        walls[method] = t3 - t0
+        phases[method] = {"baseline": t1 - t0, "estimate_deltas": t2 - t1, "table_one": t3 - t2}
         results[method] = (base, deltas, table)
-        print(f"{method}: {walls[method]:.2f} s", flush=True)
+        print(f"{method}: {walls[method]:.2f} s ({', '.join(f'{k} {v:.2f}' for k, v in phases[method].items())})",
+              flush=True)
     deltas = results["full"][1]
     contexts = sample_contexts(model.tokenizer, task, args.n_test, split="test", seed=0, spare_entity=True)
     prompts = [build_prompt(model.tokenizer, task, c, q) for c in contexts for q in (0, 1)]
@@ -108,6 +115,7 @@ def compare_methods(model, args: argparse.Namespace) -> None:  # type: ignore[no
                                                            results["kv"][1].entity + results["kv"][1].attribute))
     rows = {m: {k: v["accuracy"] for k, v in results[m][2]["rows"].items()} for m in ("full", "kv")}
     print(json.dumps({"full_s": walls["full"], "kv_s": walls["kv"], "ratio_full_over_kv": walls["full"] / walls["kv"],
+                      "ratio_per_phase": {k: phases["full"][k] / phases["kv"][k] for k in phases["kv"]},
                       "max_abs_logprob_diff": diff, "max_abs_delta_diff": ddiff,
                       "same_table_one_accuracies": rows["full"] == rows["kv"],
                       "baseline_acc": [results[m][0]["accuracy"] for m in ("full", "kv")],

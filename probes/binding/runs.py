@@ -44,6 +44,8 @@ class FrozenContext:
         self.prompts = list(prompts)
         self.patch = Patch("resid_pre.*", cache, positions=[slice(0, p.context_len) for p in prompts])
         self.n_layers = model.n_layers
+        #: the KV path's write planning keeps the batch's clean context cells here (layer -> cells)
+        self.plan_memo: dict[int, torch.Tensor] | None = None
 
 
 def candidate_logprobs(model: HookedModel, prompts: Sequence[BindingPrompt], candidates: Sequence[Sequence[int]],
@@ -250,26 +252,35 @@ def _plan_writes(model: HookedModel, chunk: list[BindingPrompt], ivs: list[Inter
     in_ctx = torch.zeros(b, width, dtype=torch.bool)
     in_ctx[rows, cols] = True
     outside = ~in_ctx
-    gen = torch.Generator().manual_seed(0)
     changed = torch.zeros(rows.numel(), dtype=torch.bool)
     intended = []
-    noise: torch.Tensor | None = None
+    if frozen.plan_memo is None:  # per batch, shared by its conditions: the clean context cells, one noise draw
+        frozen.plan_memo = {}
+        gen = torch.Generator().manual_seed(0)
+        for layer in range(model.n_layers):
+            name = model.resolve(f"resid_pre.{layer}")[0].name
+            clean = to_token_coordinates(acts[name], acts.attention_mask)
+            frozen.plan_memo[layer] = clean[rows, toks]
+            if layer == 0:  # it only has to differ from what a write would put there
+                frozen.plan_memo[-1] = torch.randn(b, width, clean.shape[-1], generator=gen).to(
+                    device=clean.device, dtype=clean.dtype)
+    noise = frozen.plan_memo[-1]
     for layer in range(model.n_layers):
         site = model.resolve(f"resid_pre.{layer}")[0]
-        clean = to_token_coordinates(acts[site.name], acts.attention_mask)
-        if noise is None:  # one draw serves every layer: it only has to differ from what a write would put there
-            noise = torch.randn(b, width, clean.shape[-1], generator=gen).to(device=clean.device, dtype=clean.dtype)
-        base = noise.clone()
-        base[rows, cols] = clean[rows, toks]
-        value = base.clone()
-        for iv in per_site.get(site, []):
+        clean_cells = frozen.plan_memo[layer]
+        value = noise.clone()
+        value[rows, cols] = clean_cells
+        todo = per_site.get(site, [])
+        if todo and todo[0] is frozen.patch:  # applied first it writes the clean values the layout already holds
+            todo = todo[1:]
+        for iv in todo:
             new = iv(value, site, ctx)
             if new is not None:
                 value = new
-        if not torch.equal(value[outside], base[outside]):
+        if not torch.equal(value[outside], noise[outside]):
             return None
         cells = value[rows, cols]
-        changed |= (cells != base[rows, cols]).any(-1).cpu()
+        changed |= (cells != clean_cells).any(-1).cpu()
         intended.append(cells)
     written = [toks[(rows == i) & changed].tolist() for i in range(b)]
     return written, [v[changed.to(v.device)] for v in intended]

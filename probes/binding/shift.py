@@ -63,6 +63,8 @@ class BindingShift(Intervention):
         if self.plus is not None and self.minus is not None and len(self.plus) != len(self.minus):
             raise InputError(f"BindingShift has {len(self.plus)} rows of plus spans and {len(self.minus)} of minus.")
         self._index = {layer: i for i, layer in enumerate(layers)}
+        self._memo_ctx: ForwardContext | None = None
+        self._memo: dict[Any, tuple[torch.Tensor, ...]] = {}
 
     @property
     def n_rows(self) -> int:
@@ -76,15 +78,34 @@ class BindingShift(Intervention):
             raise InputError(f"BindingShift delta has width {self.delta.shape[-1]}; the model's d_model is "
                              f"{model.d_model}.")
 
+    def _cells(self, spans: list[list[tuple[int, int]]], ctx: ForwardContext,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, columns, span starts, token offsets) of every span token in this forward's layout."""
+        ti = ctx.token_index.to(device)
+        flat = [(row, a, b) for row, row_spans in enumerate(spans) for a, b in row_spans]
+        if not flat:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return empty, empty, empty, empty
+        spec = torch.tensor(flat, dtype=torch.long, device=device)  # [spans, 3]
+        tok = ti[spec[:, 0]]  # [spans, width]
+        hit = (tok >= spec[:, 1:2]) & (tok < spec[:, 2:3])
+        span_i, cols = hit.nonzero(as_tuple=True)
+        rows = spec[span_i, 0]
+        return rows, cols, spec[span_i, 1], ti[rows, cols]
+
     def _add(self, out: torch.Tensor, vec: torch.Tensor, spans: list[list[tuple[int, int]]], sign: float,
              ctx: ForwardContext) -> None:
-        ti = ctx.token_index.to(out.device)
-        for row, row_spans in enumerate(spans):
-            for start, stop in row_spans:
-                cols = ((ti[row] >= start) & (ti[row] < stop)).nonzero(as_tuple=True)[0]
-                if cols.numel():
-                    offs = (ti[row, cols] - start).clamp(max=vec.shape[0] - 1)
-                    out[row, cols] += sign * vec[offs]
+        key = (id(spans), out.device)
+        memo = self._memo.get(key) if self._memo_ctx is ctx else None
+        if memo is None:  # the cells depend on the forward's layout only: once per forward, not per layer
+            if self._memo_ctx is not ctx:
+                self._memo_ctx, self._memo = ctx, {}
+            memo = self._cells(spans, ctx, out.device)
+            self._memo[key] = memo
+        rows, cols, starts, toks = memo
+        if rows.numel():
+            offs = (toks - starts).clamp(max=vec.shape[0] - 1)
+            out.index_put_((rows, cols), sign * vec[offs], accumulate=True)
 
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
         if ctx.batch_size != self.n_rows:
