@@ -89,3 +89,50 @@ def test_key_shift_refused_without_llama_style_rope() -> None:
     with pytest.raises(InputError, match="one rotary embedding"):
         with key_position_shift(gpt2, torch.zeros(1, 3, dtype=torch.long)):
             pass
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3_text"])
+def test_key_shift_after_a_key_norm_and_per_layer_type_rope(arch: str, monkeypatch) -> None:
+    """Qwen3 and Gemma 3 normalise keys per head before RoPE; Gemma 3 also keeps one RoPE table per layer type
+    (different thetas on sliding and global layers). Reference: the model's own apply_rotary_pos_emb with the
+    keys' cos/sin taken at position + shift from the table this layer uses."""
+    import importlib
+
+    from tiny_models import build_tiny
+
+    from lmscope.interventions import HookedModel
+    from lmscope.probes.binding.keyshift import key_shift_unsupported
+
+    model = HookedModel(build_tiny(arch))
+    assert key_shift_unsupported(model) is None
+    rope = model.hf_model.model.rotary_emb
+    per_type = isinstance(rope.rope_type, dict)
+    assert per_type == (arch == "gemma3_text")
+    ids = torch.randint(5, 60, (2, 9))
+    shifts = torch.zeros_like(ids)
+    shifts[0, 2:4], shifts[1, 5:7] = 3, -2
+    pos = torch.arange(ids.shape[1])[None].expand_as(ids)
+    ml = importlib.import_module(type(model.hf_model).__module__)
+    original = ml.apply_rotary_pos_emb
+    seen: set = set()
+
+    def patched(q, k, cos, sin, *args, **kwargs):  # type: ignore[no-untyped-def]
+        q_out, _ = original(q, k, cos, sin, *args, **kwargs)
+        if per_type:  # which table this layer uses: the one whose cos at the true positions matches
+            lt = next(t for t in rope.layer_types if torch.allclose(rope(k, pos, t)[0], cos))
+            seen.add(lt)
+            cos_k, sin_k = rope(k, pos + shifts, lt)
+        else:
+            cos_k, sin_k = rope(k, pos + shifts)
+        _, k_out = original(q, k, cos_k, sin_k, *args, **kwargs)
+        return q_out, k_out
+
+    with key_position_shift(model, shifts):
+        got = model.run(ids).logits
+    monkeypatch.setattr(ml, "apply_rotary_pos_emb", patched)
+    want = model.run(ids).logits
+    monkeypatch.setattr(ml, "apply_rotary_pos_emb", original)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, model.run(ids).logits, atol=1e-4)
+    if per_type:
+        assert len(seen) == 2  # both tables were exercised
