@@ -119,11 +119,11 @@ def test_key_shift_after_a_key_norm_and_per_layer_type_rope(arch: str, monkeypat
     def patched(q, k, cos, sin, *args, **kwargs):  # type: ignore[no-untyped-def]
         q_out, _ = original(q, k, cos, sin, *args, **kwargs)
         if per_type:  # which table this layer uses: the one whose cos at the true positions matches
-            lt = next(t for t in rope.layer_types if torch.allclose(rope(k, pos, t)[0], cos))
+            lt = next(t for t in rope.layer_types if torch.allclose(rope(k, pos.to(k.device), t)[0], cos))
             seen.add(lt)
-            cos_k, sin_k = rope(k, pos + shifts, lt)
+            cos_k, sin_k = rope(k, (pos + shifts).to(k.device), lt)  # the reference on the model's device
         else:
-            cos_k, sin_k = rope(k, pos + shifts)
+            cos_k, sin_k = rope(k, (pos + shifts).to(k.device))
         _, k_out = original(q, k, cos_k, sin_k, *args, **kwargs)
         return q_out, k_out
 
