@@ -15,6 +15,7 @@ import torch
 from .architectures import REGISTER_HINT
 from .cache import Cache
 from .errors import UnsupportedArchitectureError
+from .local import local_hooks
 from .steer import Steer
 from .tolerance import is_close
 
@@ -37,15 +38,12 @@ def _probe_tokens(model: HookedModel) -> torch.Tensor:
 def _o_proj_outputs(model: HookedModel, tokens: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """A plain cached run plus the attention output projection's own output per layer (taken by hand)."""
     outs: list[torch.Tensor] = []
-    handles = [model.module(f"{model.arch.layers}.{i}.{model.arch.attn}.{model.arch.o_proj}").register_forward_hook(
-        lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o)) for i in range(model.n_layers)]
+    o_projs = [model.module(f"{model.arch.layers}.{i}.{model.arch.attn}.{model.arch.o_proj}")
+               for i in range(model.n_layers)]
     kinds = ["embed", "resid_pre.*", "head_z.*", "attn_out.*", "mlp_out.*", "resid_post.*"]
     kinds += ["resid_mid.*"] if "resid_mid" in model.available_kinds else []
-    try:
+    with local_hooks([(m, lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o)) for m in o_projs]):
         result = model.run(tokens, [Cache(kinds)])
-    finally:
-        for h in handles:
-            h.remove()
     cache = {name: result.cache[name] for name in model.sites() if name in result.cache}
     cache["logits"] = result.logits
     return cache, [o.detach() for o in outs]

@@ -7,14 +7,18 @@ embeddings, KV cache and every lmscope hook behave as usual):
 
 - :func:`forward_with_kv` runs a prompt once and keeps its KV cache;
 - :func:`kv_prefix` cuts that cache to its first ``p`` tokens and repeats it per batch row;
+- :func:`partial_model` yields the module to call for a forward that starts at layer ``start``
+  (and, optionally, unembeds with a smaller head);
 - :func:`run_from_layer` runs layers ``start..n-1`` on ``hidden`` (the ``resid_pre.start``
   value of the new tokens), after an optional prefix cache, and unembeds only the last position.
 
-How the skip works: for the duration of the call the model's layer list is swapped for
-``layers[start:]`` (the same module objects, so hooks on them stay attached) and a
-pre-hook on layer ``start`` replaces its input by ``hidden``; the embedding of the new
-tokens is still computed (cheap) and then discarded. ``config.layer_types``, which some
-models index by loop position, is sliced the same way. Both are restored on exit.
+How the skip works without touching the shared model: :func:`partial_model` builds a private
+shell of the causal LM (:mod:`lmscope.interventions.local`) whose decoder holds ``layers[start:]``
+(the same module objects, so every hook on them still fires) and, where the decoder indexes
+``config.layer_types`` by loop position, a config copy with that list sliced the same way. A
+pre-hook that acts only in the caller's context replaces layer ``start``'s input by ``hidden``;
+the embedding of the new tokens is still computed (cheap) and then discarded. Other threads'
+forwards, and plain calls of ``model.hf_model``, run the whole model as usual.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from torch import nn
 from .architectures import get_module
 from .base import Interventions, as_interventions
 from .errors import InputError
+from .kv import build_cache, cache_kwarg, output_cache
+from .local import config_copy, local_hooks, shell, shell_unsupported
 
 if TYPE_CHECKING:
     from transformers import DynamicCache
@@ -43,7 +49,8 @@ def partial_forward_unsupported(model: HookedModel, length: int | None = None) -
     forwards on every other battery architecture, and refused on these rather than trusted. ``length`` is
     the longest sequence (KV prefix plus new tokens) the forwards will hold: a sliding window longer than
     that masks no key and evicts nothing from the cache, so such forwards are exact (Gemma 2/3's 512+
-    windows and prompts of a few dozen tokens). None means any length.
+    windows and prompts of a few dozen tokens). None means any length. A model whose decoder ``forward`` is
+    wrapped on the instance (accelerate's device hooks) cannot be run through a private shell either.
     """
     config: Any = model.hf_model.config
     window = getattr(config, "sliding_window", None)
@@ -54,7 +61,7 @@ def partial_forward_unsupported(model: HookedModel, length: int | None = None) -
             return f"sliding-window attention (window {int(window)}, not longer than the sequences{held})"
     if getattr(config, "alibi", False):
         return "ALiBi position biases"
-    return None
+    return shell_unsupported(model.hf_model, [model.arch.layers, model.arch.unembed])
 
 
 def _check_supported(model: HookedModel, length: int) -> None:
@@ -70,8 +77,7 @@ def forward_with_kv(model: HookedModel, input_ids: torch.Tensor,
     _check_supported(model, int(input_ids.shape[-1]))
     with model.apply(as_interventions(interventions)), torch.no_grad():
         out = model.hf_model(input_ids=input_ids.to(model.device), use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return out.logits, cache
+    return out.logits, output_cache(out)
 
 
 def kv_prefix(model: HookedModel, cache: Any, length: int, batch: int,
@@ -82,8 +88,6 @@ def kv_prefix(model: HookedModel, cache: Any, length: int, batch: int,
     so one cache of several prompts serves a batch that mixes them. Returns None for ``length == 0``
     (no prefix). The source cache is not modified.
     """
-    from transformers import DynamicCache
-
     if length == 0:
         return None
     data = []
@@ -96,56 +100,55 @@ def kv_prefix(model: HookedModel, cache: Any, length: int, batch: int,
         else:
             idx = rows.to(k.device)
             data.append((k[idx, :, :length], v[idx, :, :length]))
-    config: Any = model.hf_model.config
-    return DynamicCache(ddp_cache_data=data, config=config)
+    return build_cache(model, data)
 
 
 @contextmanager
-def start_at_layer(model: HookedModel, start: int, hidden: torch.Tensor | None) -> Iterator[None]:
-    """Inside the body, model forwards skip layers ``< start`` and feed ``hidden`` into layer ``start``.
+def partial_model(model: HookedModel, start: int = 0, hidden: torch.Tensor | None = None, *,
+                  unembed: nn.Module | None = None) -> Iterator[nn.Module]:
+    """Yield the module to call instead of ``model.hf_model``: it skips layers ``< start``, feeds ``hidden``
+    into layer ``start``, and (``unembed``) uses another output head.
 
-    ``hidden`` must have the shape the forward's residual stream will have (``[batch, new tokens,
-    d_model]``); None keeps the model's own embedding (only meaningful with ``start == 0``).
+    Nothing shared changes: the yielded module is a private shell (:func:`lmscope.interventions.local.shell`)
+    over the model's own modules, and the hook that feeds ``hidden`` acts only on this context's forwards, so
+    other threads' forwards (and calls of ``model.hf_model`` here) run the whole model as usual. ``hidden``
+    must have the shape the forward's residual stream will have (``[batch, new tokens, d_model]``); None
+    keeps the model's own embedding (only meaningful with ``start == 0``). Refused (:class:`InputError`)
+    where a shell cannot run the model's code (:func:`partial_forward_unsupported` says why).
     """
     if not 0 <= start < model.n_layers:
         raise InputError(f"start layer {start} is outside 0..{model.n_layers - 1}.")
     if hidden is None and start != 0:
         raise InputError("Starting above layer 0 needs the residual stream entering that layer.")
-    parent_path, attr = model.arch.layers.rsplit(".", 1)
-    parent = get_module(model.hf_model, parent_path)
-    original: nn.ModuleList = getattr(parent, attr)
-    config: Any = model.hf_model.config
-    layer_types = getattr(config, "layer_types", None)
-    handle = None
-    try:
-        if start:
-            setattr(parent, attr, nn.ModuleList(list(original)[start:]))
-            if isinstance(layer_types, (list, tuple)):
-                config.layer_types = list(layer_types)[start:]
-        if hidden is not None:
-            def replace(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                current = args[0] if args else kwargs["hidden_states"]
-                if tuple(current.shape) != tuple(hidden.shape):
-                    raise InputError(f"hidden has shape {tuple(hidden.shape)}; the forward's residual stream "
-                                     f"has {tuple(current.shape)}.")
-                new = hidden.to(device=current.device, dtype=current.dtype)
-                return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
-            handle = original[start].register_forward_pre_hook(replace, with_kwargs=True, prepend=True)
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
-        if start:
-            setattr(parent, attr, original)
-            if isinstance(layer_types, (list, tuple)):
-                config.layer_types = layer_types
+    hf = model.hf_model
+    replace: dict[str, nn.Module] = {}
+    config: Any = None
+    if start:
+        layers: Any = get_module(hf, model.arch.layers)
+        replace[model.arch.layers] = nn.ModuleList(list(layers)[start:])
+        types = getattr(hf.config, "layer_types", None)  # indexed by loop position in some decoders
+        config = config_copy(hf.config, layer_types=list(types)[start:]) if isinstance(types, (list, tuple)) \
+            else None
+    if unembed is not None:
+        replace[model.arch.unembed] = unembed
+    reason = shell_unsupported(hf, replace)
+    if reason is not None:
+        raise InputError(f"Partial forwards cannot run on this model: {reason}.")
+    forward = shell(hf, replace, config) if replace else hf
+    if hidden is None:
+        yield forward
+        return
 
+    def feed(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        current = args[0] if args else kwargs["hidden_states"]
+        if tuple(current.shape) != tuple(hidden.shape):
+            raise InputError(f"hidden has shape {tuple(hidden.shape)}; the forward's residual stream "
+                             f"has {tuple(current.shape)}.")
+        new = hidden.to(device=current.device, dtype=current.dtype)
+        return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
 
-def cache_kwarg(model: HookedModel) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier releases)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.hf_model.forward).parameters else "past_key_values"
+    with local_hooks([(model.layer_module(start), feed)], pre=True, with_kwargs=True, prepend=True):
+        yield forward
 
 
 def run_from_layer(model: HookedModel, hidden: torch.Tensor | None, start: int, input_ids: torch.Tensor, *,
@@ -171,7 +174,7 @@ def run_from_layer(model: HookedModel, hidden: torch.Tensor | None, start: int, 
         kwargs[cache_kwarg(model)] = past
     if last_only:
         kwargs["logits_to_keep"] = 1
-    with model.apply(as_interventions(interventions)), start_at_layer(model, start, hidden), \
+    with model.apply(as_interventions(interventions)), partial_model(model, start, hidden) as forward, \
             (nullcontext() if grad else torch.no_grad()):
-        logits = model.hf_model(**kwargs).logits
+        logits = forward(**kwargs).logits
     return logits[:, -1] if last_only else logits

@@ -49,6 +49,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from ..base import Intervention
 from ..cache import session_cache
 from ..errors import InputError
+from ..local import base_config
 from ..locations import ATTENTION_FUNCTION_SITES, EAGER_SITES, MODULE_SITES, head_out_value
 from ..positions import ForwardContext
 from ..sites import LAYER_SITES, Site
@@ -69,10 +70,12 @@ _PATTERN_USERS: dict[int, list[Any]] = {}
 def _wants_pattern(config: Any) -> bool:
     """Whether a session open in the current context needs the eager attention (``attn_scores``/``attn_pattern``)
     on this config's model."""
+    config = base_config(config)  # a partial forward's config copy stands for the model's own
     return any(s.wants_pattern and s.model.hf_model.config is config for s in _ACTIVE.get())
 
 
 def _original_impl(config: Any) -> str | None:
+    config = base_config(config)
     entry = _PATTERN_USERS.get(id(config))
     impl = entry[2] if entry is not None else getattr(config, "_attn_implementation_internal", None)
     return None if impl == PATTERN_ATTENTION else impl

@@ -11,8 +11,8 @@ from lmscope.interventions.partial import (
     forward_with_kv,
     kv_prefix,
     partial_forward_unsupported,
+    partial_model,
     run_from_layer,
-    start_at_layer,
 )
 
 
@@ -47,8 +47,9 @@ def test_interventions_act_on_the_layers_that_run_with_prefix_positions(tiny) ->
     assert not torch.allclose(full, tiny.run(ids).logits)  # the steer did something
 
 
-def test_layer_list_config_and_hooks_are_restored_after_an_error(llama_tiny) -> None:
+def test_hooks_are_removed_after_an_error(llama_tiny) -> None:
     model = llama_tiny
+    reference = model.run(_ids(3)).logits
     layers = model.hf_model.model.layers
     n_hooks = sum(len(m._forward_pre_hooks) for m in layers)
     bad = torch.zeros(1, 2, model.d_model)  # wrong length for 3 new tokens
@@ -56,15 +57,40 @@ def test_layer_list_config_and_hooks_are_restored_after_an_error(llama_tiny) -> 
         run_from_layer(model, bad, 1, _ids(3))
     assert model.hf_model.model.layers is layers
     assert sum(len(m._forward_pre_hooks) for m in layers) == n_hooks
-    torch.testing.assert_close(model.run(_ids(3)).logits, model.run(_ids(3)).logits)
+    assert torch.equal(model.run(_ids(3)).logits, reference)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_partial_model_changes_nothing_another_thread_sees(arch: str, one_thread: None) -> None:
+    """Inside the block the shared model is untouched: its layer list and config are the same objects, and a
+    forward run by another thread equals the reference bit for bit (the feed hook acts in this context only)."""
+    import threading
+
+    model = HookedModel(build_tiny(arch))
+    ids = _ids(5, seed=2)
+    reference = model.run(ids).logits
+    decoder = model.hf_model.model
+    layers, config, types = decoder.layers, model.hf_model.config, getattr(model.hf_model.config, "layer_types", None)
+    cache = Cache("resid_pre.2")
+    model.run(ids, [cache])
+    got: dict[str, torch.Tensor] = {}
+    with partial_model(model, 2, cache["resid_pre.2"], unembed=torch.nn.Linear(model.d_model, 3)) as forward:
+        assert forward is not model.hf_model
+        assert decoder.layers is layers and len(layers) == model.n_layers and model.hf_model.config is config
+        assert getattr(config, "layer_types", None) == types
+        thread = threading.Thread(target=lambda: got.update(plain=model.run(ids).logits))
+        thread.start()
+        thread.join()
+        assert forward(input_ids=ids, use_cache=False).logits.shape[-1] == 3  # the private head
+    assert torch.equal(got["plain"], reference)
 
 
 def test_bad_start_and_prefix_are_refused(llama_tiny) -> None:
     with pytest.raises(InputError, match="outside 0..2"):
-        with start_at_layer(llama_tiny, 3, torch.zeros(1, 1, 32)):
+        with partial_model(llama_tiny, 3, torch.zeros(1, 1, 32)):
             pass
     with pytest.raises(InputError, match="needs the residual stream"):
-        with start_at_layer(llama_tiny, 1, None):
+        with partial_model(llama_tiny, 1, None):
             pass
     _, kv = forward_with_kv(llama_tiny, _ids(3))
     with pytest.raises(InputError, match="holds 3 tokens"):
