@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -229,13 +228,10 @@ def test_datasets_store_the_chosen_dtype_and_probes_read_float32(model: HookedMo
 # -- binding and overthinking studies -----------------------------------------------------------------------------
 
 def test_studies_run_in_low_precision(dtype: torch.dtype, one_thread: None) -> None:
-    sys.path.insert(0, str(Path(__file__).parent / "probes" / "overthinking"))
-    sys.path.insert(0, str(Path(__file__).parent / "probes" / "binding"))
-    from fake import FakeTokenizer
-    from toy import ToyTokenizer, toy_task
+    from toys import FakeTokenizer, ToyTokenizer, binding_task, toy_task
 
     from lmscope.lens import LogitLens
-    from lmscope.probes.binding import BindingTask, binding_study
+    from lmscope.probes.binding import binding_study
     from lmscope.probes.overthinking.study import run_study
 
     model = HookedModel(build_tiny("llama_tied").to(dtype), ToyTokenizer())
@@ -243,11 +239,7 @@ def test_studies_run_in_low_precision(dtype: torch.dtype, one_thread: None) -> N
                        top_k=2, n_random=2, batch_size=4, progress=False, figures=False).to_dict()
     acc = torch.tensor(report["tables"]["logit"]["true"]["acc"])
     assert acc.shape[0] == model.n_layers and torch.isfinite(acc).all()
-    task = BindingTask(name="toy", prefix="Ctx:", context=" {entity} in {attribute}.", query=" Q {entity}:",
-                       entities={"train": ("Ann", "Bob", "Cy", "Dee", "Eve"),
-                                 "test": ("Fay", "Gus", "Hal", "Ida", "Jo")},
-                       attributes={"train": ("Rome", "Oslo", "Kiev", "Lima"), "test": ("Bern", "Doha", "Riga", "Baku")},
-                       answers={}, n_entities=2)
+    task = binding_task()
     binding = HookedModel(build_tiny("llama").to(dtype), FakeTokenizer())
     rep = binding_study(binding, [task], n_train=2, n_test=2, n_factorization=1, n_position=1, n_subspace=1,
                         grid=(0.0, 1.0), fractions=(0.0, 1.0), main_task="toy", progress=False)

@@ -153,12 +153,15 @@ def random_ids(shape: tuple[int, ...], seed: int, high: int = VOCAB) -> torch.Te
     return on_device(torch.randint(1, high, shape, generator=torch.Generator().manual_seed(seed)))
 
 
-def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A tiny random model of architecture ``name`` in eval mode, on ``TEST_DEVICE`` (same weights everywhere)."""
+def build_tiny(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any) -> torch.nn.Module:
+    """A tiny random model of architecture ``name`` in eval mode, on ``TEST_DEVICE`` (same weights everywhere);
+    keyword arguments override config fields (e.g. ``sliding_window=48``: a window longer than the prompts)."""
     from transformers import AutoModelForCausalLM
 
     skip_unsupported(name)
     config = TINY_CONFIGS[name]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     # random init of HF leaves some norms at 1 / biases at 0: perturb so every parameter matters

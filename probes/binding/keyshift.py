@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.local import local_hooks
 
 if TYPE_CHECKING:
     from lmscope.interventions.model import HookedModel
@@ -135,9 +136,5 @@ def key_position_shift(model: HookedModel, shifts: torch.Tensor) -> Iterator[Non
             return rotate(out, layer, 1 if out.shape[1] == seq else 2)
         return hook
 
-    handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(parts.modules)]
-    try:
+    with local_hooks([(m, make_hook(i)) for i, m in enumerate(parts.modules)]):  # this context's forwards only
         yield
-    finally:
-        for h in handles:
-            h.remove()

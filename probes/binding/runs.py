@@ -19,6 +19,7 @@ from lmscope.interventions.base import Intervention, Interventions, as_intervent
 from lmscope.interventions.cache import ActivationCache, Cache, session_cache
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.inputs import pad as pad_ids
+from lmscope.interventions.kv import build_cache, output_cache
 from lmscope.interventions.partial import partial_forward_unsupported
 from lmscope.interventions.patch import Patch, to_token_coordinates
 from lmscope.interventions.positions import ForwardContext
@@ -143,7 +144,7 @@ def kv_unsupported(model: HookedModel, prompts: Sequence[BindingPrompt]) -> str 
 
 
 def _forward_kwargs(model: HookedModel) -> tuple[str, bool]:
-    from lmscope.interventions.partial import cache_kwarg
+    from lmscope.interventions.kv import cache_kwarg
 
     return cache_kwarg(model), "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters
 
@@ -185,7 +186,7 @@ def _context_forward(model: HookedModel, contexts: list[tuple[int, ...]],
     with model.apply([Cache("resid_pre.*")] if acts else []) as session, torch.no_grad():
         out = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=batch.position_ids.to(model.device),
                              use_cache=True, **({"logits_to_keep": 1} if keep else {}))
-    cache: Any = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache: Any = output_cache(out)
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     result = (mask, kv, session_cache(model, session, mask) if acts else None)
     if store is not None:
@@ -288,10 +289,7 @@ def _plan_writes(model: HookedModel, chunk: list[BindingPrompt], ivs: list[Inter
 
 def _kv_cache(model: HookedModel, kv: list[tuple[torch.Tensor, torch.Tensor]], idx: torch.Tensor) -> Any:
     """A fresh ``DynamicCache`` holding rows ``idx`` of the per-layer ``(K, V)`` list."""
-    from transformers import DynamicCache
-
-    config: Any = model.hf_model.config
-    return DynamicCache(ddp_cache_data=[(k[idx], v[idx]) for k, v in kv], config=config)
+    return build_cache(model, [(k[idx], v[idx]) for k, v in kv])
 
 
 def _left_pad(seqs: list[list[int]], poss: list[list[int]], pad: int) -> tuple[torch.Tensor, ...]:
@@ -392,7 +390,7 @@ def _question_logprobs(model: HookedModel, chunk: list[BindingPrompt], cands: li
         with (model.apply(ivs) if ivs else nullcontext()), torch.no_grad():
             out = model.hf_model(input_ids=ids.to(dev), attention_mask=torch.cat([past_mask, new_mask.to(dev)], 1),
                                  position_ids=pos.to(dev), use_cache=True, **{kw: past}, **last)
-        cache: Any = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache: Any = output_cache(out)
         ext_kv = [(layer.keys, layer.values) for layer in cache.layers]
         ext_mask = torch.cat([past_mask, new_mask.to(dev)], 1)
     else:  # nothing to share: the rows read the context cache directly

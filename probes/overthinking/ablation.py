@@ -35,17 +35,18 @@ from __future__ import annotations
 import copy
 import functools
 import random
-from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from lmscope.interventions.ablate import Ablate
-from lmscope.interventions.architectures import get_module
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.errors import InputError
-from lmscope.interventions.partial import partial_forward_unsupported, start_at_layer
+from lmscope.interventions.kv import output_cache
+from lmscope.interventions.local import local_hooks, shell_unsupported
+from lmscope.interventions.partial import partial_forward_unsupported, partial_model
 from lmscope.interventions.positions import ForwardContext, position_mask
 from lmscope.interventions.sites import Site
 
@@ -298,7 +299,7 @@ def _final_token_setup(model: HookedModel, prompts: PromptSet,
     from .readings import batches
 
     label_idx = torch.as_tensor(prompts.label_ids, device=model.device)
-    from lmscope.interventions.partial import cache_kwarg
+    from lmscope.interventions.kv import cache_kwarg
 
     kw = cache_kwarg(model)
     return label_idx, kw, batches(len(prompts), batch_size)
@@ -309,20 +310,19 @@ def _prefix(model: HookedModel, rows: Sequence[int], prompts: PromptSet) -> tupl
     ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
     pre = model.hf_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
                          use_cache=True, logits_to_keep=1)
-    return batch, pre.get("cache", None) or pre.get("past_key_values")
+    return batch, output_cache(pre)
 
 
-@contextmanager
-def label_unembedding(model: HookedModel, label_ids: torch.Tensor) -> Iterator[bool]:
-    """Inside the block the model's unembedding is a ``Linear`` holding only the ``label_ids`` rows (its
-    logits are the labels' logits, in that order); yields False and changes nothing where that is not
-    possible (an unembedding that is not a plain ``Linear``, weights on the meta device or behind an
-    accelerate hook). Softcapping and logit scales act per logit, so they still apply unchanged."""
+def label_head(model: HookedModel, label_ids: torch.Tensor) -> nn.Module | None:
+    """A ``Linear`` holding only the ``label_ids`` rows of the model's unembedding (its logits are the labels'
+    logits, in that order), for :func:`lmscope.interventions.partial.partial_model` to run privately; None
+    where that is not possible (an unembedding that is not a plain ``Linear``, weights on the meta device, a
+    model a private shell cannot run). Softcapping and logit scales act per logit, so they still apply."""
     mod = model.unembed
     weight = getattr(mod, "weight", None)
-    if type(mod) is not nn.Linear or weight is None or weight.device.type == "meta" or hasattr(mod, "_hf_hook"):
-        yield False
-        return
+    if type(mod) is not nn.Linear or weight is None or weight.device.type == "meta" or \
+            shell_unsupported(model.hf_model, [model.arch.unembed]) is not None:
+        return None
     small = nn.Linear(weight.shape[1], int(label_ids.numel()), bias=mod.bias is not None, device=weight.device,
                       dtype=weight.dtype)
     with torch.no_grad():
@@ -330,14 +330,7 @@ def label_unembedding(model: HookedModel, label_ids: torch.Tensor) -> Iterator[b
         small.weight.copy_(weight[idx])
         if mod.bias is not None:
             small.bias.copy_(mod.bias[idx])
-    path = model.arch.unembed
-    parent = get_module(model.hf_model, path.rsplit(".", 1)[0]) if "." in path else model.hf_model
-    attr = path.rsplit(".", 1)[-1]
-    setattr(parent, attr, small)
-    try:
-        yield True
-    finally:
-        setattr(parent, attr, mod)
+    return small
 
 
 def _label_probs(logits: torch.Tensor, label_idx: torch.Tensor, restricted: bool) -> torch.Tensor:
@@ -388,48 +381,47 @@ def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str
     layers = [model.layer_module(i) for i in range(nl)]
     dtype = next(model.hf_model.parameters()).dtype
     bar = tqdm(total=len(chunks) * (len(groups) + 1), desc="ablations", disable=not progress, leave=False)
-    with label_unembedding(model, label_idx) as restricted:
-        for rows in chunks:
-            batch, past = _prefix(model, rows, prompts)
-            ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
-            resid: list[torch.Tensor] = []
-            grab = functools.partial(_grab_input, resid)
-            handles = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in layers] if columns else []
-            try:  # the final token once, unablated: the no-ablation configs, and the residual entering each layer
-                logits = model.hf_model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
-                                        use_cache=True, **{kw: copy.deepcopy(past)}).logits[:, -1]
-            finally:
-                for h in handles:
-                    h.remove()
-            clean = _label_probs(logits, label_idx, restricted).cpu()
-            for name in specs:
-                if first[name] >= nl:
-                    out[name].append(clean)
+    head = label_head(model, label_idx)
+    restricted = head is not None
+    for rows in chunks:
+        batch, past = _prefix(model, rows, prompts)
+        ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
+        resid: list[torch.Tensor] = []
+        grab = local_hooks([(layer, functools.partial(_grab_input, resid)) for layer in layers], pre=True,
+                           with_kwargs=True)
+        # the final token once, unablated: the no-ablation configs, and the residual entering each layer
+        with partial_model(model, unembed=head) as forward, (grab if columns else nullcontext()):
+            logits = forward(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:],
+                             use_cache=True, **{kw: copy.deepcopy(past)}).logits[:, -1]
+        clean = _label_probs(logits, label_idx, restricted).cpu()
+        for name in specs:
+            if first[name] >= nl:
+                out[name].append(clean)
+        bar.update(1)
+        for group in groups:
+            n_conf, todo = len(group), [specs[n] for n in group]
+            cache = copy.deepcopy(past)
+            if columns:
+                start = first[group[0]]
+                hidden = resid[start].expand(-1, n_conf, -1).contiguous() if start else None
+                with model.apply([_ColumnHeadAblation(todo, mask[:, :-1])]), \
+                        partial_model(model, start, hidden, unembed=head) as forward:
+                    logits = forward(input_ids=ids[:, -1:].expand(-1, n_conf),
+                                     attention_mask=_column_mask(mask, n_conf, dtype),
+                                     position_ids=pos[:, -1:].expand(-1, n_conf),
+                                     use_cache=True, **{kw: cache}).logits  # [prompts, C, labels]
+                probs = _label_probs(logits.flatten(0, 1), label_idx, restricted).view(len(rows), n_conf, -1)
+            else:
+                cache.batch_repeat_interleave(n_conf)
+                with model.apply([RowHeadAblation(todo)]), partial_model(model, unembed=head) as forward:
+                    logits = forward(input_ids=ids[:, -1:].repeat_interleave(n_conf, 0),
+                                     attention_mask=mask.repeat_interleave(n_conf, 0),
+                                     position_ids=pos[:, -1:].repeat_interleave(n_conf, 0),
+                                     use_cache=True, **{kw: cache}).logits[:, -1]
+                probs = _label_probs(logits, label_idx, restricted).view(len(rows), n_conf, -1)
+            for c, name in enumerate(group):
+                out[name].append(probs[:, c].cpu())
             bar.update(1)
-            for group in groups:
-                n_conf, todo = len(group), [specs[n] for n in group]
-                cache = copy.deepcopy(past)
-                if columns:
-                    start = first[group[0]]
-                    hidden = resid[start].expand(-1, n_conf, -1).contiguous() if start else None
-                    with model.apply([_ColumnHeadAblation(todo, mask[:, :-1])]), \
-                            (start_at_layer(model, start, hidden) if start else nullcontext()):
-                        logits = model.hf_model(input_ids=ids[:, -1:].expand(-1, n_conf),
-                                                attention_mask=_column_mask(mask, n_conf, dtype),
-                                                position_ids=pos[:, -1:].expand(-1, n_conf),
-                                                use_cache=True, **{kw: cache}).logits  # [prompts, C, labels]
-                    probs = _label_probs(logits.flatten(0, 1), label_idx, restricted).view(len(rows), n_conf, -1)
-                else:
-                    cache.batch_repeat_interleave(n_conf)
-                    with model.apply([RowHeadAblation(todo)]):
-                        logits = model.hf_model(input_ids=ids[:, -1:].repeat_interleave(n_conf, 0),
-                                                attention_mask=mask.repeat_interleave(n_conf, 0),
-                                                position_ids=pos[:, -1:].repeat_interleave(n_conf, 0),
-                                                use_cache=True, **{kw: cache}).logits[:, -1]
-                    probs = _label_probs(logits, label_idx, restricted).view(len(rows), n_conf, -1)
-                for c, name in enumerate(group):
-                    out[name].append(probs[:, c].cpu())
-                bar.update(1)
     bar.close()
     return {k: torch.cat(v) for k, v in out.items()}
 

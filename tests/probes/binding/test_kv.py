@@ -3,11 +3,10 @@ full-prompt path: per condition, per architecture, with left padding, and where 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from tiny_models import COMMON, SLIDING_LAYERS, build_tiny
+from toys import binding_task
 
 from lmscope.interventions import HookedModel, Steer
 from lmscope.probes.binding import baseline, estimate_deltas, factorization, table_one
@@ -16,9 +15,6 @@ from lmscope.probes.binding.means import _shift_maker
 from lmscope.probes.binding.prompts import build_prompt, sample_contexts
 from lmscope.probes.binding.runs import kv_unsupported, score_many
 from lmscope.probes.binding.shift import random_like
-
-sys.path.insert(0, str(Path(__file__).parents[2]))
-from tiny_models import COMMON, SLIDING_LAYERS, build_tiny  # noqa: E402
 
 TIGHT = dict(rtol=1e-5, atol=1e-5)
 
@@ -39,14 +35,8 @@ def _gemma3_wide() -> torch.nn.Module:
 
 @pytest.fixture
 def toy_task():  # type: ignore[no-untyped-def]
-    """The conftest toy task with names of one to three tokens: prompts of a batch differ in length (padding)."""
-    from lmscope.probes.binding import BindingTask
-
-    return BindingTask(name="toy", prefix="Ctx:", context=" {entity} in {attribute}.", query=" Q {entity}:",
-                       entities={"train": ("Ann", "Bobby", "Cy", "Deedee", "Eve"),
-                                 "test": ("Fay", "Gustavo", "Hal", "Idaho", "Jo")},
-                       attributes={"train": ("Rome", "Oslo", "Kiev", "Lima"), "test": ("Bern", "Doha", "Riga", "Baku")},
-                       answers={}, n_entities=2)
+    """Names of one to three tokens: prompts of a batch differ in length (padding)."""
+    return binding_task(multi_token=True)
 
 
 def _model(name: str, tok) -> HookedModel:  # type: ignore[no-untyped-def]

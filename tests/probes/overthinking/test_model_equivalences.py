@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from toys import toy_model, toy_task
 
 from lmscope.interventions import Cache, HookedModel
 from lmscope.interventions.base import Intervention, load_interventions, save_interventions
@@ -18,9 +18,6 @@ from lmscope.probes.overthinking.heads import batched_head_scores, naive_head_sc
 from lmscope.probes.overthinking.readings import label_logits, read_labels
 from lmscope.probes.overthinking.study import run_study
 from lmscope.probes.overthinking.tasks import PromptSet, build_prompts
-
-sys.path.insert(0, str(Path(__file__).parent))
-from toy import toy_model, toy_task  # noqa: E402
 
 
 def _prompts(model: HookedModel, setting: str = "permuted", n: int = 5, demos: int = 4) -> PromptSet:
@@ -276,17 +273,18 @@ def test_batched_configs_run_as_rows_over_every_layer_where_columns_are_not_exac
     loop = final_label_probs(model, ps, configs, batch_size=3, progress=False, batch_configs=False)
     starts: list[int] = []
     layouts: list[int] = []
-    real_start, real_mask = ablation.start_at_layer, ablation._column_mask
+    real_start, real_mask = ablation.partial_model, ablation._column_mask
 
-    def spy(m, start, hidden):  # type: ignore[no-untyped-def]
-        starts.append(start)
-        return real_start(m, start, hidden)
+    def spy(m, start=0, hidden=None, **kwargs):  # type: ignore[no-untyped-def]
+        if start:
+            starts.append(start)
+        return real_start(m, start, hidden, **kwargs)
 
     def mask_spy(mask, n_conf, dtype):  # type: ignore[no-untyped-def]
         layouts.append(n_conf)
         return real_mask(mask, n_conf, dtype)
 
-    monkeypatch.setattr(ablation, "start_at_layer", spy)
+    monkeypatch.setattr(ablation, "partial_model", spy)
     monkeypatch.setattr(ablation, "_column_mask", mask_spy)
     columns = final_label_probs(model, ps, configs, batch_size=3, progress=False, config_chunk=4)
     assert starts and max(starts) > 0  # the top heads start at layer 1
@@ -302,22 +300,24 @@ def test_batched_configs_run_as_rows_over_every_layer_where_columns_are_not_exac
         assert torch.allclose(batched[name], loop[name], atol=1e-6, rtol=0), name
 
 
-def test_label_unembedding_is_restored_and_equals_the_label_columns() -> None:
-    from lmscope.probes.overthinking.ablation import label_unembedding
+def test_label_head_runs_privately_and_equals_the_label_columns() -> None:
+    """The label-only unembedding runs through a private shell: the model's own head and plain forwards are
+    untouched while it is in use."""
+    from lmscope.interventions.partial import partial_model
+    from lmscope.probes.overthinking.ablation import label_head
 
     model = toy_model("gpt2")
     ids = torch.tensor([3, 7, 5])
     original = model.unembed
     x = [[1, 4, 6, 2]]
     full = model.run(x).logits[0, -1]
-    with label_unembedding(model, ids) as restricted:
-        assert restricted and model.unembed is not original
-        small = model.hf_model(input_ids=torch.tensor(x)).logits[0, -1]
-    assert model.unembed is original
+    head = label_head(model, ids)
+    assert head is not None
+    with partial_model(model, unembed=head) as forward:
+        small = forward(input_ids=torch.tensor(x)).logits[0, -1]
+        assert model.unembed is original
+        assert torch.equal(model.run(x).logits[0, -1], full)
     torch.testing.assert_close(small, full[ids], rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError, match="boom"), label_unembedding(model, ids):
-        raise RuntimeError("boom")
-    assert model.unembed is original
 
 
 def test_batched_mean_is_per_configuration_not_over_the_whole_batch() -> None:

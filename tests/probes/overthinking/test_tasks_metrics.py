@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import random
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from toys import toy_model, toy_task
 
 from lmscope.interventions.errors import InputError
 from lmscope.probes.overthinking.ablation import gap_reduction, random_head_sets
 from lmscope.probes.overthinking.heads import false_induction_terms, prefix_matching_terms, top_heads
 from lmscope.probes.overthinking.metrics import accuracy, calibrated_accuracy, critical_layer
 from lmscope.probes.overthinking.tasks import FewShotTask, build_prompts, load_task, shown_labels, task_names
-
-sys.path.insert(0, str(Path(__file__).parent))
-from toy import toy_model, toy_task  # noqa: E402
 
 
 @pytest.mark.parametrize("n_labels", [2, 3, 5])
