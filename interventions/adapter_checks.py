@@ -40,7 +40,7 @@ def _o_proj_outputs(model: HookedModel, tokens: torch.Tensor) -> tuple[dict[str,
     outs: list[torch.Tensor] = []
     o_projs = [model.module(f"{model.arch.layers}.{i}.{model.arch.attn}.{model.arch.o_proj}")
                for i in range(model.n_layers)]
-    kinds = ["embed", "resid_pre.*", "head_z.*", "attn_out.*", "mlp_out.*", "resid_post.*"]
+    kinds = ["embed", "resid_pre.*", "ln1.*", "ln2.*", "head_z.*", "attn_out.*", "mlp_out.*", "resid_post.*"]
     kinds += ["resid_mid.*"] if "resid_mid" in model.available_kinds else []
     with local_hooks([(m, lambda m, a, o: outs.append(o[0] if isinstance(o, tuple) else o)) for m in o_projs]):
         result = model.run(tokens, [Cache(kinds)])
@@ -74,8 +74,25 @@ def adapter_failures(model: HookedModel) -> list[str]:
         check(_close(projected, o_proj[i]), "head_z through output_projection = the output projection's output")
     check(_close(model.decode_hidden(c[f"resid_post.{model.n_layers - 1}"]), hf),
           "final_norm then unembedding of the last resid_post = the logits")
+    for ok, identity in _norm_checks(model, c):
+        check(ok, identity)
     failures += _write_failures(model, tokens, c)
     return failures
+
+
+def _norm_checks(model: HookedModel, c: dict[str, torch.Tensor]) -> list[tuple[bool, str]]:
+    """``ln1 = attn_norm(resid_pre)`` and ``ln2 = mlp_norm(resid_mid, or resid_pre on parallel blocks)``: the
+    adapter's input norms are the modules the blocks really read through (edge-level circuits rely on them)."""
+    out = []
+    for i in range(model.n_layers):
+        layer = model.layer_module(i)
+        stream = c.get(f"resid_mid.{i}", c[f"resid_pre.{i}"])
+        for which, site, x in (("attn", "ln1", c[f"resid_pre.{i}"]), ("mlp", "ln2", stream)):
+            norm = model.arch.input_norm(layer, which)
+            with torch.no_grad():
+                want = x if norm is None else norm(x)
+            out.append((_close(want, c[f"{site}.{i}"]), f"{site} = the adapter's {which}_norm of the stream it reads"))
+    return out
 
 
 def _write_failures(model: HookedModel, tokens: torch.Tensor, base: dict[str, torch.Tensor]) -> list[str]:

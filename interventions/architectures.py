@@ -104,6 +104,13 @@ class Architecture:
     - ``rot_q``/``rot_k``/``attn_scores`` are read where the attention calls transformers' attention
       interface, so they need no path (``attn_scores`` follows ``pattern_attention``).
 
+    Input norms (relative to one decoder layer; ``a|b`` alternatives, a missing or None module is skipped):
+
+    - ``attn_norm`` / ``mlp_norm``: the norm whose output the attention / the MLP reads (``ln1`` / ``ln2``),
+      None where the block reads the stream as is (OLMo-2). Parallel blocks may share one (GPT-J, Cohere).
+      Edge-level circuits apply them to per-edge inputs; the architecture battery checks
+      ``ln1 = attn_norm(resid_pre)`` and ``ln2 = mlp_norm(resid_mid or resid_pre)`` on every entry.
+
     ``inferred`` marks an adapter guessed from the module tree for an unregistered model type.
     """
 
@@ -131,6 +138,8 @@ class Architecture:
     mlp_in: str | None = None
     mlp_in_fused: bool = False
     mlp_down: str | None = None
+    attn_norm: str | None = "input_layernorm"
+    mlp_norm: str | None = "post_attention_layernorm|input_layernorm"
     inferred: bool = False
 
     def available_sites(self, config: Any) -> frozenset[str]:
@@ -167,6 +176,16 @@ class Architecture:
         """The module whose output is layer ``layer``'s MLP contribution to the residual."""
         return f"{self.layers}.{layer}.{self.mlp_post_norm or self.mlp}"
 
+    def input_norm(self, layer_module: nn.Module, which: str) -> nn.Module | None:
+        """The norm module whose output the attention (``which="attn"``) or the MLP (``"mlp"``) of a decoder
+        layer reads, or None when it reads the stream as is."""
+        path = self.attn_norm if which == "attn" else self.mlp_norm
+        for option in (path or "").split("|"):
+            module = getattr(layer_module, option, None) if option else None
+            if isinstance(module, nn.Module):
+                return module
+        return None
+
     def finish_logits(self, config: Any, logits: torch.Tensor) -> torch.Tensor:
         """Apply the head's logit scale and soft-cap (in HF's order) to unembedding outputs."""
         scale, cap = self.logit_scale(config), self.logit_softcap(config)
@@ -182,7 +201,8 @@ _LLAMA_LIKE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tok
                                    unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj",
                                    qkv=_SEPARATE_QKV, mlp_in="gate_proj", mlp_down="down_proj")
 _MOE: dict[str, Any] = dict(mlp_in=None, mlp_down=None)  # no single neuron activation: mlp_pre/post refused
-_SANDWICH: dict[str, Any] = dict(attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm")
+_SANDWICH: dict[str, Any] = dict(attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm",
+                                 mlp_norm="pre_feedforward_layernorm")
 _SOFTCAP = config_value("final_logit_softcapping")
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -206,7 +226,8 @@ register_architecture(Architecture(name="gemma", model_types=("gemma",), logit_s
 for _type in ("gemma2", "gemma3_text"):
     register_architecture(Architecture(name=_type, model_types=(_type,), logit_softcap=_SOFTCAP,
                                        **_SANDWICH, **_LLAMA_LIKE))
-register_architecture(Architecture(name="olmo2", model_types=("olmo2",), **_SANDWICH, **_LLAMA_LIKE))
+register_architecture(Architecture(name="olmo2", model_types=("olmo2",),  # post-norms only: blocks read the stream
+                                   **{**_SANDWICH, "attn_norm": None, "mlp_norm": None}, **_LLAMA_LIKE))
 register_architecture(Architecture(name="stablelm", model_types=("stablelm",),
                                    parallel_residual=config_flag("use_parallel_residual", False), **_LLAMA_LIKE))
 register_architecture(Architecture(name="cohere", model_types=("cohere",), parallel_residual=_always,
@@ -216,16 +237,18 @@ register_architecture(Architecture(
     final_norm="gpt_neox.final_layer_norm", unembed="lm_head|embed_out", attn="attention", mlp="mlp", o_proj="dense",
     parallel_residual=config_flag("use_parallel_residual", True), qkv="query_key_value",
     qkv_layout=fixed_layout("interleaved"), mlp_in="dense_h_to_4h", mlp_down="dense_4h_to_h",
+    mlp_norm="post_attention_layernorm",
 ))
 register_architecture(Architecture(
     name="gpt2", model_types=("gpt2",), layers="transformer.h", embed="transformer.wte",
     final_norm="transformer.ln_f", unembed="lm_head", attn="attn", mlp="mlp", o_proj="c_proj",
     o_proj_layout="conv1d", position_embed="transformer.wpe", qkv="c_attn", mlp_in="c_fc", mlp_down="c_proj",
+    attn_norm="ln_1", mlp_norm="ln_2",
 ))
 register_architecture(Architecture(
     name="gptj", model_types=("gptj",), layers="transformer.h", embed="transformer.wte",
     final_norm="transformer.ln_f", unembed="lm_head", attn="attn", mlp="mlp", o_proj="out_proj",
-    parallel_residual=_always, qkv=_SEPARATE_QKV, mlp_in="fc_in", mlp_down="fc_out",
+    parallel_residual=_always, qkv=_SEPARATE_QKV, mlp_in="fc_in", mlp_down="fc_out", attn_norm="ln_1", mlp_norm="ln_1",
 ))
 
 
@@ -247,6 +270,7 @@ register_architecture(Architecture(
     parallel_residual=_falcon_parallel, mlp_output_mutated=True,
     pattern_attention=lambda config: not getattr(config, "alibi", False), attention_port=falcon_port,
     qkv="query_key_value", qkv_layout=_falcon_qkv_layout, mlp_in="dense_h_to_4h", mlp_down="dense_4h_to_h",
+    attn_norm="ln_attn|input_layernorm", mlp_norm="ln_mlp|post_attention_layernorm|input_layernorm",
 ))
 
 

@@ -118,6 +118,14 @@ def _write_gate(model: HookedModel, site: Site, raw: torch.Tensor, new: torch.Te
     return write_gate(raw, new, model.arch.mlp_in_fused)
 
 
+def _attn(model: HookedModel, layer: int | None) -> str:
+    return f"{model.arch.layers}.{layer}.{model.arch.attn}"
+
+
+def _mlp(model: HookedModel, layer: int | None) -> str:
+    return f"{model.arch.layers}.{layer}.{model.arch.mlp}"
+
+
 def _attn_out(model: HookedModel, layer: int | None) -> str:
     assert layer is not None
     return model.arch.attn_out_path(layer)
@@ -131,6 +139,8 @@ def _mlp_out(model: HookedModel, layer: int | None) -> str:
 MODULE_SITES: dict[str, Location] = {
     "embed": Location(lambda m, layer: m.arch.embed, "output"),
     "resid_pre": Location(_layer, "input"),
+    "ln1": Location(_attn, "input"),
+    "ln2": Location(_mlp, "input"),
     "q": _qkv_for("q"),
     "k": _qkv_for("k"),
     "v": _qkv_for("v"),

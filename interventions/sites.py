@@ -21,6 +21,7 @@ from .errors import SiteError
 #: Sites that exist once per layer, in the order they occur inside a layer.
 LAYER_SITES: tuple[str, ...] = (
     "resid_pre",
+    "ln1",
     "q",
     "k",
     "v",
@@ -32,6 +33,7 @@ LAYER_SITES: tuple[str, ...] = (
     "head_out",
     "attn_out",
     "resid_mid",
+    "ln2",
     "mlp_pre",
     "mlp_post",
     "mlp_out",
@@ -46,6 +48,8 @@ SITE_DOCS: dict[str, str] = {
     "embed": "token embedding module output [batch, pos, d_model] (with any scale applied inside the module, as "
              "Gemma's; before learned position embeddings)",
     "resid_pre": "residual stream entering layer L [batch, pos, d_model]",
+    "ln1": "the attention's input: resid_pre.L after the layer's attention norm (as is where there is none) "
+           "[batch, pos, d_model]",
     "q": "queries as the projection produces them, before any q-norm and rotary [batch, pos, n_heads, d_head]",
     "k": "keys as the projection produces them, before any k-norm and rotary [batch, pos, n_kv_heads, d_head]",
     "v": "values as the projection produces them [batch, pos, n_kv_heads, d_head]",
@@ -62,6 +66,8 @@ SITE_DOCS: dict[str, str] = {
     "attn_out": "attention contribution added to the residual stream, after any post-attention norm "
                 "[batch, pos, d_model]",
     "resid_mid": "residual stream after attention, before the MLP [batch, pos, d_model] (sequential-residual models)",
+    "ln2": "the MLP's input: the stream it reads (resid_mid.L; resid_pre.L on parallel blocks) after the MLP norm "
+           "(as is where there is none) [batch, pos, d_model]",
     "mlp_pre": "MLP neuron pre-activations: the gate projection's output on gated MLPs, else the input "
                "projection's [batch, pos, d_mlp] (not on MoE models)",
     "mlp_post": "MLP neurons: the input of the MLP's output projection (act(gate) * up on gated MLPs) "
@@ -90,13 +96,15 @@ for _kind in ("q", "k", "v"):
 for _kind in ("rot_q", "rot_k"):
     UNAVAILABLE_WHY[_kind] = "This model's attention does not call transformers' attention interface."
 
-_PATTERN = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+|\*))?$")
+_PATTERN = re.compile(r"^(?P<kind>[a-z_][a-z0-9_]*)(?:\.(?P<layer>-?\d+|\*))?$")
 
 #: TransformerLens hook names and the site kind each one denotes. ``{L}`` stands for the layer (an int, negative
 #: from the end, or ``*``); a name without ``{L}`` is model-wide. Kinds a model lacks raise the usual SiteError.
 TL_ALIASES: dict[str, str] = {
     "hook_embed": "embed",
     "blocks.{L}.hook_resid_pre": "resid_pre",
+    "blocks.{L}.ln1.hook_normalized": "ln1",
+    "blocks.{L}.ln2.hook_normalized": "ln2",
     "blocks.{L}.attn.hook_q": "q",
     "blocks.{L}.attn.hook_k": "k",
     "blocks.{L}.attn.hook_v": "v",

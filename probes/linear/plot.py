@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def _x(sites: list[str]) -> tuple[list[float], list[str]]:
     """Layer numbers when every site is ``kind.L`` of one kind, else the site order."""
-    m = [re.fullmatch(r"([a-z_]+)\.(\d+)", s) for s in sites]
+    m = [re.fullmatch(r"([a-z_][a-z0-9_]*)\.(\d+)", s) for s in sites]
     if all(m) and len({x.group(1) for x in m if x}) == 1:
         return [float(x.group(2)) for x in m if x], sites
     return [float(i) for i in range(len(sites))], sites
@@ -42,7 +42,7 @@ def plot_sweep(result: SweepResult, path: str | os.PathLike[str] | None = None, 
         ok = ~np.isnan(ys)
         ax.plot(np.array(x)[ok], ys[ok], "d:", label=key.removesuffix("_acc").replace("_", " ") + " model")
     ax.axhline(result.rows[0]["majority"], color="grey", ls=":", label="majority class")
-    if not all(re.fullmatch(r"[a-z_]+\.\d+", s) for s in sites) or len({s.split(".")[0] for s in sites}) > 1:
+    if not all(re.fullmatch(r"[a-z_][a-z0-9_]*\.\d+", s) for s in sites) or len({s.split(".")[0] for s in sites}) > 1:
         ax.set_xticks(x, labels, rotation=60, fontsize=7)
         ax.set_xlabel("site")
     else:
