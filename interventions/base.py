@@ -69,10 +69,15 @@ class Intervention:
     #: the intervention, so the nnsight backend brings these back into this object afterwards. A read-only
     #: intervention must list them to run remotely.
     session_fields: ClassVar[tuple[str, ...]] = ()
+    #: True for a helper a method builds and runs inside itself (e.g. a batched layout of public interventions
+    #: whose config means nothing outside that forward): it is not registered for loading, and saving it is an
+    #: :class:`InputError`. Subclasses inherit the flag.
+    internal: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super(Intervention, cls).__init_subclass__(**kwargs)  # noqa: UP008 - nnsight rebuilds classes from source
-        _REGISTRY[cls.__name__] = cls
+        if not cls.internal:
+            _REGISTRY[cls.__name__] = cls
 
     def __init__(self, site: str | list[str], positions: PositionSpec = None) -> None:
         if isinstance(site, (list, tuple)):
@@ -114,6 +119,10 @@ class Intervention:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
+        if self.internal:
+            raise InputError(f"{type(self).__name__} is an internal helper intervention (it runs only inside the "
+                             "method that builds it) and cannot be saved; save the public interventions it stands "
+                             "for instead.")
         return {"type": type(self).__name__, "config": self.config()}
 
     def save(self, path: str | os.PathLike[str]) -> None:
