@@ -54,6 +54,17 @@ def parse_heads(heads: Any, site: Any, owner: str) -> tuple[list[int] | None, li
                      "(heads=[3, 7]) or (layer, head) pairs across layers (heads=[(3, 1), (5, 0)]), not both.")
 
 
+def parse_pairs(heads: Any, owner: str) -> list[tuple[int, int]]:
+    """``heads`` as a non-empty list of (layer, head) pairs of ints (repeats dropped, order kept), for owners that
+    take only that form (no site, no bare head indices); anything else is an InputError naming ``owner``."""
+    items = list(heads) if isinstance(heads, (list, tuple)) else []
+    if not items or not all(isinstance(h, (list, tuple)) and len(h) == 2 and all(_is_int(x) for x in h)
+                            for h in items):
+        raise InputError(f"{owner} takes a non-empty list of (layer, head) pairs of ints, e.g. [(3, 1), (5, 0)]; "
+                         f"got {heads!r}.")
+    return list(dict.fromkeys((int(h[0]), int(h[1])) for h in items))
+
+
 def pair_sites(pairs: list[tuple[int, int]]) -> list[str]:
     """The ``head_z`` site names of the layers of ``pairs`` (in first-mention order)."""
     return [f"head_z.{layer}" for layer in dict.fromkeys(layer for layer, _ in pairs)]
