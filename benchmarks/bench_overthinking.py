@@ -65,8 +65,7 @@ def bench_heads(model, args) -> None:
 
 
 def bench_ablation(model, args) -> None:
-    from lmscope.probes.overthinking import build_prompts
-    from lmscope.probes.overthinking.ablation import final_label_probs, random_head_sets
+    from lmscope.probes.overthinking import build_prompts, final_label_probs, random_head_sets
 
     ps = build_prompts(model, args.task, "permuted", n_prompts=args.ablation_prompts, n_demos=args.n_demos)
     draws = random_head_sets(model.n_layers, model.n_heads, args.k, args.n_random + 1, seed=0)

@@ -127,7 +127,7 @@ def test_attribution_patching(model: HookedModel, method: str) -> None:
 def test_overthinking_ablations(model: HookedModel) -> None:
     from toys import ToyTokenizer, toy_task
 
-    from lmscope.probes.overthinking.ablation import final_label_probs, random_head_sets
+    from lmscope.probes.overthinking import final_label_probs, random_head_sets
     from lmscope.probes.overthinking.tasks import build_prompts
 
     toy = HookedModel(model.hf_model, ToyTokenizer())  # a second wrapper over the same shared modules
@@ -188,7 +188,7 @@ def test_smollm2_fast_paths_leave_other_threads_alone(smollm: HookedModel) -> No
     from lmscope.probes.binding import load_task as binding_task
     from lmscope.probes.binding.prompts import build_prompt, sample_contexts
     from lmscope.probes.binding.runs import score_many
-    from lmscope.probes.overthinking.ablation import final_label_probs
+    from lmscope.probes.overthinking import final_label_probs
     from lmscope.probes.overthinking.tasks import build_prompts
     from lmscope.probes.patching import logit_diff, resid_pre_sweep
 

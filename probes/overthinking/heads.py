@@ -12,17 +12,22 @@ these are mostly earlier label tokens, whichever they are).
 
 Every score comes from patterns recorded at the query positions only, in the same forward for all
 heads; :func:`naive_head_scores` is the one-forward-per-head loop kept as a benchmark baseline and a
-test oracle.
+test oracle. :func:`top_heads` picks the best-scoring heads to ablate, :func:`random_head_sets` the paper's
+control (random heads of the same number).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from lmscope.interventions.cache import Cache
+from lmscope.interventions.errors import InputError
+
+from .tasks import batches
 
 if TYPE_CHECKING:
     from lmscope.interventions import HookedModel, RunResult
@@ -125,8 +130,6 @@ def batched_head_scores(model: HookedModel, prompts: PromptSet, batch_size: int 
     """Every head's scores from one forward per batch, patterns read at the query positions only."""
     from tqdm.auto import tqdm
 
-    from .readings import batches
-
     sums = HeadScoreSums.empty(model.n_layers, model.n_heads)
     for rows in tqdm(batches(len(prompts), batch_size), desc="head scores", disable=not progress, leave=False):
         sub = prompts.subset(rows)
@@ -140,8 +143,6 @@ def naive_head_scores(model: HookedModel, prompts: PromptSet, batch_size: int = 
                       progress: bool = False) -> dict[str, torch.Tensor]:
     """The slow baseline: one forward per head, caching that layer's whole pattern, reading one head."""
     from tqdm.auto import tqdm
-
-    from .readings import batches
 
     sums = HeadScoreSums.empty(model.n_layers, model.n_heads)
     heads = [(layer, h) for layer in range(model.n_layers) for h in range(model.n_heads)]
@@ -163,3 +164,13 @@ def top_heads(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
     """The ``k`` (layer, head) pairs with the highest score, best first."""
     flat = scores.flatten().topk(min(k, scores.numel())).indices
     return [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in flat]
+
+
+def random_head_sets(n_layers: int, n_heads: int, k: int, n_draws: int, seed: int = 0,
+                     exclude: Sequence[tuple[int, int]] = ()) -> list[list[tuple[int, int]]]:
+    """``n_draws`` sets of ``k`` distinct random heads (the paper's control), avoiding ``exclude``."""
+    pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in set(exclude)]
+    if k > len(pool):
+        raise InputError(f"Cannot draw {k} random heads from {len(pool)}.")
+    rng = random.Random(seed)
+    return [sorted(rng.sample(pool, k)) for _ in range(n_draws)]

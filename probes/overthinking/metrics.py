@@ -1,4 +1,4 @@
-"""Accuracy, calibrated accuracy, the critical layer and bootstrap spreads.
+"""Accuracy, calibrated accuracy, the critical layer, bootstrap spreads and an ablation's gap reduction.
 
 ``probs`` tensors are ``[..., n_inputs, n_labels]`` label probabilities (renormalised over the label set)
 and ``true`` the ``[n_inputs]`` true label indices.
@@ -97,3 +97,12 @@ def critical_layer(correct_true: torch.Tensor, correct_false: torch.Tensor, *, m
     layer = next(i for i, g in enumerate(gaps) if g >= final / 2)
     return CriticalLayer(layer, reason=f"first layer whose gap reaches half the final gap {final:+.3f} "
                                        f"(std {std:.3f})", **kw)
+
+
+def gap_reduction(acc_true: float, acc_false: float, acc_false_ablated: float) -> float:
+    """How much of the true-false accuracy gap an ablation closes on false demos:
+    ``1 - (acc_true - acc_false_ablated) / (acc_true - acc_false)``; NaN when there is no gap."""
+    gap = acc_true - acc_false
+    if abs(gap) < 1e-12:
+        return float("nan")
+    return 1.0 - (acc_true - acc_false_ablated) / gap

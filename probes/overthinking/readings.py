@@ -18,6 +18,7 @@ from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 
 from .heads import HeadScoreSums, accumulate_head_scores
+from .tasks import batches
 
 if TYPE_CHECKING:
     from lmscope.interventions import HookedModel
@@ -48,12 +49,6 @@ class LabelReadings:
 
     probs: dict[str, torch.Tensor]
     heads: HeadScoreSums | None = None
-
-
-def batches(n: int, size: int) -> list[range]:
-    if size < 1:
-        raise InputError(f"batch_size must be at least 1, got {size}.")
-    return [range(s, min(n, s + size)) for s in range(0, n, size)]
 
 
 @torch.no_grad()

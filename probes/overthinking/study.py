@@ -22,9 +22,10 @@ from lmscope.interventions.artifacts import atomic_write_bytes
 from lmscope.interventions.errors import InputError
 
 from . import plots
-from .ablation import METHODS, final_label_probs, gap_reduction, random_head_sets
-from .heads import batched_head_scores, top_heads
-from .metrics import calibrated_correct, correct, critical_layer
+from .ablation import METHODS, check_method
+from .final_token import final_label_probs
+from .heads import batched_head_scores, random_head_sets, top_heads
+from .metrics import calibrated_correct, correct, critical_layer, gap_reduction
 from .readings import read_labels
 from .tasks import SETTINGS, FewShotTask, build_prompts, load_task
 
@@ -209,6 +210,19 @@ def _tables(probs: torch.Tensor, true: torch.Tensor) -> dict[str, list[list[floa
     return {"acc": correct(p, t).mean(-1).tolist(), "cal": calibrated_correct(p, t).mean(-1).tolist()}
 
 
+def _check_choices(settings: Sequence[str], false_setting: str, methods: Sequence[str]) -> list[str]:
+    """The study's settings (``true`` and ``false_setting`` first, no repeats), after checking every choice."""
+    settings = list(dict.fromkeys(["true", false_setting, *settings]))
+    for s in settings:
+        if s not in SETTINGS:
+            raise InputError(f"Unknown setting {s!r}; settings: {', '.join(SETTINGS)}.")
+    if false_setting == "true":
+        raise InputError("false_setting must be a false-demo setting: permuted, half or random.")
+    for m in methods:
+        check_method(m, "run_study methods: ")
+    return settings
+
+
 def run_study(model: HookedModel, task: str | FewShotTask = "category", *, score_task: str | FewShotTask | None =
               "unnatural", settings: Sequence[str] = ("true", "permuted", "random"), false_setting: str = "permuted",
               n_prompts: int = 100, n_demos: int = 12, lenses: Sequence[str] | dict[str, Lens] = ("logit", "tuned"),
@@ -218,15 +232,7 @@ def run_study(model: HookedModel, task: str | FewShotTask = "category", *, score
     """Run the whole study; see the module docstring. ``score_task=None`` scores heads on ``task``."""
     task = load_task(task)
     score = load_task(score_task) if score_task is not None else task
-    settings = list(dict.fromkeys(["true", false_setting, *settings]))
-    for s in settings:
-        if s not in SETTINGS:
-            raise InputError(f"Unknown setting {s!r}; settings: {', '.join(SETTINGS)}.")
-    if false_setting == "true":
-        raise InputError("false_setting must be a false-demo setting: permuted, half or random.")
-    for m in methods:
-        if m not in METHODS:
-            raise InputError(f"Unknown ablation method {m!r}; methods: {', '.join(METHODS)}.")
+    settings = _check_choices(settings, false_setting, methods)
     lens_map = resolve_lenses(model, lenses)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -239,12 +245,10 @@ def run_study(model: HookedModel, task: str | FewShotTask = "category", *, score
     timings["lens_readings_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    if same_task and readings.get("permuted") is not None:
-        assert readings["permuted"].heads is not None
-        head_means = readings["permuted"].heads.means()
-    else:
-        head_means = batched_head_scores(model, build_prompts(model, score, "permuted", n_prompts, n_demos, seed),
-                                         batch_size=batch_size, progress=progress)
+    head_sums = readings["permuted"].heads if same_task and "permuted" in readings else None
+    head_means = head_sums.means() if head_sums is not None else batched_head_scores(
+        model, build_prompts(model, score, "permuted", n_prompts, n_demos, seed), batch_size=batch_size,
+        progress=progress)
     timings["head_scores_s"] = time.perf_counter() - t1
     fi = head_means["false_induction"]
     top = top_heads(fi, top_k)

@@ -208,6 +208,13 @@ class PromptSet:
                          [self.true[i] for i in pick], [self.shown[i] for i in pick], dict(self.meta))
 
 
+def batches(n: int, size: int) -> list[range]:
+    """Prompt indices ``0..n-1`` in consecutive batches of at most ``size`` (every reader's batching)."""
+    if size < 1:
+        raise InputError(f"batch_size must be at least 1, got {size}.")
+    return [range(s, min(n, s + size)) for s in range(0, n, size)]
+
+
 def label_token_ids(model: HookedModel, task: FewShotTask) -> list[int]:
     """First token of ``" " + label`` for every label; raises if two labels share it (naming them)."""
     tok = _tokenizer(model)

@@ -70,7 +70,8 @@ def test_overthinking_notebook_runs(smollm) -> None:
 def test_batched_ablation_configs_equal_the_loop_on_smollm(smollm) -> None:
     """Prompts x configurations in one final-token forward == one forward per configuration (SmolLM2)."""
     from lmscope.probes.overthinking import build_prompts
-    from lmscope.probes.overthinking.ablation import final_label_probs, random_head_sets
+    from lmscope.probes.overthinking.final_token import final_label_probs
+    from lmscope.probes.overthinking.heads import random_head_sets
 
     ps = build_prompts(smollm, "category", "permuted", n_prompts=3, n_demos=3, seed=0)
     draws = random_head_sets(smollm.n_layers, smollm.n_heads, 5, 2, seed=0)

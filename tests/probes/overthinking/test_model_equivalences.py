@@ -11,9 +11,10 @@ from toys import toy_model, toy_task
 
 from lmscope.interventions import Cache, HookedModel
 from lmscope.interventions.base import Intervention, load_interventions, save_interventions
-from lmscope.interventions.errors import InputError
+from lmscope.interventions.errors import ArtifactError, InputError
 from lmscope.lens import LogitLens, TunedLens
-from lmscope.probes.overthinking.ablation import HeadQKVAblate, final_label_probs, head_ablation
+from lmscope.probes.overthinking.ablation import METHODS, HeadQKVAblate, head_ablation
+from lmscope.probes.overthinking.final_token import final_label_probs
 from lmscope.probes.overthinking.heads import batched_head_scores, naive_head_scores
 from lmscope.probes.overthinking.readings import label_logits, read_labels
 from lmscope.probes.overthinking.study import run_study
@@ -154,10 +155,11 @@ def test_qkv_ablation_composes_saves_and_loads(tmp_path: Path) -> None:
     loaded = load_interventions(tmp_path / "many")
     again = model.run(ps.ids, [loaded[0]]).last_logits()
     assert torch.allclose(again, res.logits[torch.arange(len(ps)), res.batch.last_index], atol=1e-6)
-    with pytest.raises(InputError, match="Head index 9 out of range"):
+    with pytest.raises(InputError, match=r"Head index 9 of head \(0, 9\) is out of range"):
         model.run(ps.ids, [HeadQKVAblate([(0, 9)])])
-    with pytest.raises(InputError, match=r"\(layer, head\) pairs"):
-        HeadQKVAblate([(0, "a")])
+    for bad in ([(0, "a")], [], 3, [(0, 1, 2)]):
+        with pytest.raises(InputError, match=r"HeadQKVAblate takes a non-empty list of \(layer, head\) pairs"):
+            HeadQKVAblate(bad)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="Unknown ablation"):
         head_ablation([(0, 0)], "resample")
 
@@ -227,7 +229,7 @@ def test_saved_report_loads_back_with_the_same_numbers_and_figures(tmp_path: Pat
 
 
 def _mixed_configs(model: HookedModel) -> dict:
-    from lmscope.probes.overthinking.ablation import random_head_sets
+    from lmscope.probes.overthinking.heads import random_head_sets
 
     draws = random_head_sets(model.n_layers, model.n_heads, 3, 3, seed=1)
     configs: dict = {"none": ((), "zero")}
@@ -265,7 +267,7 @@ def test_batched_configs_equal_the_per_config_loop(arch: str) -> None:
 def test_batched_configs_run_as_rows_over_every_layer_where_columns_are_not_exact(monkeypatch) -> None:
     """Configurations along the query axis (shared prefix cache) and start layers above 0 where partial
     forwards are exact; otherwise rows over every layer. Both equal the loop."""
-    import lmscope.probes.overthinking.ablation as ablation
+    import lmscope.probes.overthinking.final_token as ablation
 
     model = toy_model("llama")
     ps = _prompts(model, "permuted", n=3)
@@ -304,7 +306,7 @@ def test_label_head_runs_privately_and_equals_the_label_columns() -> None:
     """The label-only unembedding runs through a private shell: the model's own head and plain forwards are
     untouched while it is in use."""
     from lmscope.interventions.partial import partial_model
-    from lmscope.probes.overthinking.ablation import label_head
+    from lmscope.probes.overthinking.final_token import label_head
 
     model = toy_model("gpt2")
     ids = torch.tensor([3, 7, 5])
@@ -339,7 +341,7 @@ def test_batched_configs_bad_input() -> None:
     ps = _prompts(model, "true", n=2)
     with pytest.raises(InputError, match="methods: zero, mean, qkv"):
         final_label_probs(model, ps, {"x": ([(0, 0)], "gauss")}, progress=False)
-    with pytest.raises(InputError, match="Head index 99 out of range"):
+    with pytest.raises(InputError, match=r"Head index 99 of head \(0, 99\) is out of range"):
         final_label_probs(model, ps, {"x": ([(0, 99)], "zero")}, progress=False)
     with pytest.raises(InputError, match="config_chunk"):
         final_label_probs(model, ps, {"x": ([(0, 0)], "zero")}, progress=False, config_chunk=0)
@@ -361,9 +363,8 @@ def test_qkv_ablation_merges_a_layer_named_twice() -> None:
     assert torch.equal(both, want)
 
 
-def test_row_head_ablation_on_a_full_batch_and_save_load(tmp_path: Path) -> None:
-    """Rows = prompts x configs on full prompts (no cache): row (b, c) equals prompt b under config c alone;
-    the intervention saves and loads."""
+def test_row_head_ablation_on_a_full_batch() -> None:
+    """Rows = prompts x configs on full prompts (no cache): row (b, c) equals prompt b under config c alone."""
     from lmscope.probes.overthinking.ablation import RowHeadAblation
 
     model = toy_model("llama")
@@ -375,6 +376,38 @@ def test_row_head_ablation_on_a_full_batch_and_save_load(tmp_path: Path) -> None
     for c, (heads, method) in enumerate(configs):
         want = model.run(ps.ids, head_ablation(heads, method) if heads else []).last_logits()
         assert torch.allclose(got[:, c], want, atol=1e-5), c
-    iv.save(tmp_path / "rows")
-    again = model.run(rows, [Intervention.load(tmp_path / "rows")]).last_logits().view_as(got)
-    assert torch.equal(again, got)
+
+
+def test_batched_ablations_are_internal_neither_saved_nor_loaded(tmp_path: Path) -> None:
+    """The runner's row/column layouts are internal helpers: not in the loading registry, and saving one is
+    refused (their configs mean nothing outside the runner's forward); the public HeadQKVAblate still saves."""
+    from lmscope.interventions.artifacts import save_artifact
+    from lmscope.interventions.base import _REGISTRY
+    from lmscope.probes.overthinking.ablation import ColumnHeadAblation, RowHeadAblation
+
+    configs = [([(0, 1)], "zero"), ([(1, 2)], "qkv")]
+    helpers = [RowHeadAblation(configs), ColumnHeadAblation(configs, torch.ones(2, 3))]
+    assert "HeadQKVAblate" in _REGISTRY
+    for iv in helpers:
+        name = type(iv).__name__
+        assert iv.internal and name not in _REGISTRY
+        with pytest.raises(InputError, match=f"{name} is an internal helper intervention"):
+            iv.save(tmp_path / name)
+        with pytest.raises(InputError, match=f"{name} is an internal helper intervention"):
+            save_interventions([HeadQKVAblate([(0, 1)]), iv], tmp_path / f"{name}-list")
+        assert not (tmp_path / name).exists() and not (tmp_path / f"{name}-list").exists()
+        save_artifact(tmp_path / f"{name}-forged", {"type": name, "config": iv.config()}, {},
+                      config_name="intervention.json")
+        with pytest.raises(ArtifactError, match=f"Unknown intervention type '{name}'"):
+            Intervention.load(tmp_path / f"{name}-forged")
+
+
+def test_negative_head_indices_count_from_the_end() -> None:
+    """Heads are checked by the core (negative indices from the end, as in ``Ablate``)."""
+    model = toy_model("llama")
+    ps = _prompts(model, "true", n=2)
+    n = model.n_heads
+    for method in METHODS:
+        configs = {"neg": ([(1, -1)], method), "pos": ([(1, n - 1)], method)}
+        got = final_label_probs(model, ps, configs, batch_size=2, progress=False)
+        assert torch.equal(got["neg"], got["pos"]), method

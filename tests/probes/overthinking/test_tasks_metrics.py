@@ -10,9 +10,8 @@ import torch
 from toys import toy_model, toy_task
 
 from lmscope.interventions.errors import InputError
-from lmscope.probes.overthinking.ablation import gap_reduction, random_head_sets
-from lmscope.probes.overthinking.heads import false_induction_terms, prefix_matching_terms, top_heads
-from lmscope.probes.overthinking.metrics import accuracy, calibrated_accuracy, critical_layer
+from lmscope.probes.overthinking.heads import false_induction_terms, prefix_matching_terms, random_head_sets, top_heads
+from lmscope.probes.overthinking.metrics import accuracy, calibrated_accuracy, critical_layer, gap_reduction
 from lmscope.probes.overthinking.tasks import FewShotTask, build_prompts, load_task, shown_labels, task_names
 
 
