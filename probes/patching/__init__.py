@@ -1,10 +1,15 @@
 """Activation patching: one generic sweep, ready-made sweeps and attribution patching.
 
-``sweep`` holds :func:`patching_sweep` (exact batched sweep that reuses the unchanged prefix and the
-layers below each patch, the one-forward-per-patch reference loop, and attribution patching through
-one call) and the ready-made ``resid_pre``/``attn_out``/``mlp_out``/per-head sweeps; ``attribution``
-the AtP estimate and its caveats; ``metrics`` logit-difference and log-prob metrics; ``result`` the
+``sweep`` holds :func:`patching_sweep` (every method through one call) and the ready-made
+``resid_pre``/``attn_out``/``mlp_out``/per-head sweeps; ``pairs`` tokenises the prompt pairs and plans the
+grid of cells; ``exact`` is the batched engine that reuses the unchanged prefix and the layers below each
+patch; ``loop`` the one-forward-per-patch reference; ``attribution`` the AtP estimate and its caveats;
+``combine`` turns a dataset of pairs into one map (mean, standard error, per pair); ``metrics``
+logit-difference and log-prob metrics, ``scoring`` how a sweep applies them; ``result`` the
 :class:`PatchingResult` map (JSON/safetensors/PNG); ``cli`` is ``lmscope patch``.
+
+Imports run one way: ``sweep`` uses the method modules (``exact``, ``loop``, ``attribution``, which uses
+``exact``'s row writer), and they use ``pairs`` and ``scoring``; no module imports ``sweep`` back.
 """
 
 from typing import TYPE_CHECKING
@@ -14,9 +19,9 @@ from lmscope.interventions.lazy import lazy_exports
 if TYPE_CHECKING:
     from .attribution import LARGE_DELTA
     from .metrics import default_metric, logit_diff, target_logprob
+    from .pairs import Cell
     from .result import PatchingResult
     from .sweep import (
-        Cell,
         attn_out_sweep,
         head_sweep,
         mlp_out_sweep,
@@ -25,7 +30,7 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "Cell": ".sweep",
+    "Cell": ".pairs",
     "LARGE_DELTA": ".attribution",
     "PatchingResult": ".result",
     "attn_out_sweep": ".sweep",

@@ -38,13 +38,14 @@ from lmscope.interventions.cache import Cache
 from lmscope.interventions.positions import ForwardContext
 from lmscope.interventions.sites import Site
 
+from .exact import RowWrite
 from .metrics import Metric
+from .pairs import Cell, Pair, col_labels, source_values
 from .result import PatchingResult
+from .scoring import scalar_score
 
 if TYPE_CHECKING:
     from lmscope.interventions.model import HookedModel
-
-    from .sweep import Cell, Pair
 
 #: ``relative_delta`` above this marks a cell where the linear estimate is doubtful.
 LARGE_DELTA = 0.5
@@ -110,8 +111,6 @@ def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], ro
                       batch_size: int = 32) -> PatchingResult:
     """The AtP estimate of every cell of ``grid`` (see :func:`lmscope.probes.patching.patching_sweep`);
     ``qk_fix=True``: AtP* (exact pattern of the attention layer each patch feeds, see the module docstring)."""
-    from .sweep import _col_labels, _scalar, source_values
-
     sites = sorted({c.site for row in grid for c in row})
     source_rows, source_logits = source_values(model, pair, sites)
     source = {s: v[0] for s, v in source_rows.items()}  # attribution runs one pair at a time
@@ -121,7 +120,7 @@ def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], ro
     fix = _pattern_terms(model, pair, cells, source, pat, batch_size) if qk_layers else {}
     est = torch.empty(len(grid), len(cols))
     rel = torch.empty(len(grid), len(cols))
-    base_metric = _scalar(metric, base_logits)
+    base_metric = scalar_score(metric, base_logits)
     with torch.no_grad():
         for r, row in enumerate(grid):
             for k, c in enumerate(row):
@@ -138,7 +137,7 @@ def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], ro
     if n_large:
         notes.append(f"{n_large} of {rel.numel()} cells patch more than {LARGE_DELTA:g} of the residual stream's "
                      "norm (extras['relative_delta']); the linear estimate is least reliable there.")
-    return PatchingResult(est, row_labels, _col_labels(pair, cols), base_metric, _scalar(metric, source_logits),
+    return PatchingResult(est, row_labels, col_labels(pair, cols), base_metric, scalar_score(metric, source_logits),
                           "atp*" if qk_fix else "attribution", direction, getattr(metric, "__name__", "metric"),
                           {"relative_delta": rel}, notes)
 
@@ -161,10 +160,8 @@ def _base_gradients(model: HookedModel, pair: Pair, sites: list[Site], metric: M
                                dict[int, _Pattern]]:
     """Base-run values, ∂metric/∂site (``[T, ...]`` each), last logits, the residual stream per layer, and
     for each of ``qk_layers`` its pattern, ∂metric/∂pattern and the site gradients minus the pattern's part."""
-    from .sweep import Cell as _Cell
-
     n = pair.base.shape[1]
-    streams = sorted({_stream_site(_Cell(s, None, None)) for s in sites})
+    streams = sorted({_stream_site(Cell(s, None, None)) for s in sites})
     deltas = {s: torch.zeros(1, n, *model.site_shape(s), dtype=model.dtype, device=model.device,
                              requires_grad=True) for s in sites}
     pat_sites = [Site("attn_pattern", layer) for layer in qk_layers]
@@ -182,7 +179,7 @@ def _base_gradients(model: HookedModel, pair: Pair, sites: list[Site], metric: M
         assert s.layer is not None and probe is not None
         g_a = torch.zeros_like(pat_leaves[s]) if g is None else g
         # the part of ∂metric/∂site that flows through this layer's pattern: a VJP of the pattern
-        upstream = [x for x in sites if feeds_layer(_Cell(x, None, None)) == s.layer]
+        upstream = [x for x in sites if feeds_layer(Cell(x, None, None)) == s.layer]
         through = torch.autograd.grad(probe.values[s.layer], [deltas[x] for x in upstream], grad_outputs=g_a,
                                       allow_unused=True, retain_graph=True) if upstream else ()
         without = {x: grad_of[x] - (t[0].detach() if t is not None else 0.0) for x, t in zip(upstream, through)}
@@ -201,8 +198,6 @@ def _pattern_terms(model: HookedModel, pair: Pair, cells: list[Cell], source: di
     each cell costs about one or two layers of the tokens from its position on; otherwise full forwards from
     layer 0, stopped after the pattern."""
     from lmscope.interventions.partial import forward_with_kv, kv_prefix, partial_forward_unsupported, run_from_layer
-
-    from .sweep import RowWrite
 
     partial = partial_forward_unsupported(model, int(pair.base.shape[1])) is None
     groups: dict[tuple[int, int], list[Cell]] = {}

@@ -79,6 +79,8 @@ def test_atp_star_is_exact_when_the_rest_is_linear_in_the_pattern(llama_tiny, mo
     """resid_pre.2 patches in the null space of W_V, with layer 2's norm and MLP and the final norm removed:
     the metric is then linear in the pattern of layer 2 and in the residual, so AtP* = exact patching;
     plain AtP (softmax linearised) is not."""
+    import lmscope.probes.patching.attribution as attribution
+    import lmscope.probes.patching.pairs as pairs
     import lmscope.probes.patching.sweep as sweep
 
     model = llama_tiny
@@ -91,13 +93,14 @@ def test_atp_star_is_exact_when_the_rest_is_linear_in_the_pattern(llama_tiny, mo
     delta_cpu = 10.0 * torch.randn(base.shape, generator=gen) @ null
     assert float((delta_cpu @ w_v.T).abs().max()) < 1e-4 and float(delta_cpu.norm()) > 1.0
     delta = delta_cpu.to(base.device)
-    real = sweep.source_values
+    real = pairs.source_values
 
     def crafted(model, pair, sites):
         _, logits = real(model, pair, sites)
         return {s: (base + delta)[None] for s in sites}, logits  # [pairs=1, T, d_model]
 
-    monkeypatch.setattr(sweep, "source_values", crafted)
+    for user in (sweep, attribution):  # the exact/loop sweep and attribution patching each run the source
+        monkeypatch.setattr(user, "source_values", crafted)
     exact = patching_sweep(model, clean, corrupt, ["resid_pre.2"], None, metric, method="loop")
     star = patching_sweep(model, clean, corrupt, ["resid_pre.2"], None, metric, method="atp*")
     plain = patching_sweep(model, clean, corrupt, ["resid_pre.2"], None, metric, method="attribution")
