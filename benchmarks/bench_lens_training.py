@@ -79,9 +79,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from lmscope.interventions import HookedModel
     from lmscope.lens.lenses import TunedLens
-    from lmscope.lens.training.corpus import default_corpus, model_tokenizer
+    from lmscope.lens.training.corpus import model_tokenizer
     from lmscope.lens.training.evaluate import evaluate_lens
     from lmscope.lens.training.fit import train_tuned_lens
+    from lmscope.lens.training.offline import default_corpus
 
     model = HookedModel.default()
     train_corpus, held = default_corpus("train"), default_corpus("heldout")

@@ -84,7 +84,8 @@ def eval_seq_len(max_tokens: int, seq_len: int | None) -> int:
 
 
 def _corpus(args: argparse.Namespace, default_split: str) -> Any:
-    from .corpus import Corpus, default_corpus
+    from .corpus import Corpus
+    from .offline import default_corpus
 
     split = args.split
     if not args.corpus:

@@ -19,8 +19,9 @@ Why it looks like this:
   were asked for; :meth:`Corpus.chunks` can cycle (``repeat=True``) but warns
   each time it starts over.
 
-:func:`default_corpus` gives offline general English from three domains (literature, technical
-documentation, software licences), built in :mod:`~lmscope.lens.training.offline`.
+:func:`~lmscope.lens.training.offline.default_corpus` (also ``lmscope.lens.training.default_corpus``) gives
+offline general English from three domains (literature, technical documentation, software licences) as a
+:class:`Corpus`; that module builds on this one, never the other way round.
 """
 
 from __future__ import annotations
@@ -326,12 +327,3 @@ def as_corpus(corpus: Corpus | str | os.PathLike[str] | Sequence[str | os.PathLi
     """Accept a :class:`Corpus` or sources; optionally restrict it to ``split``."""
     c = corpus if isinstance(corpus, Corpus) else Corpus.from_sources(corpus)
     return c.with_split(split) if split is not None else c
-
-
-# -- the offline default corpus -------------------------------------------------------------------
-def default_corpus(split: Split = "all", *, allow_download: bool = True) -> Corpus:
-    """General English from several domains (literature, technical, legal), available offline: see
-    :func:`lmscope.lens.training.offline.default_corpus`."""
-    from .offline import default_corpus as build
-
-    return build(split, allow_download=allow_download)

@@ -18,7 +18,6 @@ from lmscope.interventions.defaults import cache_dir
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.fingerprint import model_cache_key
 from lmscope.lens.lenses import TunedLens
-from lmscope.lens.training import corpus as corpus_module
 from lmscope.lens.training import fit, offline
 from lmscope.lens.training.corpus import ByteTokenizer, Corpus, CorpusError
 
@@ -39,8 +38,7 @@ def tiny_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     words = "the cat sat on a mat and then it ran to the old house where seven dogs live".split()
     for i in range(4):
         (text / f"d{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)))
-    monkeypatch.setattr(corpus_module, "default_corpus", lambda split="all", **_: Corpus.from_sources(text,
-                                                                                                       split=split))
+    monkeypatch.setattr(fit, "default_corpus", lambda split="all", **_: Corpus.from_sources(text, split=split))
     return text
 
 
@@ -108,13 +106,13 @@ def _fake_shakespeare(cache: Path, extra: str = "") -> None:
 def test_default_corpus_mixes_three_domains_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
     with pytest.warns(UserWarning, match="no literature domain"):
-        partial = corpus_module.default_corpus(allow_download=False)  # no shakespeare texts, no download
+        partial = offline.default_corpus(allow_download=False)  # no shakespeare texts, no download
     assert offline.corpus_domains(partial) == ["technical", "legal"]
     assert "technical: Python's documentation" in partial.describe() and "literature" not in partial.describe()
     _fake_shakespeare(tmp_path / "cache")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        full = corpus_module.default_corpus(allow_download=False)
+        full = offline.default_corpus(allow_download=False)
     assert offline.corpus_domains(full) == ["literature", "technical", "legal"]
     assert full.describe().startswith("general English (literature: Shakespeare + Milton; technical: Python's "
                                       "documentation; legal: software licences)")
@@ -127,7 +125,7 @@ def test_default_corpus_mixes_three_domains_offline(tmp_path: Path, monkeypatch:
     assert {d for d, _ in train.documents()}.isdisjoint(d for d, _ in held.documents())
     assert held.count_tokens(ByteTokenizer()) > 10_000
     _fake_shakespeare(tmp_path / "cache", extra=" more")  # the literature changed: another folder, digest
-    assert corpus_module.default_corpus(allow_download=False).digest() != full.digest()
+    assert offline.default_corpus(allow_download=False).digest() != full.digest()
 
 
 def test_no_domain_at_all_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +133,7 @@ def test_no_domain_at_all_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(offline, "DOMAINS", tuple(
         offline.Domain(d.name, d.what, lambda _: [], d.stamp) for d in offline.DOMAINS))
     with pytest.raises(CorpusError, match="No offline English corpus is available: literature: .*technical: no text"):
-        corpus_module.default_corpus(allow_download=False)
+        offline.default_corpus(allow_download=False)
 
 
 @pytest.mark.slow
