@@ -1,12 +1,11 @@
 """Activation steering: vectors from contrast pairs, reading vectors, evaluations, the trade-off sweep.
 
-``vectors`` builds :class:`SteeringVector` (mean/CAA, ActAdd, PCA/RepE, logistic) and turns it into
-``Steer`` interventions; ``reading`` projects activations on steering directions (RepE reading) and
-reports per-layer separation; ``evals`` holds offline evaluations (behaviour score, multiple choice) and
-their shipped data; ``scale`` gives scales a unit (the layer's typical residual norm); ``generation``
-tabulates steered texts over scales x prompts; ``tradeoff`` sweeps steering scales and fits Wolf et al.'s
-curves; ``cli`` is
-``lmscope steer``.
+``vectors`` holds :class:`SteeringVector`: built from contrast pairs by the methods of ``methods``
+(mean/CAA, ActAdd, PCA/RepE, logistic), turned into ``Steer`` interventions, saved and loaded; ``reading``
+projects activations on steering directions (RepE reading) and reports per-layer separation; ``evals`` holds
+offline evaluations (behaviour score, multiple choice) and their shipped data; ``scale`` gives scales a unit
+(the layer's typical residual norm); ``generation`` tabulates steered texts over scales x prompts;
+``tradeoff`` sweeps steering scales and fits Wolf et al.'s curves; ``cli`` is ``lmscope steer``.
 """
 
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
         sentiment_eval,
     )
     from .generation import GenerationSweep, generation_sweep
+    from .methods import METHODS
     from .reading import Separation, auroc, read, separation
     from .tradeoff import (
         Fit,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         r_squared,
         steering_tradeoff,
     )
-    from .vectors import METHODS, SteeringVector
+    from .vectors import SteeringVector
 
 _LAZY = {
     "AnswerEval": ".evals",
@@ -44,7 +44,7 @@ _LAZY = {
     "ChoiceEval": ".evals",
     "Fit": ".tradeoff",
     "GenerationSweep": ".generation",
-    "METHODS": ".vectors",
+    "METHODS": ".methods",
     "Separation": ".reading",
     "SteeringVector": ".vectors",
     "TradeoffResult": ".tradeoff",

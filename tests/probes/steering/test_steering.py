@@ -61,7 +61,7 @@ def test_direction_sign_positives_project_higher(llama_tiny: HookedModel, method
 
 
 def test_pca_recovers_planted_direction() -> None:
-    from lmscope.probes.steering.vectors import _direction
+    from lmscope.probes.steering.methods import layer_vector
 
     torch.manual_seed(0)
     d = 16
@@ -69,7 +69,7 @@ def test_pca_recovers_planted_direction() -> None:
     true[3] = 1.0
     hn = torch.randn(40, d)
     hp = hn + (2.0 + 0.3 * torch.randn(40, 1)) * true + 0.05 * torch.randn(40, d)
-    v = _direction("pca", hp, hn, 1.0)
+    v = layer_vector("pca", hp, hn, 1.0)
     assert float(v / v.norm() @ true) > 0.99  # right direction and sign
     assert abs(float(v.norm()) - 2.0) < 0.2  # scaled by the mean difference's projection
 
