@@ -25,7 +25,8 @@ from .architectures import (
     output_projection,
     weight_in_out,
 )
-from .backends.hooks import Session, attach
+from .backends.hooks import attach
+from .backends.session import Session
 from .base import Interventions, as_interventions
 from .cache import ActivationCache, session_cache
 from .errors import InputError, SiteError

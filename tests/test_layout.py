@@ -9,8 +9,14 @@ packages' ``_LAZY`` tables) runs the module that defines ``name``, so the edge g
 Rules: no cycle among runtime imports; the core (``lmscope.interventions``) never imports
 ``lmscope.lens`` or ``lmscope.probes``, and ``lmscope.lens`` never imports ``lmscope.probes`` (at any
 level: functions and ``TYPE_CHECKING`` blocks included); a method under ``lmscope.probes`` never takes
-a sibling method's private (``_name``) names or modules; every ``lmscope.*`` import names a module that
-exists.
+a sibling method's private (``_name``) names or modules, nor a module of ``lmscope.interventions.backends``
+another one's private names (what the backends share lives, public, in ``backends.session``); every
+``lmscope.*`` import names a module that exists; two modules of one package never import each other when
+one of the two imports is deferred (inside a function: a cycle the deferral only hides).
+
+Sizes (the house standard): no file under ``interventions/``, ``lens/`` or ``probes/`` is over 400 lines, and
+no function over 60 lines unless a ``# long: <reason>`` comment on its ``def`` line (or the line above it, or
+above its decorators) says why.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOP = "lmscope"
 FOLDERS = ("interventions", "lens", "probes")
 CORE, LENS, PROBES = f"{TOP}.interventions", f"{TOP}.lens", f"{TOP}.probes"
+BACKENDS = f"{CORE}.backends."
 
 
 # -- the static import graph ----------------------------------------------------------------------------
@@ -44,6 +52,7 @@ class Import:
     names: tuple[str, ...]  # names taken by ``from target import ...`` (empty for ``import target``)
     runtime: bool  # runs when ``source`` is imported
     line: int
+    deferred: bool = False  # inside a function (runs when it is called); False for runtime and TYPE_CHECKING imports
 
     def where(self) -> str:
         return f"{self.source}:{self.line}"
@@ -108,30 +117,31 @@ def module_imports(module: str, path: Path) -> list[Import]:
     is_package = path.name == "__init__.py"
     found: list[Import] = []
 
-    def visit(node: ast.AST, runtime: bool) -> None:
+    def visit(node: ast.AST, runtime: bool, deferred: bool) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                visit(child, False)
+                visit(child, False, runtime or deferred)
             elif isinstance(child, ast.If) and _is_type_checking(child.test):
                 for stmt in child.body:
-                    visit(ast.Module(body=[stmt], type_ignores=[]), False)
+                    visit(ast.Module(body=[stmt], type_ignores=[]), False, False)
                 for stmt in child.orelse:
-                    visit(ast.Module(body=[stmt], type_ignores=[]), runtime)
+                    visit(ast.Module(body=[stmt], type_ignores=[]), runtime, deferred)
             elif isinstance(child, ast.Import):
-                found.extend(Import(module, a.name, (), runtime, child.lineno) for a in child.names)
+                found.extend(Import(module, a.name, (), runtime, child.lineno, deferred) for a in child.names)
             elif isinstance(child, ast.ImportFrom):
                 target = _absolute(module, is_package, child.level, child.module)
-                found.append(Import(module, target, tuple(a.name for a in child.names), runtime, child.lineno))
+                names = tuple(a.name for a in child.names)
+                found.append(Import(module, target, names, runtime, child.lineno, deferred))
             elif (isinstance(child, ast.Call) and child.args and isinstance(child.args[0], ast.Constant)
                   and isinstance(child.args[0].value, str)
                   and ((isinstance(child.func, ast.Attribute) and child.func.attr == "import_module")
                        or (isinstance(child.func, ast.Name) and child.func.id in ("import_module", "__import__")))):
-                found.append(Import(module, child.args[0].value, (), runtime, child.lineno))
-                visit(child, runtime)
+                found.append(Import(module, child.args[0].value, (), runtime, child.lineno, deferred))
+                visit(child, runtime, deferred)
             else:
-                visit(child, runtime)
+                visit(child, runtime, deferred)
 
-    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), True)
+    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), True, False)
     return found
 
 
@@ -210,6 +220,73 @@ def violations(graph: Graph) -> list[str]:
             private = [p for p in imp.target.split(".")[3:] if _private(p)] + [n for n in imp.names if _private(n)]
             if mine != theirs and private:
                 out.append(f"{imp.where()}: method {mine!r} takes private {', '.join(private)} from {imp.target}")
+        if src.startswith(BACKENDS) and imp.target.startswith(BACKENDS) and imp.target != src:
+            private = [n for n in imp.names if _private(n)]
+            if private:
+                out.append(f"{imp.where()}: {src} takes private {', '.join(private)} from {imp.target}")
+    return out
+
+
+def _sibling(a: str, b: str, graph: Graph) -> bool:
+    """Whether ``a`` and ``b`` are two modules of one package (its ``__init__`` aside)."""
+    def package(m: str) -> str | None:
+        return None if graph.modules[m].name == "__init__.py" else m.rpartition(".")[0]
+    return package(a) is not None and package(a) == package(b)
+
+
+def deferred_cycles(graph: Graph) -> list[str]:
+    """Each pair of modules of one package that import each other, at least one way inside a function, once.
+
+    A runtime cycle both ways is :func:`find_cycles`' business; imports under ``TYPE_CHECKING`` never run and
+    do not count. Each entry names the pair and every import between them, e.g.
+    ``a <-> b: a:12 (deferred), b:3``.
+    """
+    links: dict[tuple[str, str], list[Import]] = {}
+    for imp in graph.imports:
+        if imp.runtime or imp.deferred:
+            for target in graph.resolve(imp):
+                if target != imp.source and target in graph.modules and _sibling(imp.source, target, graph):
+                    links.setdefault((imp.source, target), []).append(imp)
+    out = []
+    for (a, b), there in sorted(links.items()):
+        back = links.get((b, a))
+        if a < b and back and any(i.deferred for i in there + back):
+            where = ", ".join(i.where() + (" (deferred)" if i.deferred else "") for i in there + back)
+            out.append(f"{a} <-> {b}: {where}")
+    return out
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+#: The comment that lets a function be longer: ``# long: <reason>`` (a reason is required).
+_WHY_LONG = re.compile(r"#\s*long:\s*\S")
+
+
+def _explained(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether a ``# long: <reason>`` comment sits on the ``def`` line, the line above it or above its decorators."""
+    first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+    candidates = {node.lineno - 1, node.lineno - 2, first - 2}
+    return any(0 <= i < len(lines) and _WHY_LONG.search(lines[i]) for i in candidates)
+
+
+def oversized(root: Path, folders: tuple[str, ...] = FOLDERS) -> list[str]:
+    """Each package file over :data:`MAX_FILE_LINES` lines and each unexplained function over
+    :data:`MAX_FUNCTION_LINES` lines (``def`` line to last line, docstring included)."""
+    out = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            text = path.read_text(encoding="utf-8")
+            lines = text.splitlines()
+            if len(lines) > MAX_FILE_LINES:
+                out.append(f"{rel}: {len(lines)} lines (at most {MAX_FILE_LINES})")
+            long = []
+            for node in ast.walk(ast.parse(text, rel)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES and not _explained(lines, node):
+                        long.append((node.lineno, f"{rel}:{node.lineno} {node.name}(): {length} lines "
+                                                  f"(at most {MAX_FUNCTION_LINES}, or say why: # long: <reason>)"))
+            out += [text for _, text in sorted(long)]
     return out
 
 
@@ -237,6 +314,16 @@ def test_layering_rules_hold(graph: Graph) -> None:
     assert violations(graph) == []
 
 
+def test_no_two_way_deferred_import_in_a_package(graph: Graph) -> None:
+    found = deferred_cycles(graph)
+    assert not found, "modules of one package that import each other (one way deferred):\n" + "\n".join(found)
+
+
+def test_files_and_functions_stay_small() -> None:
+    found = oversized(ROOT)
+    assert not found, f"{len(found)} over the size limits:\n" + "\n".join(found)
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
         path = root / rel
@@ -246,6 +333,18 @@ def _write(root: Path, files: dict[str, str]) -> None:
 
 def test_checker_catches_what_it_should(tmp_path: Path) -> None:
     """The rules fire on a small package that breaks each of them (and stay quiet on what is allowed)."""
+    over = MAX_FUNCTION_LINES + 1
+
+    def func(name: str, n: int, head: str = "", comment: str = "") -> str:
+        return f"{head}def {name}():{comment}\n" + "    x = 1\n" * (n - 1)
+    fns = "".join([
+        func("over", over), func("at_limit", MAX_FUNCTION_LINES),
+        func("too_far", over, head="x = 1  # long: two lines above the def is too far\n\n"),
+        func("said_on_def_line", over, comment="  # long: a reason"),
+        func("said_above", over, head="# long: one table, read top to bottom\n"),
+        func("said_above_decorator", over, head="# long: a reason\n@staticmethod\n"),
+        func("no_reason", over, head="# long:\n"),
+    ]) + "class C:\n    def method(self):\n" + "        x = 1\n" * MAX_FUNCTION_LINES
     _write(tmp_path, {
         "__init__.py": "",
         "interventions/__init__.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import A\n",
@@ -257,11 +356,24 @@ def test_checker_catches_what_it_should(tmp_path: Path) -> None:
                                "from lmscope.interventions import A\n"),  # runs a lazily: no cycle through d
         "interventions/e.py": "def g():\n    from .d import f\n    import importlib\n"
                               "    importlib.import_module('lmscope.lens.x')\n",
+        "interventions/backends/__init__.py": "", "interventions/backends/two.py": "_shared = fine = 1\n",
+        "interventions/backends/one.py": "from .two import _shared, fine\n",
         "lens/__init__.py": "", "lens/x.py": "from ..probes.m import v\nfrom lmscope.interventions.nope import z\n",
         "probes/__init__.py": "", "probes/m/__init__.py": "", "probes/n/__init__.py": "",
         "probes/m/v.py": "from lmscope.probes.n.w import _secret, public\nfrom ..n._impl import thing\n",
-        "probes/n/w.py": "from .v2 import _own\n_secret = public = 1\n", "probes/n/v2.py": "_own = 1\n",
-        "probes/n/_impl.py": "thing = 1\n",
+        "probes/n/w.py": "from .v2 import _own\n_secret = public = 1\ndef k():\n    from ..m import v\n",
+        "probes/n/v2.py": "_own = 1\n", "probes/n/_impl.py": "thing = 1\n",
+        # two-way imports inside one package: deferred one way (a/b) or both ways (c/d) are caught; a deferred import
+        # answered only under TYPE_CHECKING (e/f) or from another package (n.w/m.v above) is not
+        "probes/p/__init__.py": "", "probes/p/a.py": "A = 1\ndef f():\n    from .b import B\n",
+        "probes/p/b.py": "from .a import A\nB = 1\n",
+        "probes/p/c.py": "def f():\n    from . import d\n",
+        "probes/p/d.py": "def g():\n    from lmscope.probes.p.c import f\n",
+        "probes/p/e.py": "def h():\n    from .f import x\n",
+        "probes/p/f.py": "from typing import TYPE_CHECKING\nx = 1\nif TYPE_CHECKING:\n    from .e import h\n",
+        # sizes: files and functions one line over the limits (with and without a reason) and at them
+        "lens/big.py": "x = 1\n" * (MAX_FILE_LINES + 1), "lens/ok.py": "x = 1\n" * MAX_FILE_LINES,
+        "lens/fns.py": fns,
     })
     g = build_graph(tmp_path, lazy={f"{TOP}.interventions": {"A": f"{TOP}.interventions.a"}})
     cycles = find_cycles(g)
@@ -275,11 +387,26 @@ def test_checker_catches_what_it_should(tmp_path: Path) -> None:
         "lens.x:2 imports lmscope.interventions.nope, which does not exist",
         "probes.m.v:1: method 'm' takes private _secret",
         "probes.m.v:2: method 'm' takes private _impl",
+        "interventions.backends.one:1: lmscope.interventions.backends.one takes private _shared from",
     ]
     for text in expected:
         assert any(text in v for v in found), (text, found)
     assert len(found) == len(expected) + 2, found  # d:3 also reaches lmscope.lens.x, lens.x:1 lmscope.probes.m.v
     assert not [v for v in found if v.startswith(f"{TOP}.probes.n.")]  # a method's own private names are its own
+    pairs = deferred_cycles(g)
+    assert len(pairs) == 2, pairs
+    assert pairs[0].startswith("lmscope.probes.p.a <-> lmscope.probes.p.b: ") and "probes.p.a:3 (deferred)" in pairs[0]
+    assert "probes.p.b:1" in pairs[0] and "probes.p.b:1 (deferred)" not in pairs[0], pairs
+    assert pairs[1].startswith("lmscope.probes.p.c <-> lmscope.probes.p.d: "), pairs
+    sizes = oversized(tmp_path)
+    lines = fns.splitlines()
+
+    def at(name: str) -> str:
+        line = next(i + 1 for i, text in enumerate(lines) if text.lstrip().startswith(f"def {name}("))
+        return f"lens/fns.py:{line} {name}(): {over} lines"
+    assert [s.split(" (")[0] for s in sizes] == [
+        f"lens/big.py: {MAX_FILE_LINES + 1} lines", f"lens/fns.py: {len(lines)} lines",
+        at("over"), at("too_far"), at("no_reason"), at("method")], sizes
 
 
 # -- every module imports alone -------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from ..errors import InputError, LmscopeError, SiteError
 from ..locations import MODULE_SITES, head_out_value
 from ..positions import ForwardContext
 from ..sites import LAYER_SITES, MODEL_SITES, Site
-from .hooks import Session, _forward_order
+from .session import Session, forward_order, open_session, validate
 
 if TYPE_CHECKING:
     from ..cache import ActivationCache
@@ -168,8 +168,8 @@ def save_session_state(interventions: list[Intervention]) -> list[dict[str, Any]
 
 
 def _fresh_on_unpickle() -> None:
-    """Let a request ship lmscope's code by value: the process-local objects its modules hold (the hooks
-    backend's ContextVar and lock) travel as fresh ones (a server-side run starts with no hooks session)."""
+    """Let a request ship lmscope's code by value: the process-local objects its modules hold (the sessions'
+    ContextVar, the attention function's lock) travel as fresh ones (a server-side run starts with no session)."""
     import _thread
     import contextvars
     import copyreg
@@ -262,7 +262,7 @@ def _with_resid_pre(session: Session) -> list[Site]:
     extra = {Site("resid_pre", s.layer) for s in sites if s.kind == "resid_mid"} - sites
     for site in extra:
         session.per_site[site] = []
-    return sorted(sites | extra, key=_forward_order)
+    return sorted(sites | extra, key=forward_order)
 
 
 def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Intervention], *,
@@ -271,19 +271,12 @@ def run_nnsight(model: HookedModel, batch: Batch, interventions: list[Interventi
 
     ``remote=True`` sends it to NDIF; ``remote="local"`` is nnsight's serverless dry run of exactly that
     request (serialised as for NDIF, deserialised with lmscope hidden as on a server, run here)."""
-    for iv in interventions:
-        if not isinstance(iv, Intervention):
-            raise InputError(f"Expected intervention objects (Cache, Steer, Patch, Ablate, Edit...), "
-                             f"got {type(iv).__name__}.")
+    validate(interventions)  # before the remote checks, which read the interventions' declarations
     if remote not in (False, True, "local"):
         raise InputError(f"remote must be False, True (NDIF) or 'local' (a dry run of the request), got {remote!r}.")
     if remote:
         check_remote(interventions, need_key=remote is True)
-    for iv in interventions:
-        iv.bind(model)
-    session = Session(model, interventions)
-    for iv in interventions:
-        iv.start()
+    session = open_session(model, interventions)
     missing = sorted({s.kind for s in session.per_site if s.kind not in VISIT})
     if missing:
         gives = [k for k in ALL_KINDS if k in VISIT and k in model.available_kinds]

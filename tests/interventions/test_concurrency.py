@@ -16,7 +16,7 @@ import torch
 from tiny_models import on_device
 
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, Steer
-from lmscope.interventions.backends import hooks
+from lmscope.interventions.backends import attention
 
 PROMPTS = [[5, 17, 3, 44, 9], [8, 2, 61]]
 
@@ -75,7 +75,7 @@ def test_attn_pattern_session_does_not_leak_eager_attention(tiny: HookedModel) -
     alone = tiny.run(PROMPTS).logits
     seen = Cache("attn_pattern.0")
     got = while_open(tiny, [seen], lambda: (tiny.hf_model.config._attn_implementation, tiny.run(PROMPTS).logits))
-    assert got[0] == hooks.PATTERN_ATTENTION  # the swap was live while the other thread ran...
+    assert got[0] == attention.PATTERN_ATTENTION  # the swap was live while the other thread ran...
     assert torch.equal(got[1], alone)  # ...and its forward was exactly the original implementation's
     assert tiny.hf_model.config._attn_implementation == impl
     with pytest.raises(KeyError):
@@ -90,7 +90,7 @@ def test_pattern_sessions_in_two_threads(llama_tiny: HookedModel) -> None:
     assert torch.equal(got.logits, alone.logits)
     assert torch.equal(got.cache["attn_pattern.0"], alone.cache["attn_pattern.0"])
     assert model.hf_model.config._attn_implementation == "sdpa"
-    assert not hooks._PATTERN_USERS and not hooks._PATTERN_HOOKS
+    assert attention.idle()
 
 
 def test_generate_in_another_thread(llama_tiny: HookedModel) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st  # noqa: E402
 from tiny_models import build_tiny  # noqa: E402
 
 from lmscope.interventions import Ablate, Cache, Edit, HookedModel, Patch, Steer  # noqa: E402
-from lmscope.interventions.backends import hooks  # noqa: E402
+from lmscope.interventions.backends import attention  # noqa: E402
 from lmscope.interventions.errors import LmscopeError  # noqa: E402
 from lmscope.interventions.sites import LAYER_SITES, MODEL_SITES  # noqa: E402
 
@@ -48,7 +48,7 @@ def hooks_left(model: HookedModel) -> int:
 def assert_clean() -> None:
     assert hooks_left(MODEL) == 0
     assert MODEL.hf_model.config._attn_implementation == "sdpa"
-    assert not hooks._PATTERN_USERS and not hooks._PATTERN_HOOKS
+    assert attention.idle()
 
 
 def works_or_lmscope_error(fn: Any) -> None:
