@@ -13,7 +13,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import UnsupportedArchitectureError
 from .ported_attention import AttentionPort, falcon_port
 from .sites import LAYER_SITES, MODEL_SITES
 
@@ -276,26 +275,6 @@ register_architecture(Architecture(
 
 def supported_model_types() -> list[str]:
     return sorted(ARCHITECTURES)
-
-
-def detect_architecture(hf_model: nn.Module) -> Architecture:
-    """Pick the adapter from ``config.model_type``; else infer a LLaMA- or NeoX-shaped one from the module tree
-    (``inferred=True``: the caller must verify it on a probe forward); else raise a helpful error."""
-    from .inference import closest_families, infer_architecture
-
-    config = getattr(hf_model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type in ARCHITECTURES:
-        return ARCHITECTURES[model_type]
-    inferred = infer_architecture(hf_model)
-    if inferred is not None:
-        return inferred
-    raise UnsupportedArchitectureError(
-        f"No lmscope adapter for model_type={model_type!r} ({type(hf_model).__name__}), and its module tree is "
-        f"neither LLaMA-shaped (model.layers[i].self_attn.o_proj / .mlp) nor NeoX-shaped "
-        f"(gpt_neox.layers[i].attention.dense / .mlp). Closest supported families: "
-        f"{', '.join(closest_families(hf_model))} (all: {', '.join(supported_model_types())}). {REGISTER_HINT}"
-    )
 
 
 REGISTER_HINT = (

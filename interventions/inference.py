@@ -13,7 +13,15 @@ from typing import Any
 
 from torch import nn
 
-from .architectures import ARCHITECTURES, Architecture, config_value, get_module
+from .architectures import (
+    ARCHITECTURES,
+    REGISTER_HINT,
+    Architecture,
+    config_value,
+    get_module,
+    supported_model_types,
+)
+from .errors import UnsupportedArchitectureError
 
 _LLAMA_SHAPE: dict[str, Any] = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
                     unembed="lm_head", attn="self_attn", mlp="mlp", o_proj="o_proj")
@@ -54,9 +62,10 @@ def infer_architecture(hf_model: nn.Module) -> Architecture | None:
     if _fits(hf_model, _LLAMA_SHAPE):
         layer = get_module(hf_model, "model.layers.0")
         names = {name for name, child in layer.named_children() if child is not None}
-        post: dict[str, Any] = {}
+        post: dict[str, Any] = {"attn_norm": "input_layernorm" if "input_layernorm" in names else None}
         if "post_feedforward_layernorm" in names:  # sandwich norms: Gemma 2/3 (pre_feedforward) or OLMo-2 (no pre)
             post["mlp_post_norm"] = "post_feedforward_layernorm"
+            post["mlp_norm"] = "pre_feedforward_layernorm" if "pre_feedforward_layernorm" in names else None
             if "post_attention_layernorm" in names:
                 post["attn_post_norm"] = "post_attention_layernorm"
         # one pre-norm and no second norm: attention and MLP read the same input (Cohere-shaped)
@@ -85,3 +94,20 @@ def closest_families(hf_model: nn.Module, n: int = 3) -> list[str]:
     ranked = sorted(seen.values(), key=score, reverse=True)
     return [arch.model_types[0] for arch in ranked[:n]]
 
+
+def detect_architecture(hf_model: nn.Module) -> Architecture:
+    """Pick the adapter from ``config.model_type``; else infer a LLaMA- or NeoX-shaped one from the module tree
+    (``inferred=True``: the caller must verify it on a probe forward); else raise a helpful error."""
+    config = getattr(hf_model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    inferred = infer_architecture(hf_model)
+    if inferred is not None:
+        return inferred
+    raise UnsupportedArchitectureError(
+        f"No lmscope adapter for model_type={model_type!r} ({type(hf_model).__name__}), and its module tree is "
+        f"neither LLaMA-shaped (model.layers[i].self_attn.o_proj / .mlp) nor NeoX-shaped "
+        f"(gpt_neox.layers[i].attention.dense / .mlp). Closest supported families: "
+        f"{', '.join(closest_families(hf_model))} (all: {', '.join(supported_model_types())}). {REGISTER_HINT}"
+    )

@@ -19,7 +19,6 @@ from torch import nn
 
 from .architectures import (
     Architecture,
-    detect_architecture,
     dimensions,
     get_module,
     output_projection,
@@ -31,6 +30,7 @@ from .base import Interventions, as_interventions
 from .cache import ActivationCache, session_cache
 from .errors import InputError, SiteError
 from .hf_compat import check_internals
+from .inference import detect_architecture
 from .inputs import Batch, encode
 from .placement import input_device
 from .sites import Site, all_site_names, resolve_sites
