@@ -1,0 +1,244 @@
+"""``EdgePatch``: the edge-level forward as an intervention.
+
+Given a mask over the edges of the model's :class:`EdgeGraph` (True: the edge carries this forward's own value;
+False: it carries the ``source`` value, e.g. the corrupt run's node output or a node's mean), every target's
+input becomes the sum of its upstream node outputs chosen per edge::
+
+    input_t = sum_u [ mask[t, u] * out_u(this forward) + (1 - mask[t, u]) * source_u ] + biases
+            = stream_t - sum_u (1 - mask[t, u]) * (out_u(this forward) - source_u)
+
+where ``stream_t`` is the residual stream the target's block reads (``resid_pre``, ``resid_mid`` or the last
+``resid_post``). The node outputs of this forward are read as they are produced (``resid_pre.0``, ``head_out``,
+``attn_out`` under post-norms, ``mlp_out``); each target's input then goes through its block's norm and, for a
+head, through that head's slice of the q/k/v projection, and is written at ``q``/``k``/``v``, ``ln2`` or
+``final_norm``. Everything after that (rotary, q/k norms, attention, the MLP, the residual sums) is the model's
+own code. A target whose edges all carry this forward's value is left exactly as the model computed it, so
+with every edge kept the forward *is* the plain run, and with none kept it is the source run.
+
+Rows: a forward of ``masks x batch`` rows (mask-major: row ``m * batch + b``) runs ``masks`` masks over the
+``batch`` prompts at once; ``source`` is ``[batch, n_nodes, pos, d]`` (one per prompt, aligned with the forward's
+padded layout) or ``[n_nodes, d]`` (a mean, for every position and row).
+
+It composes with any other intervention (``Cache``, ``Steer``, ``LensReadout``...) in one forward and saves and
+loads like them (the mask and the source are its tensors). It needs whole prompts: no KV cache, no generation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from lmscope.interventions.base import Intervention
+from lmscope.interventions.errors import InputError
+from lmscope.interventions.positions import ForwardContext
+from lmscope.interventions.sites import Site
+
+from .graph import EdgeGraph
+from .nodes import head_contributions
+from .projection import normalise, project_heads
+
+if TYPE_CHECKING:
+    from lmscope.interventions.model import HookedModel
+
+
+class EdgePatch(Intervention):
+    """Run the edge-level forward: edges where ``mask`` is False carry ``source`` instead of this forward's value.
+
+    ``mask``: bool ``[n_targets, n_nodes]`` or ``[masks, n_targets, n_nodes]`` (build it with
+    :meth:`EdgeGraph.mask`); ``source``: ``[batch, n_nodes, pos, d_model]`` node outputs (e.g. of the corrupt
+    prompts, :func:`~lmscope.probes.circuits.node_outputs`) or ``[n_nodes, d_model]`` means
+    (:func:`~lmscope.probes.circuits.node_means`)."""
+
+    def __init__(self, mask: torch.Tensor, source: torch.Tensor) -> None:
+        super().__init__(["resid_pre.*", "q.*", "k.*", "v.*", "head_out.*", "ln2.*", "mlp_out.*", "final_norm"])
+        if not isinstance(source, torch.Tensor) or source.dim() not in (2, 4):
+            raise InputError("EdgePatch's source is a tensor [batch, nodes, pos, d_model] of node outputs or "
+                             "[nodes, d_model] of node means.")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise InputError("EdgePatch's mask is a bool tensor [targets, nodes] or [masks, targets, nodes]; "
+                             "build one with EdgeGraph.mask(...).")
+        self.mask = mask if mask.dim() == 3 else mask[None]
+        self.source = source
+        #: internal: node outputs of the plain forward on the same prompts, for the layers a partial forward skips
+        self.base: torch.Tensor | None = None
+        #: internal: make every target's input a separate autograd leaf (``leaves``), for edge attribution
+        self.grad_inputs = False
+        self.leaves: dict[int, torch.Tensor] = {}
+        self.graph: EdgeGraph | None = None
+
+    def sites(self, model: HookedModel) -> list[Site]:
+        names = ["resid_pre.*", "q.*", "k.*", "v.*", "head_out.*", "ln2.*", "mlp_out.*",
+                 f"resid_post.{model.n_layers - 1}", "final_norm"]
+        if model.arch.attn_post_norm is not None:
+            names.append("attn_out.*")
+        if "resid_mid" in model.available_kinds:
+            names.append("resid_mid.*")
+        return model.resolve(names)
+
+    def bind(self, model: HookedModel) -> None:
+        graph = EdgeGraph.from_model(model)
+        self.mask = graph.check_mask(self.mask)
+        if self.source.shape[1 if self.source.dim() == 4 else 0] != graph.n_nodes or \
+                self.source.shape[-1] != model.d_model:
+            raise InputError(f"EdgePatch's source has shape {tuple(self.source.shape)}; this model has "
+                             f"{graph.n_nodes} nodes of width {model.d_model}.")
+        self.graph, self._model = graph, model
+        super().bind(model)
+
+    def start(self) -> None:
+        self._ctx: ForwardContext | None = None
+        self.leaves = {}
+
+    # -- one forward ------------------------------------------------------------------------------------------------
+    def _begin(self, value: torch.Tensor, ctx: ForwardContext, layer: int) -> None:
+        """A new forward reaches its first site: rows, per-row source and mask, the node-delta buffer."""
+        if ctx.offset:
+            raise InputError("EdgePatch runs on whole prompts: it cannot extend a KV cache (use model.run, not "
+                             "generate).")
+        graph, rows, pos = self.graph, value.shape[0], value.shape[1]
+        assert graph is not None
+        n_masks = self.mask.shape[0]
+        batch = self.source.shape[0] if self.source.dim() == 4 else rows // n_masks
+        if rows != n_masks * batch or (self.source.dim() == 4 and self.source.shape[2] != pos):
+            raise InputError(f"EdgePatch got a forward of {rows} rows x {pos} positions; with {n_masks} mask(s) "
+                             f"and source {tuple(self.source.shape)} it needs masks x batch rows of the source's "
+                             "positions (mask-major).")
+        self._ctx = ctx
+        self._pre: dict[int, torch.Tensor] = {}
+        self._mid: dict[int, torch.Tensor] = {}
+        self._raw_heads: dict[int, torch.Tensor] = {}
+        self._final: torch.Tensor | None = None
+        index = torch.arange(rows)
+        self._row_mask = self.mask.to(value.device)[index // batch]  # [rows, T, U]
+        src = self.source.to(value.device, torch.float32)
+        self._src = src[index % batch] if src.dim() == 4 else src[None, :, None, :].expand(rows, -1, pos, -1)
+        self._delta = torch.zeros(rows, graph.n_nodes, pos, value.shape[-1], device=value.device)
+        if layer > 0:  # a partial forward: the skipped layers' nodes have their plain-run outputs
+            if self.base is None:
+                raise InputError(f"The forward starts at layer {layer}; EdgePatch needs the plain run's node "
+                                 "outputs for the layers below (internal use only).")
+            below = graph.layer_start(layer)
+            base = self.base.to(value.device, torch.float32)[index % self.base.shape[0]]
+            self._delta[:, :below] = base[:, :below] - self._src[:, :below]
+
+    def _corrections(self, targets: range) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(C [rows, n_t, pos, d], rows that change [rows, n_t])`` for targets sharing one upstream prefix, or
+        None when no row drops any of their edges (and no gradient is asked for)."""
+        assert self.graph is not None
+        up = int(self.graph.upstream[targets.start])
+        dropped = ~self._row_mask[:, targets.start:targets.stop, :up]
+        changed = dropped.any(-1)
+        if not changed.any() and not self.grad_inputs:
+            return None
+        c = torch.einsum("rtu,rupd->rtpd", dropped.float(), self._delta[:, :up])
+        return c, changed | self.grad_inputs
+
+    def _inputs(self, stream: torch.Tensor, targets: range) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each target's input (pre-norm, float32) ``[rows, pos, n_t, d]`` and the rows it changes."""
+        corr = self._corrections(targets)
+        if corr is None:
+            return None
+        c, changed = corr
+        x = stream.float()[:, None] - c
+        if self.grad_inputs:
+            leaf = torch.zeros_like(x, requires_grad=True)
+            self.leaves[targets.start] = leaf
+            x = x + leaf
+        return x.transpose(1, 2), changed
+
+    def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor | None:
+        layer = site.layer if site.layer is not None else -1
+        if ctx is not self._ctx:
+            self._begin(value, ctx, max(layer, 0))
+        return _HANDLERS[site.kind](self, value, layer)
+
+    def _resid_pre(self, value: torch.Tensor, layer: int) -> None:
+        self._pre[layer] = value
+        if layer == 0:
+            self._delta[:, 0] = value.float() - self._src[:, 0]
+
+    def _resid_mid(self, value: torch.Tensor, layer: int) -> None:
+        self._mid[layer] = value
+
+    def _resid_post(self, value: torch.Tensor, layer: int) -> None:
+        self._final = value
+
+    def _qkv(self, value: torch.Tensor, layer: int, kind: str) -> torch.Tensor | None:
+        assert self.graph is not None
+        targets = self.graph.layer_targets(layer, kind)
+        inputs = self._inputs(self._pre[layer], targets)
+        if inputs is None:
+            return None
+        x, changed = inputs
+        model = self._model
+        norm = model.arch.input_norm(model.layer_module(layer), "attn")
+        heads = torch.arange(len(targets))
+        new = project_heads(model, layer, kind, normalise(norm, x, value.dtype), heads).to(value.dtype)
+        return torch.where(changed.to(value.device)[:, None, :, None], new, value)
+
+    def _head_out(self, value: torch.Tensor, layer: int) -> None:
+        if self._model.arch.attn_post_norm is not None:
+            self._raw_heads[layer] = value  # the contributions need the post-norm's output (attn_out)
+            return
+        self._set_heads(layer, value)
+
+    def _attn_out(self, value: torch.Tensor, layer: int) -> None:
+        self._set_heads(layer, head_contributions(self._model, layer, self._raw_heads.pop(layer), value))
+
+    def _set_heads(self, layer: int, contributions: torch.Tensor) -> None:
+        assert self.graph is not None
+        s, n = self.graph.layer_start(layer), self.graph.n_heads
+        self._delta[:, s:s + n] = contributions.float().permute(0, 2, 1, 3) - self._src[:, s:s + n]
+
+    def _ln2(self, value: torch.Tensor, layer: int) -> torch.Tensor | None:
+        assert self.graph is not None
+        stream = self._mid.get(layer, self._pre[layer])
+        norm = self._model.arch.input_norm(self._model.layer_module(layer), "mlp")
+        return self._write_stream(value, stream, self.graph.layer_targets(layer, "mlp"), norm)
+
+    def _mlp_out(self, value: torch.Tensor, layer: int) -> None:
+        assert self.graph is not None
+        u = self.graph.mlp_node(layer)
+        self._delta[:, u] = value.float() - self._src[:, u]
+
+    def _final_norm(self, value: torch.Tensor, layer: int) -> torch.Tensor | None:
+        assert self.graph is not None and self._final is not None
+        t = self.graph.logits_target
+        return self._write_stream(value, self._final, range(t, t + 1), self._model.final_norm)
+
+    def _write_stream(self, value: torch.Tensor, stream: torch.Tensor, target: range,
+                      norm: torch.nn.Module | None) -> torch.Tensor | None:
+        inputs = self._inputs(stream, target)
+        if inputs is None:
+            return None
+        x, changed = inputs
+        new = normalise(norm, x[:, :, 0], value.dtype)
+        return torch.where(changed.to(value.device)[:, 0, None, None], new, value)
+
+    # -- serialisation --------------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"mask": self.mask, "source": self.source}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> EdgePatch:
+        return cls(tensors["mask"], tensors["source"])
+
+
+#: What EdgePatch does at each site kind it attaches to (read a node output or a stream, or write a target's input).
+_HANDLERS: dict[str, Callable[[EdgePatch, torch.Tensor, int], torch.Tensor | None]] = {
+    "resid_pre": EdgePatch._resid_pre,
+    "q": lambda self, value, layer: self._qkv(value, layer, "q"),
+    "k": lambda self, value, layer: self._qkv(value, layer, "k"),
+    "v": lambda self, value, layer: self._qkv(value, layer, "v"),
+    "head_out": EdgePatch._head_out,
+    "attn_out": EdgePatch._attn_out,
+    "resid_mid": EdgePatch._resid_mid,
+    "ln2": EdgePatch._ln2,
+    "mlp_out": EdgePatch._mlp_out,
+    "resid_post": EdgePatch._resid_post,
+    "final_norm": EdgePatch._final_norm,
+}
