@@ -227,7 +227,9 @@ def test_datasets_store_the_chosen_dtype_and_probes_read_float32(model: HookedMo
 
 # -- binding and overthinking studies -----------------------------------------------------------------------------
 
-def test_studies_run_in_low_precision(dtype: torch.dtype, one_thread: None) -> None:
+def test_studies_run_in_low_precision_smoke(dtype: torch.dtype, one_thread: None) -> None:
+    """Smoke test: both studies run end to end in every dtype and report finite numbers of the right shape (their
+    results are checked in float32 by the binding and overthinking tests)."""
     from toys import FakeTokenizer, ToyTokenizer, binding_task, toy_task
 
     from lmscope.lens import LogitLens

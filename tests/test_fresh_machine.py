@@ -156,7 +156,6 @@ def test_require_params_names_what_is_missing() -> None:
 
 def test_the_wrapped_falcon_uses_the_port_its_transformers_needs() -> None:
     """On the installed transformers the resolved port matches the HF forward, and attn_pattern runs."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiny_models import build_tiny
 
     from lmscope.interventions import Cache, HookedModel

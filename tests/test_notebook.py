@@ -11,7 +11,9 @@ NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "steering_tradeoff.ipynb
 
 
 @pytest.mark.slow
-def test_steering_notebook_runs(smollm) -> None:  # smollm: skip when the default model is missing
+def test_steering_notebook_runs_smoke(smollm) -> None:  # smollm: skip when the default model is missing
+    """Smoke test: the notebook executes and shows its plot and tables (the methods it calls are tested in their
+    own files)."""
     outputs, text = run_notebook(NOTEBOOK.name, timeout=120)
     assert any("image/png" in o.get("data", {}) for o in outputs), "the plot was not displayed"
     assert "alignment_tanh" in text and "best layer" in text

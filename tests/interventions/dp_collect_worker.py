@@ -1,24 +1,21 @@
 """Worker for the data-parallel collection test: ``torchrun --nproc_per_node=2 dp_collect_worker.py OUT``.
 
 Each process writes its share of the prompts into one dataset. ``LMSCOPE_TEST_FAIL_RANK=r`` makes rank ``r``
-stop after its first shard (an interruption) so that the test can check the resumed run.
+stop after its first shard (an interruption) so that the test can check the resumed run. The test puts ``tests/``
+on ``PYTHONPATH`` (for ``tiny_models``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import torch
+from tiny_models import build_tiny
 
-sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: tiny_models
-
-from tiny_models import build_tiny  # noqa: E402
-
-from lmscope.interventions import HookedModel  # noqa: E402
-from lmscope.interventions.datasets import write_dataset  # noqa: E402
-from lmscope.interventions.distributed import DataParallel  # noqa: E402
+from lmscope.interventions import HookedModel
+from lmscope.interventions.datasets import write_dataset
+from lmscope.interventions.distributed import DataParallel
 
 PROMPTS = [[i % 90 + 1, (3 * i) % 90 + 2, (7 * i) % 90 + 3, i % 5 + 4][: 2 + i % 3] for i in range(11)]
 SITES = ["resid_post.0", "head_z.1"]

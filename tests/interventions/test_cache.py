@@ -46,4 +46,5 @@ def test_cache_object_is_reset_per_session(llama_tiny: HookedModel) -> None:
     cache = Cache("embed")
     llama_tiny.run([[1, 2]], [cache])
     llama_tiny.run([[3, 4, 5]], [cache])
-    assert cache["embed"].shape == (1, 3, llama_tiny.d_model)
+    assert cache["embed"].shape == (1, 3, llama_tiny.d_model)  # the second run's tokens only, nothing appended
+    assert torch.equal(cache["embed"], llama_tiny.run([[3, 4, 5]], [Cache("embed")]).cache["embed"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,12 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from tiny_models import build_tiny
 
 from lmscope.interventions import HookedModel, Steer, write_dataset
 from lmscope.interventions.artifacts import load_tensors, open_tensors, save_artifact, save_tensors
 from lmscope.interventions.errors import ArtifactError, ArtifactWriteError
 from lmscope.lens.lenses import TENSORS_NAME, TunedLens
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from tiny_models import build_tiny  # noqa: E402
 
 #: What safetensors' Rust writer raises on a full disk (a SafetensorError wrapping the OS error, not an OSError).
 RUST_ENOSPC = 'Error while serializing: I/O error: No space left on device (os error 28)'

@@ -14,7 +14,10 @@ def test_sizes(tiny: HookedModel) -> None:
     assert tiny.n_layers == cfg.num_hidden_layers
     assert tiny.d_model == cfg.hidden_size
     assert tiny.d_vocab == 97
-    assert tiny.n_heads * tiny.d_head == tiny.output_projection(0)[0].shape[0] * tiny.d_head
+    assert tiny.n_heads == cfg.num_attention_heads
+    o_proj = tiny.module(f"{tiny.arch.layers}.0.{tiny.arch.attn}.{tiny.arch.o_proj}")
+    assert o_proj.weight.numel() == tiny.n_heads * tiny.d_head * tiny.d_model  # it reads n_heads x d_head values
+    assert tiny.output_projection(0)[0].shape == (tiny.n_heads, tiny.d_head, tiny.d_model)
     assert "HookedModel(" in repr(tiny)
 
 

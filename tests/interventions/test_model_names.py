@@ -104,7 +104,6 @@ def test_cli_offline_is_fast_and_one_line() -> None:
 @pytest.mark.slow
 def test_from_pretrained_loads_a_cached_hub_id_offline(tmp_path: Path) -> None:
     """A tiny model saved into an HF cache loads by its hub id with HF_HUB_OFFLINE=1 (end to end)."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from tiny_models import build_tiny
 
     model = build_tiny("llama")

@@ -58,6 +58,7 @@ def test_generate_takes_one_or_a_list(llama_tiny: Any) -> None:
     ids = random_ids((2, 5), seed=2)
     s = _steer(llama_tiny)
     one = llama_tiny.generate(ids, 4, interventions=s).tokens
+    assert not torch.equal(one, llama_tiny.generate(ids, 4).tokens)  # the one Steer was applied, not dropped
     assert torch.equal(llama_tiny.generate(ids, 4, interventions=[s]).tokens, one)
     assert torch.equal(llama_tiny.generate(ids, 4, interventions=(s,)).tokens, one)
     with llama_tiny.apply(s):
@@ -72,6 +73,7 @@ def test_apply_takes_one_lists_and_nested_lists(llama_tiny: Any) -> None:
     with llama_tiny.apply(s, c) as session:
         llama_tiny.run(ids)
     ref = session.cache["resid_post.1"]
+    assert not torch.equal(ref, llama_tiny.run(ids, [Cache("resid_post.1")]).cache["resid_post.1"])  # steered
     for args in ([s, c], ([s], c), ([[s], [c]],)):
         with llama_tiny.apply(*args) as session:
             llama_tiny.run(ids)
@@ -85,9 +87,12 @@ def test_partial_forwards_take_one_or_a_list(llama_tiny: Any) -> None:
     ids = random_ids((1, 6), seed=4)
     s = _steer(llama_tiny)
     logits_one, kv = forward_with_kv(llama_tiny, ids, s)
+    assert not torch.allclose(logits_one, forward_with_kv(llama_tiny, ids)[0])  # the one Steer was applied
     torch.testing.assert_close(forward_with_kv(llama_tiny, ids, [s])[0], logits_one, rtol=0, atol=0)
     past = kv_prefix(llama_tiny, kv, 3, 1)
     one = run_from_layer(llama_tiny, None, 0, ids[:, 3:], past=past, interventions=s)
+    past = kv_prefix(llama_tiny, kv, 3, 1)
+    assert not torch.allclose(one, run_from_layer(llama_tiny, None, 0, ids[:, 3:], past=past))
     past = kv_prefix(llama_tiny, kv, 3, 1)
     torch.testing.assert_close(run_from_layer(llama_tiny, None, 0, ids[:, 3:], past=past, interventions=[s]), one,
                                rtol=0, atol=0)
@@ -98,6 +103,8 @@ def test_binding_candidates_take_one_or_a_list(llama_tiny: Any) -> None:
     s = _steer(llama_tiny)
     one, _ = candidate_logprobs(llama_tiny, prompts, [[1, 2]], s)  # type: ignore[arg-type]
     many, _ = candidate_logprobs(llama_tiny, prompts, [[1, 2]], [s])  # type: ignore[arg-type]
+    none, _ = candidate_logprobs(llama_tiny, prompts, [[1, 2]])  # type: ignore[arg-type]
+    assert not torch.allclose(one, none)  # the one Steer was applied
     torch.testing.assert_close(one, many, rtol=0, atol=0)
 
 

@@ -36,7 +36,7 @@ def test_run_from_every_layer_after_every_prefix_equals_full_forward(tiny) -> No
 def test_interventions_act_on_the_layers_that_run_with_prefix_positions(tiny) -> None:
     _skip_unsupported(tiny)
     ids = _ids(6, seed=1)
-    vec = torch.randn(tiny.d_model)
+    vec = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(1))
     steer = Steer("resid_post.2", vec, positions=[4])  # token 4 = column 1 of the suffix after a 3-token prefix
     full = tiny.run(ids, [steer]).logits
     cache = Cache("resid_pre.1")

@@ -39,7 +39,7 @@ def test_source_positions_map(llama_tiny: HookedModel) -> None:
 
 def test_patch_with_left_padding_uses_token_indices(llama_tiny: HookedModel) -> None:
     site = "resid_post.0"
-    values = torch.randn(3, llama_tiny.d_model)
+    values = torch.randn(3, llama_tiny.d_model, generator=torch.Generator().manual_seed(0))
     batch = [[1, 2, 3, 4, 5], [6, 7, 8]]
     out = llama_tiny.run(batch, [Patch(site, values, positions=[0, 2]), Cache(site)], padding_side="left")
     row1 = out.cache.unpad(site, 1)

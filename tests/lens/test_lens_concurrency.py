@@ -44,7 +44,7 @@ def decode_jobs(model: HookedModel, prompts: Any, steer_layer: int) -> dict[str,
     logit = LogitLens(model)
     tuned = TunedLens(model)
     with torch.no_grad():
-        tuned.weight.normal_(0, 0.05)
+        tuned.weight.copy_(0.05 * torch.randn(tuned.weight.shape, generator=torch.Generator().manual_seed(0)))
     vector = torch.randn(model.d_model, generator=torch.Generator().manual_seed(1)) * 4
 
     def steered() -> Any:

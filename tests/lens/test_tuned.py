@@ -23,10 +23,11 @@ def test_zero_init_equals_logit_lens(tiny: HookedModel) -> None:
 def test_translator_is_affine(llama_tiny: HookedModel) -> None:
     lens = TunedLens(llama_tiny)
     assert lens.weight.shape == (3, 32, 32) and lens.bias.shape == (3, 32)
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        lens.weight.normal_(std=0.1)
-        lens.bias.normal_(std=0.1)
-    h = on_device(torch.randn(4, 32))
+        lens.weight.copy_(0.1 * torch.randn(lens.weight.shape, generator=g))  # seeded on the CPU, copied over
+        lens.bias.copy_(0.1 * torch.randn(lens.bias.shape, generator=g))
+    h = on_device(torch.randn(4, 32, generator=g))
     torch.testing.assert_close(lens.translate(h, 1), h + h @ lens.weight[1].T + lens.bias[1])
     torch.testing.assert_close(lens.logits(h, 1), llama_tiny.decode_hidden(lens.translate(h, 1)))
     assert not torch.equal(lens.logits(h, 1), LogitLens(llama_tiny).logits(h, 1))
@@ -34,9 +35,10 @@ def test_translator_is_affine(llama_tiny: HookedModel) -> None:
 
 def _randomised(model: HookedModel, sites: str = "resid_post") -> TunedLens:
     lens = TunedLens(model, sites=sites)
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        lens.weight.normal_(std=0.05)
-        lens.bias.normal_(std=0.05)
+        lens.weight.copy_(0.05 * torch.randn(lens.weight.shape, generator=g))
+        lens.bias.copy_(0.05 * torch.randn(lens.bias.shape, generator=g))
     return lens
 
 

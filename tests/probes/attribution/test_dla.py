@@ -28,10 +28,10 @@ def test_terms_sum_to_the_logit_on_every_architecture(tiny: HookedModel) -> None
     torch.testing.assert_close(a.heads.sum(1) + a.attn_bias, a.attn, rtol=1e-4, atol=1e-5)
     if "attn_pattern" not in tiny.available_kinds:  # Falcon with ALiBi: per-head terms only, and a note says so
         assert a.head_positions is None and len(a.notes) == 1 and "attn_pattern" in a.notes[0]
-        return
-    assert a.head_positions is not None and a.head_positions.shape == (tiny.n_layers, tiny.n_heads, len(PROMPT))
-    torch.testing.assert_close(a.head_positions.sum(-1), a.heads, rtol=1e-4, atol=1e-5)
-    assert not a.notes
+    else:  # the per-position split of each head sums to that head's term
+        assert a.head_positions is not None and a.head_positions.shape == (tiny.n_layers, tiny.n_heads, len(PROMPT))
+        torch.testing.assert_close(a.head_positions.sum(-1), a.heads, rtol=1e-4, atol=1e-5)
+        assert not a.notes
 
 
 def test_logit_difference_is_the_difference_of_attributions(llama_tiny: HookedModel) -> None:
@@ -102,8 +102,13 @@ def test_bad_input(llama_tiny: HookedModel) -> None:
 
 def test_heatmap_and_top_terms(llama_tiny: HookedModel, tmp_path) -> None:
     a = attribute(llama_tiny, PROMPT, 11)
+    terms = a.terms()
     top = a.top(5)
-    assert len(top) == 5 and abs(top[0][1]) >= abs(top[-1][1])
+    assert len(top) == 5 and all(terms[name] == value for name, value in top)
+    sizes = [abs(value) for _, value in top]
+    assert sizes == sorted(sizes, reverse=True)  # largest first ...
+    rest = [abs(value) for name, value in terms.items() if name not in dict(top)]
+    assert max(rest) <= sizes[-1]  # ... and no term left out is larger than the smallest one kept
     a.heatmap(tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 1000
 

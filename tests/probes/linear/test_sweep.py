@@ -117,7 +117,18 @@ def test_bad_input() -> None:
         control_labels([1, 2], y)
 
 
-def test_sweep_over_a_dataset_groups_rows_by_prompt(llama_tiny: HookedModel, tmp_path: Path) -> None:
+def test_sweep_over_a_dataset_groups_rows_by_prompt(llama_tiny: HookedModel, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmscope.probes.linear import sweep
+
+    folds_made = []
+    make_folds = sweep._folds
+
+    def recorded(y, groups, cv, seed):  # type: ignore[no-untyped-def]
+        folds = make_folds(y, groups, cv, seed)
+        folds_made.append((groups, folds))
+        return folds
+    monkeypatch.setattr(sweep, "_folds", recorded)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, 90, rng.integers(3, 7)).tolist() for _ in range(30)]
     labels = [int(p[-1] > 45) for p in prompts]  # a property of the last token: recoverable from its embedding
@@ -125,8 +136,13 @@ def test_sweep_over_a_dataset_groups_rows_by_prompt(llama_tiny: HookedModel, tmp
     res = probe_sweep(ds, cv=3)
     assert [r["site"] for r in res.rows] == ds.sites and res.meta["n_rows"] == 30
     alls = write_dataset(llama_tiny, tmp_path / "all", prompts, ["resid_post.0"], labels, "all")
+    folds_made.clear()
     res_all = probe_sweep(alls, cv=3)  # many rows per prompt: folds group by prompt (no leakage)
     assert res_all.meta["n_rows"] == alls.n_rows > 30
+    groups, folds = folds_made[0]
+    assert groups.tolist() == alls.prompt_index().tolist()
+    for train, test in folds:  # no prompt has rows on both sides of a split
+        assert not set(groups[train].tolist()) & set(groups[test].tolist())
     rand = random_init_sweep(llama_tiny, prompts, labels, ["resid_post.*"], cv=3, control=False)
     res.add_baseline("random_init", rand)
     assert "random_init_acc" in res.rows[0]
