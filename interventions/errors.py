@@ -42,3 +42,8 @@ class LibraryVersionError(UnsupportedArchitectureError):
 
 class ArtifactWriteError(ArtifactError):
     """An artifact could not be written (disk full, folder not writable); nothing partial is left behind."""
+
+
+class CacheFolderError(ArtifactWriteError):
+    """The lmscope cache folder (``$LMSCOPE_CACHE``, e.g. a shared read-only one) cannot be written, and something
+    new must be cached there; what is already cached still loads."""

@@ -1,13 +1,16 @@
 """``lmscope serve``: keep a model and its lenses loaded; serve the JSON API and the web lens explorer.
 
 Registered through the ``lmscope.commands`` entry points; nothing heavier than argparse is imported
-until the command runs.
+until the command runs. The port is taken before the model loads, so a busy one (a second ``lmscope serve``)
+fails at once in one line, and the server then listens on that very socket (nothing can take it meanwhile).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,15 +77,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_model_arg(args.model)
     if args.threads is None:  # parallelism comes from concurrent requests: do not oversubscribe the cores
         args.threads = max(1, (os.cpu_count() or 1) // args.max_concurrent)
-    state = build_state(args, lens_specs, steer_folders)
-    import uvicorn
+    with listen_on(args.host, args.port) as sock:  # before the model loads: a busy port fails at once
+        state = build_state(args, lens_specs, steer_folders)
+        import uvicorn
 
-    from .runner import uvicorn_config
+        from .runner import uvicorn_config
 
-    print(f"lmscope serve: {state.model_spec} with lenses {', '.join(state.lenses)} on "
-          f"http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.Server(uvicorn_config(state, args.host, args.port, args.token, log_level="info")).run()
+        print(f"lmscope serve: {state.model_spec} with lenses {', '.join(state.lenses)} on "
+              f"http://{args.host}:{args.port}/", file=sys.stderr)
+        uvicorn.Server(uvicorn_config(state, args.host, args.port, args.token, log_level="info")).run(sockets=[sock])
     return 0
+
+
+def listen_on(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening (as uvicorn binds: ``SO_REUSEADDR``, IPv6 for an
+    address with ``:``); a port in use, or one this user may not take, is a one-line :class:`CliError`."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise CliError(f"Port {port} on {host} is already in use (another `lmscope serve`?): stop that server "
+                           "or pick another --port.") from None
+        raise CliError(f"Cannot listen on {host}:{port}: {err.strerror or err}.") from None
+    return sock
 
 
 def build_state(args: argparse.Namespace, lens_specs: list[str], steer_folders: dict[str, Path]) -> Any:
