@@ -1,14 +1,18 @@
 """lmscope interventions: the hooked model and the intervention objects that act on it.
 
-Where things live: ``sites.py`` parses site names, ``architectures.py`` maps
-them to HF modules (one entry per architecture), ``hooks.py`` attaches and
-always removes hooks, ``base.py`` defines the Intervention protocol, and one
-module per intervention kind (``cache``, ``steer``, ``patch``, ``ablate``, ``edit``);
-``steering.py`` builds steering vectors from contrast pairs.
+Where things live: ``model.py`` holds :class:`HookedModel`; ``sites.py`` parses site names,
+``architectures.py`` maps them to HF modules (one declarative adapter per architecture) and
+``locations.py`` says where each kind sits inside them; ``base.py`` defines the Intervention protocol,
+with one module per intervention kind (``cache.py``, ``steer.py``, ``patch.py``, ``ablate.py``, ``edit.py``);
+``backends/`` attaches them to a forward (``backends/hooks.py`` with PyTorch hooks, always removed;
+``backends/nnsight.py`` inside an nnsight trace). ``collect.py`` and ``datasets.py`` read activations in
+batches, ``partial.py`` runs partial forwards (``kv.py`` knows transformers' key/value caches),
+``artifacts.py`` writes files atomically and ``errors.py`` holds the core's error classes. Steering vectors are built in
+:mod:`lmscope.probes.steering` (``probes/steering/vectors.py``), which uses this package.
 
-Names are imported lazily (PEP 562) so that command-line tools can import a
-submodule such as ``lmscope.interventions.steering_cli`` without loading torch and
-transformers first; ``from lmscope.interventions import HookedModel`` works as usual.
+Names are imported lazily (PEP 562) so that command-line tools can import a submodule such as
+``lmscope.interventions.cli`` without loading torch and transformers first;
+``from lmscope.interventions import HookedModel`` works as usual.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""The docs stand alone and stay current (issue 21): what README.md and docs/ name exists.
+"""The docs stand alone and stay current (issue 21): what README.md, docs/ and the package docstrings name exists.
 
 ``tests/test_layout.py`` already checks that Markdown links resolve and that code blocks import names that
 exist. These tests add what a reader meets in the prose: file paths written in backticks, dotted
 ``lmscope.x.y`` names, citations of files outside the repository, and the docs index listing every page.
+The docstrings of the package modules (what ``help()`` shows) are held to the same rules: their ``lmscope.``
+names and their repository paths (``interventions/partial.py``, a module file ``sites.py`` beside them) exist.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import os
 import re
@@ -192,3 +195,125 @@ def test_concepts_names_every_method_package() -> None:
     methods = sorted(p.parent.name for p in (ROOT / "probes").glob("*/__init__.py"))
     text = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
     assert len(methods) >= 7 and [m for m in methods if f"`{m}`" not in text] == []
+
+
+# -- the package's docstrings ---------------------------------------------------------------------------------
+PACKAGE_SOURCES = [ROOT / "__init__.py", *SOURCES]
+#: A plain-text repository path in a docstring: a top-level folder, then a file with a known suffix or a folder.
+_FOLDERS_RE = "|".join(re.escape(f) for f in TOP_FOLDERS)
+_SUFFIXES_RE = "|".join(re.escape(s) for s in FILE_SUFFIXES)
+_PLAIN_PATH = re.compile(rf"(?<![\w./`-])((?:{_FOLDERS_RE})[\w./-]*(?:{_SUFFIXES_RE}|/))(?![\w/-])")
+#: Bare ``*.py`` names that are other projects' files, not ours: HF's per-model modules, and a file named
+#: right after its project ("TransformerLens ``patching.py``", "transformers' ``modeling_utils.py``").
+_EXTERNAL_FILE = re.compile(r"^(?:modeling|configuration|tokenization|convert)_\w+\.py$")
+_EXTERNAL_PROJECT = re.compile(r"(?:TransformerLens|transformers|nnsight|accelerate|PyTorch|torch|tuned[-_]lens|"
+                               r"safetensors|uvicorn|HF|Hugging Face)(?:'s?|\u2019s?)?\s+`+$")
+
+
+def docstrings(path: Path) -> list[str]:
+    """The docstrings of a module: its own and every class's and function's (what ``help()`` shows)."""
+    nodes = ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return [d for n in nodes if isinstance(n, kinds) and (d := ast.get_docstring(n, clean=False))]
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() and path.resolve().is_relative_to(ROOT.resolve())
+
+
+def docstring_path_problems(text: str, where: Path) -> list[str]:
+    """Repository paths in a docstring of the module ``where`` that do not exist.
+
+    Checked: backticked or plain paths whose first folder is a top-level one (``probes/binding/runs.py``,
+    ``docs/errors.md``; from the repository root), backticked paths whose first folder sits beside the module
+    (``backends/hooks.py``), and backticked bare module files (``sites.py``), which must sit beside the module.
+    Skipped: other projects' files (``modeling_llama.py``, TransformerLens ``patching.py``), placeholders
+    (``DATA.jsonl``, ``<dir>``), outputs and user examples (``config.json``, ``my-lens/``, ``./x``).
+    """
+    bad = []
+    found = [(m.group(1), m.start()) for m in _BACKTICKED.finditer(text)]
+    found += [(m.group(1), m.start()) for m in _PLAIN_PATH.finditer(text)]
+    for token, start in found:
+        token = token.rstrip(".,:;")
+        bare = token.rstrip("/")
+        if any(c in token for c in "*<>{}$~:=(),'\"") or token.startswith(("-", "/", ".")) or not bare:
+            continue  # globs, placeholders, options, absolute and ``./x``-style example paths
+        first = bare.split("/")[0]
+        if token.startswith(TOP_FOLDERS):
+            ok = _exists(ROOT / bare)
+        elif "/" in bare:
+            ok = not (where.parent / first).is_dir() or _exists(where.parent / bare)
+        elif bare.endswith(".py") and not _EXTERNAL_FILE.match(bare) \
+                and not _EXTERNAL_PROJECT.search(text[max(0, start - 40):start + 1]):
+            ok = _exists(where.parent / bare)
+        else:
+            continue
+        if not ok:
+            bad.append(f"{_rel(where)}: `{token}` does not exist" if "/" in bare else
+                       f"{_rel(where)}: `{token}` is not a module beside it")
+    return sorted(set(bad))
+
+
+def source_docstring_problems(modules: dict[str, Path], lazy: dict[str, dict[str, str]]) -> list[str]:
+    """Every stale path or ``lmscope.`` name in the docstrings of the package's modules."""
+    bad: set[str] = set()
+    for src in PACKAGE_SOURCES:
+        for doc in docstrings(src):
+            bad.update(docstring_path_problems(doc, src))
+            bad.update(dotted_name_problems(doc, src, modules, lazy))
+    return sorted(bad)
+
+
+#: Stale docstrings in modules that other work is moving right now; the lead fixes them once the moves land.
+#: Exact: the test fails when one is fixed (delete its line here) and when a new one appears.
+PENDING_DOCSTRING_FIXES = [
+    "interventions/base.py: `hooks.py` is not a module beside it",
+    "lens/lenses.py: lmscope.lens.safetensors: lmscope.lens has no safetensors",
+    "lens/lenses.py: lmscope.lens.tuned.TunedLens: lmscope.lens has no tuned",
+    "probes/steering/evals.py: `probes/data` does not exist",
+    "probes/steering/tradeoff.py: lmscope.probes.evals.as_eval: lmscope.probes has no evals",
+]
+
+
+def test_source_docstrings_name_what_exists(
+        modules_and_lazy: tuple[dict[str, Path], dict[str, dict[str, str]]]) -> None:
+    modules, lazy = modules_and_lazy
+    assert source_docstring_problems(modules, lazy) == sorted(PENDING_DOCSTRING_FIXES)
+
+
+def test_docstring_checker_fires_on_stale_names_only(
+        modules_and_lazy: tuple[dict[str, Path], dict[str, dict[str, str]]]) -> None:
+    """What the interventions/ docstring said (``hooks.py`` beside it, ``steering.py``) fires; other projects'
+    names, placeholders and user paths do not."""
+    where = ROOT / "interventions" / "__init__.py"
+    text = ("``sites.py`` parses, ``hooks.py`` attaches, ``steering.py`` builds; ``backends/hooks.py`` and "
+            "``backends/gone.py``; see probes/binding/runs.py, docs/errors.md, probes/nowhere.py and "
+            "``probes/data``; TransformerLens ``patching.py`` style, ``modeling_llama.py``, "
+            "``transformers/models/llama/modeling_llama.py``, ``transformers.models.llama``, a lens/condition, "
+            "``my-lens/``, ``./x``, ``DATA.jsonl``, ``config.json``, ``lmscope.interventions.steering_cli``, "
+            "``lmscope.interventions.partial.partial_model``.")
+    assert docstring_path_problems(text, where) == [
+        "interventions/__init__.py: `backends/gone.py` does not exist",
+        "interventions/__init__.py: `hooks.py` is not a module beside it",
+        "interventions/__init__.py: `probes/data` does not exist",
+        "interventions/__init__.py: `probes/nowhere.py` does not exist",
+        "interventions/__init__.py: `steering.py` is not a module beside it"]
+    modules, lazy = modules_and_lazy
+    assert dotted_name_problems(text, where, modules, lazy) == [
+        "interventions/__init__.py: lmscope.interventions.steering_cli: lmscope.interventions has no steering_cli"]
+    assert len(docstrings(where)) == 1 and "Where things live" in docstrings(where)[0]
+
+
+def _listed_kinds(text: str, bullet: str) -> list[str]:
+    """The backticked site kinds of the api-core.md bullet starting with ``bullet`` (``resid_pre.L`` -> resid_pre)."""
+    item = text.split(f"\n- {bullet}", 1)[1].split("\n- ", 1)[0].split("\n\n", 1)[0]
+    return [t.removesuffix(".L") for t in re.findall(r"`([a-z_][a-z_0-9]*(?:\.L)?)`", item)]
+
+
+def test_api_core_lists_every_site_kind() -> None:
+    """docs/api-core.md lists the code's site kinds, in the code's order (it once listed 10 of 19)."""
+    from lmscope.interventions.sites import LAYER_SITES, MODEL_SITES
+
+    text = (ROOT / "docs" / "api-core.md").read_text(encoding="utf-8")
+    assert _listed_kinds(text, "per layer") == list(LAYER_SITES)
+    assert _listed_kinds(text, "once per model") == list(MODEL_SITES)
