@@ -11,12 +11,16 @@ from typing import TYPE_CHECKING
 from lmscope.interventions.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from .attribution import edge_attribution
     from .graph import EdgeGraph
     from .nodes import node_means, node_outputs
     from .patch import EdgePatch
+    from .scores import EdgeScores
 
 _LAZY = {
     "EdgeGraph": ".graph",
+    "EdgeScores": ".scores",
+    "edge_attribution": ".attribution",
     "EdgePatch": ".patch",
     "node_means": ".nodes",
     "node_outputs": ".nodes",

@@ -113,8 +113,11 @@ class EdgePatch(Intervention):
         self._row_mask = self.mask.to(value.device)[index // batch]  # [rows, T, U]
         src = self.source.to(value.device, torch.float32)
         self._src = src[index % batch] if src.dim() == 4 else src[None, :, None, :].expand(rows, -1, pos, -1)
-        self._delta = torch.zeros(rows, graph.n_nodes, pos, value.shape[-1], device=value.device)
-        if layer > 0:  # a partial forward: the skipped layers' nodes have their plain-run outputs
+        #: node differences (this forward - source) are only needed where some edge is dropped
+        self._track = bool((~self.mask).any())
+        self._delta = torch.zeros(rows, graph.n_nodes if self._track else 1, pos, value.shape[-1],
+                                  device=value.device)
+        if layer > 0 and self._track:  # a partial forward: the skipped layers' nodes have their plain-run outputs
             if self.base is None:
                 raise InputError(f"The forward starts at layer {layer}; EdgePatch needs the plain run's node "
                                  "outputs for the layers below (internal use only).")
@@ -129,8 +132,11 @@ class EdgePatch(Intervention):
         up = int(self.graph.upstream[targets.start])
         dropped = ~self._row_mask[:, targets.start:targets.stop, :up]
         changed = dropped.any(-1)
-        if not changed.any() and not self.grad_inputs:
-            return None
+        if not changed.any():
+            if not self.grad_inputs:
+                return None
+            rows, _, pos, d = self._delta.shape
+            return self._delta.new_zeros(rows, len(targets), pos, d), changed | True
         c = torch.einsum("rtu,rupd->rtpd", dropped.float(), self._delta[:, :up])
         return c, changed | self.grad_inputs
 
@@ -155,7 +161,7 @@ class EdgePatch(Intervention):
 
     def _resid_pre(self, value: torch.Tensor, layer: int) -> None:
         self._pre[layer] = value
-        if layer == 0:
+        if layer == 0 and self._track:
             self._delta[:, 0] = value.float() - self._src[:, 0]
 
     def _resid_mid(self, value: torch.Tensor, layer: int) -> None:
@@ -188,6 +194,8 @@ class EdgePatch(Intervention):
 
     def _set_heads(self, layer: int, contributions: torch.Tensor) -> None:
         assert self.graph is not None
+        if not self._track:
+            return
         s, n = self.graph.layer_start(layer), self.graph.n_heads
         self._delta[:, s:s + n] = contributions.float().permute(0, 2, 1, 3) - self._src[:, s:s + n]
 
@@ -200,7 +208,8 @@ class EdgePatch(Intervention):
     def _mlp_out(self, value: torch.Tensor, layer: int) -> None:
         assert self.graph is not None
         u = self.graph.mlp_node(layer)
-        self._delta[:, u] = value.float() - self._src[:, u]
+        if self._track:
+            self._delta[:, u] = value.float() - self._src[:, u]
 
     def _final_norm(self, value: torch.Tensor, layer: int) -> torch.Tensor | None:
         assert self.graph is not None and self._final is not None
