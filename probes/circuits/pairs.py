@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import torch
 
@@ -68,7 +68,7 @@ def prepare_pairs(model: HookedModel, clean: Any, corrupt: Any, metric: Metric |
     cl, co = _as_list(clean), _as_list(corrupt)
     if not cl or len(cl) != len(co):
         raise InputError(f"Give as many corrupt prompts as clean ones (got {len(cl)} clean, {len(co)} corrupt).")
-    metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric] * len(cl)
+    metrics: list[Metric] = list(metric) if isinstance(metric, (list, tuple)) else [cast(Metric, metric)] * len(cl)
     if len(metrics) != len(cl) or not all(callable(m) for m in metrics):
         raise InputError("metric is a function of last-position logits [rows, vocab] -> [rows] (e.g. "
                          "lmscope.probes.patching.logit_diff(model, ' Mary', ' John')), or a list of one per pair "
