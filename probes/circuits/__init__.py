@@ -15,11 +15,14 @@ if TYPE_CHECKING:
     from .graph import EdgeGraph
     from .nodes import node_means, node_outputs
     from .patch import EdgePatch
+    from .paths import PathPatchingResult, path_patch
     from .scores import EdgeScores
 
 _LAZY = {
     "EdgeGraph": ".graph",
     "EdgeScores": ".scores",
+    "PathPatchingResult": ".paths",
+    "path_patch": ".paths",
     "edge_attribution": ".attribution",
     "EdgePatch": ".patch",
     "node_means": ".nodes",
