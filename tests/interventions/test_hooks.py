@@ -64,7 +64,7 @@ def test_validation_error_attaches_nothing(llama_tiny: HookedModel) -> None:
 
 def test_apply_affects_plain_hf_calls(llama_tiny: HookedModel) -> None:
     tokens = on_device(torch.tensor([[1, 2, 3, 4]]))  # raw HF calls need ids on the model's device
-    v = torch.randn(llama_tiny.d_model)
+    v = on_device(torch.randn(llama_tiny.d_model, generator=torch.Generator().manual_seed(0)))
     with torch.no_grad():
         plain = llama_tiny.hf_model(tokens).logits
         with llama_tiny.apply(Steer("resid_post.0", v)):
@@ -88,11 +88,12 @@ def test_composition_order_on_one_site(llama_tiny: HookedModel) -> None:
 
 def test_write_resid_mid(llama_tiny: HookedModel) -> None:
     tokens = torch.tensor([[1, 2, 3, 4]])
-    v = torch.randn(llama_tiny.d_model)
+    v = on_device(torch.randn(llama_tiny.d_model, generator=torch.Generator().manual_seed(1)))
     base = llama_tiny.run(tokens, [Cache(["resid_mid.1", "resid_post.1", "mlp_out.1"])]).cache
     new = llama_tiny.run(tokens, [Steer("resid_mid.1", v), Cache(["resid_mid.1", "resid_post.1", "mlp_out.1"])]).cache
-    assert torch.allclose(new["resid_mid.1"], base["resid_mid.1"] + on_device(v), atol=1e-5)
-    # the MLP reads the steered stream and the residual carries it
+    assert torch.allclose(new["resid_mid.1"], base["resid_mid.1"] + v, atol=1e-5)
+    # the MLP reads the steered stream (its output moves) and the residual carries it
+    assert not torch.allclose(new["mlp_out.1"], base["mlp_out.1"], atol=1e-4)
     assert torch.allclose(new["resid_post.1"], new["resid_mid.1"] + new["mlp_out.1"], atol=1e-5)
 
 

@@ -22,7 +22,9 @@ from lmscope.interventions.sites import LAYER_SITES, MODEL_SITES  # noqa: E402
 
 MODEL = HookedModel(build_tiny("llama"))
 PROMPTS = [[5, 17, 3, 44], [8, 2]]
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Derandomized: every run tries the same examples (a failure reproduces; no example database is kept).
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 kinds = st.sampled_from([*LAYER_SITES, *MODEL_SITES, "resid", "blocks", "", "RESID_POST"])
 layers = st.one_of(st.integers(-6, 6).map(str), st.just("*"), st.text("0123456789-*x ", max_size=3))

@@ -43,10 +43,11 @@ def test_last_layer_probs_equal_the_model_output_renormalised() -> None:
 def test_label_logits_equal_full_lens_decoding() -> None:
     model = toy_model("gemma")  # embedding scale, tied unembedding
     lens = TunedLens(model)
+    g = torch.Generator().manual_seed(0)  # drawn on the CPU: the same translators on every device
     with torch.no_grad():
-        lens.weight.normal_(0, 0.05)
-        lens.bias.normal_(0, 0.1)
-    h = torch.randn(2, 3, model.d_model)
+        lens.weight.copy_(0.05 * torch.randn(lens.weight.shape, generator=g))
+        lens.bias.copy_(0.1 * torch.randn(lens.bias.shape, generator=g))
+    h = torch.randn(2, 3, model.d_model, generator=g)
     ids = [5, 9, 2]
     for i in (0, 2):
         assert torch.allclose(label_logits(lens, h, i, ids), lens.logits(h, i)[..., ids], atol=1e-5)
@@ -361,6 +362,8 @@ def test_qkv_ablation_merges_a_layer_named_twice() -> None:
     both = model.run(ps.ids, [HeadQKVAblate([(last, 0), (-1, 1)])]).last_logits()
     want = model.run(ps.ids, [HeadQKVAblate([(last, 0), (last, 1)])]).last_logits()
     assert torch.equal(both, want)
+    last_won = model.run(ps.ids, [HeadQKVAblate([(last, 1)])]).last_logits()
+    assert not torch.allclose(both, last_won, atol=1e-4)  # head 0 is ablated too
 
 
 def test_row_head_ablation_on_a_full_batch() -> None:

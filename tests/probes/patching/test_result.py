@@ -50,7 +50,7 @@ def test_by_head_and_top_of_a_head_map() -> None:
 
 
 def test_dataset_fields_round_trip(tmp_path: Path) -> None:
-    per_pair = torch.randn(3, 2, 3)
+    per_pair = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(0))
     r = PatchingResult(per_pair.mean(0), ["resid_pre.0", "resid_pre.1"], ["0", "1", "2"], 0.5, 2.0, "exact",
                        per_pair=per_pair, stderr=per_pair.std(0) / 3 ** 0.5, pair_base_metrics=[0.0, 0.5, 1.0],
                        pair_source_metrics=[1.0, 2.0, 3.0])
