@@ -10,18 +10,11 @@ import torch
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.patch import Patch
 
+from .contexts import ContextMemo, context_acts
+from .frozen import FrozenContext
+from .metrics import accuracy, attribute_medians, calibrated_accuracy
 from .prompts import BindingPrompt, Context, absent_entity, answer_token, build_prompt, sample_contexts, span_positions
-from .runs import (
-    FrozenContext,
-    accuracy,
-    attribute_medians,
-    calibrated_accuracy,
-    candidate_logprobs,
-    context_acts,
-    score,
-    score_many,
-    shared_contexts,
-)
+from .runs import candidate_logprobs, score, score_many
 from .tasks import BindingTask
 
 if TYPE_CHECKING:
@@ -31,10 +24,12 @@ SWAPS = ("none", "entity", "attribute", "both")
 
 
 def calibration(model: HookedModel, task: BindingTask, contexts: Sequence[Context], split: str, *,
-                batch_size: int = 16, progress: bool = True, method: str = "kv") -> dict[str, float]:
-    """Each attribute's median log-prob when the query names someone absent from the context."""
+                batch_size: int = 16, progress: bool = True, method: str = "kv",
+                memo: ContextMemo | None = None) -> dict[str, float]:
+    """Each attribute's median log-prob when the query names someone absent from the context (``memo``: see
+    :class:`ContextMemo`)."""
     lp = score(model, _calibration_prompts(model, task, contexts, split), batch_size=batch_size, progress=progress,
-               desc="calibration", method=method)
+               desc="calibration", method=method, memo=memo)
     return attribute_medians(lp, [c.attributes for c in contexts])
 
 
@@ -52,12 +47,6 @@ def baseline(model: HookedModel, task: BindingTask, n_samples: int = 64, *, spli
     ``method``: see :func:`score_many` (with ``"kv"`` the calibration and slot queries share each context's
     forward)."""
     contexts = sample_contexts(model.tokenizer, task, n_samples, split=split, seed=seed, spare_entity=True)
-    with shared_contexts(model):
-        return _baseline(model, task, contexts, n_samples, split, batch_size, progress, method)
-
-
-def _baseline(model: HookedModel, task: BindingTask, contexts: list[Context], n_samples: int, split: str,
-              batch_size: int, progress: bool, method: str) -> dict[str, Any]:
     n, m = len(contexts[0].entities), len(contexts)
     # calibration and every slot in one call: the KV path runs each context and the question prefix the
     # queries share once (the full path scores the same prompts one by one)
@@ -131,51 +120,18 @@ def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *,
                   method: str = "kv") -> dict[str, Any]:
     """Swap slot ``side``'s entity/attribute/both activations from a source context at ``resid_pre`` of every
     layer (context frozen, question recomputed); query every name; mean log-prob table per condition."""
-    tok, rng = model.tokenizer, random.Random(seed + 1)
     n = task.slots()
     if not 0 <= side < n:
         raise InputError(f"side must be a slot index in 0..{n - 1}, got {side}.")
-    targets, sources = [], []
-    for c in sample_contexts(tok, task, 4 * n_samples, split=split, seed=seed):
-        target = build_prompt(tok, task, c, None)
-        try:  # a target whose swapped name has a unique token length has no source: draw another
-            sources.append(_source_for(model, task, target, split, rng, side))
-        except InputError:
-            continue
-        targets.append(target)
-        if len(targets) == n_samples:
-            break
-    if len(targets) < n_samples:
-        raise InputError(f"Only {len(targets)} of {n_samples} contexts of task {task.name!r} have a source context "
-                         "with swapped spans of equal token length; the pools need more names of equal length.")
+    targets, sources = _factorization_pairs(model, task, n_samples, side, split, seed)
     rows_t, rows_s = [], []
     for t, src in zip(targets, sources):
-        names = list(t.context.entities) + list(src.entities)
-        for name in names:
-            rows_t.append(build_prompt(tok, task, t.context, name, allow_absent=True))
-            rows_s.append(build_prompt(tok, task, src, name, allow_absent=True))
+        for name in list(t.context.entities) + list(src.entities):
+            rows_t.append(build_prompt(model.tokenizer, task, t.context, name, allow_absent=True))
+            rows_s.append(build_prompt(model.tokenizer, task, src, name, allow_absent=True))
     cands = [t.candidates + s.candidates for t, s in zip(rows_t, rows_s)]
-    source_runs: dict[tuple[int, ...], Any] = {}  # one source run per batch, shared by the three swaps
-
-    def source_cache(rows: Sequence[int]) -> Any:
-        key = tuple(rows)
-        if key not in source_runs:
-            source_runs.clear()
-            src = [rows_s[i] for i in rows]
-            source_runs[key] = (context_acts(model, src) if method == "kv" else
-                            candidate_logprobs(model, src, [cands[i] for i in rows], cache=True)[1])
-        return source_runs[key]
-
-    def maker(what: str) -> Any:
-        def make(rows: Sequence[int], frozen: FrozenContext | None) -> list:
-            assert frozen is not None
-            src = [rows_s[i] for i in rows]
-            return [frozen.patch, swap_patch([rows_t[i] for i in rows], src, source_cache(rows), what, [side])]
-        return make
-
-    makes = {"none": None, **{w: maker(w) for w in SWAPS[1:]}}  # freezing alone changes nothing (tested)
-    scores = score_many(model, rows_t, makes, candidates=cands, batch_size=batch_size, progress=progress,
-                        desc="factorization", method=method)
+    scores = score_many(model, rows_t, _swap_makers(model, rows_t, rows_s, cands, side, method), candidates=cands,
+                        batch_size=batch_size, progress=progress, desc="factorization", method=method)
     tables, accs = {}, {}
     for what, lp in scores.items():
         per = lp.reshape(len(targets), 2 * n, 2 * n)
@@ -187,6 +143,53 @@ def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *,
             "attribute_roles": [f"A{i}" for i in range(2 * n)], "mean_logprob": tables,
             "prediction": {w: {f"E{e}": f"A{a}" for e, a in predicted_binding(w, side, n).items()} for w in SWAPS},
             "prediction_accuracy": accs, "chance": 1.0 / (2 * n)}
+
+
+def _factorization_pairs(model: HookedModel, task: BindingTask, n_samples: int, side: int, split: str,
+                         seed: int) -> tuple[list[BindingPrompt], list[Context]]:
+    """``n_samples`` target prompts (context only) and, for each, a source context whose slot-``side`` spans
+    have the target's token lengths; a target without one is skipped."""
+    tok, rng = model.tokenizer, random.Random(seed + 1)
+    targets, sources = [], []
+    for c in sample_contexts(tok, task, 4 * n_samples, split=split, seed=seed):
+        target = build_prompt(tok, task, c, None)
+        try:  # a target whose swapped name has a unique token length has no source: draw another
+            sources.append(_source_for(model, task, target, split, rng, side))
+        except InputError:
+            continue
+        targets.append(target)
+        if len(targets) == n_samples:
+            break
+    if len(targets) < n_samples:
+        raise InputError(f"Only {len(targets)} of {n_samples} contexts of task {task.name!r} have a source "
+                         "context with swapped spans of equal token length; the pools need more names of equal "
+                         "length.")
+    return targets, sources
+
+
+def _swap_makers(model: HookedModel, rows_t: list[BindingPrompt], rows_s: list[BindingPrompt],
+                 cands: list[tuple[int, ...]], side: int, method: str) -> dict[str, Any]:
+    """The factorization conditions: none, and the frozen context plus one swap patch per kind; the source
+    prompts of a batch run once, shared by its three swaps."""
+    source_runs: dict[tuple[int, ...], Any] = {}
+
+    def source_cache(rows: Sequence[int]) -> Any:
+        key = tuple(rows)
+        if key not in source_runs:
+            source_runs.clear()
+            src = [rows_s[i] for i in rows]
+            source_runs[key] = (context_acts(model, src) if method == "kv" else
+                                candidate_logprobs(model, src, [cands[i] for i in rows], cache=True)[1])
+        return source_runs[key]
+
+    def maker(what: str) -> Any:
+        def make(rows: Sequence[int], frozen: FrozenContext | None) -> list:
+            assert frozen is not None
+            src = [rows_s[i] for i in rows]
+            return [frozen.patch, swap_patch([rows_t[i] for i in rows], src, source_cache(rows), what, [side])]
+        return make
+
+    return {"none": None, **{w: maker(w) for w in SWAPS[1:]}}  # freezing alone changes nothing (tested)
 
 
 def position_shift(model: HookedModel, task: BindingTask, n_samples: int = 32, *, what: str = "entity",
@@ -237,7 +240,6 @@ def _score_positions(model: HookedModel, prompts: list[BindingPrompt], positions
     from tqdm.auto import tqdm
 
     from .keyshift import key_position_shift
-    from .runs import candidate_logprobs
 
     out = []
     for s in tqdm(range(0, len(prompts), batch_size), desc=f"shift {f:+.2f}", disable=not progress, leave=False):

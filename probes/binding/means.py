@@ -11,17 +11,12 @@ from tqdm.auto import tqdm
 
 from lmscope.interventions.errors import InputError
 
+from .contexts import ContextMemo, context_acts
 from .experiments import calibration
+from .frozen import FrozenContext
+from .metrics import accuracy, calibrated_accuracy
 from .prompts import BindingPrompt, build_prompt, sample_contexts
-from .runs import (
-    FrozenContext,
-    accuracy,
-    calibrated_accuracy,
-    candidate_logprobs,
-    context_acts,
-    score_many,
-    shared_contexts,
-)
+from .runs import candidate_logprobs, score_many
 from .shift import BindingShift, random_like
 from .tasks import BindingTask
 
@@ -116,17 +111,12 @@ def table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_sa
     """The paper's Table 1: accuracy (w.r.t. the original binding) under none / swap attributes / swap entities /
     swap both, and random same-norm vectors in place of both Δs; +Δ at slot 0, −Δ at slot 1, every layer.
     ``method``: see :func:`score_many` (``"kv"``: calibration and every queried slot share each context's run)."""
-    with shared_contexts(model, acts=any(r != "none" for r in rows)):
-        return _table_one(model, task, deltas, n_samples, query_slots, split, seed, batch_size, progress, rows,
-                          method)
-
-
-def _table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_samples: int,
-               query_slots: Sequence[int], split: str, seed: int, batch_size: int, progress: bool,
-               rows: Sequence[str], method: str) -> dict[str, Any]:
     tok = model.tokenizer
     contexts = sample_contexts(tok, task, n_samples, split=split, seed=seed, spare_entity=True)
-    medians = calibration(model, task, contexts, split, batch_size=batch_size, progress=progress, method=method)
+    # calibration and the conditions share each batch of contexts' forward (and its resid_pre, if needed)
+    memo = ContextMemo(model, acts=any(r != "none" for r in rows))
+    medians = calibration(model, task, contexts, split, batch_size=batch_size, progress=progress, method=method,
+                          memo=memo)
     rand = BindingDeltas(deltas.task, [random_like(d, seed + 1) for d in deltas.entity],
                          [random_like(d, seed + 2) for d in deltas.attribute], deltas.n_samples)
     plan = {"none": (None, ()), "swap_attributes": (deltas, ("attribute",)), "swap_entities": (deltas, ("entity",)),
@@ -142,7 +132,7 @@ def _table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_s
     makes: dict[str, Any] = {row: None if plan[row][0] is None else _shift_maker(prompts, *plan[row])  # type: ignore[arg-type]
                              for row in rows}
     scores = score_many(model, prompts, makes, batch_size=batch_size, progress=progress, desc="table 1",
-                        method=method)
+                        method=method, memo=memo)
     for j, q in enumerate(query_slots):
         for row, all_lp in scores.items():
             lp = all_lp[j * m:(j + 1) * m]

@@ -9,8 +9,8 @@ from lmscope.interventions import Cache, Intervention, Patch, Steer, load_interv
 from lmscope.interventions.errors import InputError
 from lmscope.probes.binding import BindingShift, build_prompt, candidate_logprobs, random_like
 from lmscope.probes.binding.experiments import swap_patch
+from lmscope.probes.binding.frozen import FrozenContext
 from lmscope.probes.binding.prompts import Context
-from lmscope.probes.binding.runs import FrozenContext
 
 
 def _prompts(tok, task):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from lmscope.probes.binding import SHIPPED, build_prompt, load_task, sample_contexts
+from lmscope.probes.binding.frozen import FrozenContext
 from lmscope.probes.binding.prompts import Context
-from lmscope.probes.binding.runs import FrozenContext, candidate_logprobs
+from lmscope.probes.binding.runs import candidate_logprobs
 
 pytestmark = pytest.mark.slow
 
