@@ -34,6 +34,7 @@ from lmscope.interventions.errors import InputError
 from lmscope.interventions.positions import ForwardContext
 from lmscope.interventions.sites import Site
 
+from .deltas import Deltas
 from .graph import EdgeGraph
 from .nodes import head_contributions
 from .projection import normalise, project_heads
@@ -92,7 +93,7 @@ class EdgePatch(Intervention):
 
     # -- one forward ------------------------------------------------------------------------------------------------
     def _begin(self, value: torch.Tensor, ctx: ForwardContext, layer: int) -> None:
-        """A new forward reaches its first site: rows, per-row source and mask, the node-delta buffer."""
+        """A new forward reaches its first site: check its rows, set up the node differences (:class:`Deltas`)."""
         if ctx.offset:
             raise InputError("EdgePatch runs on whole prompts: it cannot extend a KV cache (use model.run, not "
                              "generate).")
@@ -109,48 +110,34 @@ class EdgePatch(Intervention):
         self._mid: dict[int, torch.Tensor] = {}
         self._raw_heads: dict[int, torch.Tensor] = {}
         self._final: torch.Tensor | None = None
-        index = torch.arange(rows)
-        self._row_mask = self.mask.to(value.device)[index // batch]  # [rows, T, U]
+        self._batch = batch
+        self._mask = self.mask.to(value.device)
         src = self.source.to(value.device, torch.float32)
-        self._src = src[index % batch] if src.dim() == 4 else src[None, :, None, :].expand(rows, -1, pos, -1)
-        #: node differences (this forward - source) are only needed where some edge is dropped
-        self._track = bool((~self.mask).any())
-        self._delta = torch.zeros(rows, graph.n_nodes if self._track else 1, pos, value.shape[-1],
-                                  device=value.device)
-        if layer > 0 and self._track:  # a partial forward: the skipped layers' nodes have their plain-run outputs
-            if self.base is None:
-                raise InputError(f"The forward starts at layer {layer}; EdgePatch needs the plain run's node "
-                                 "outputs for the layers below (internal use only).")
-            below = graph.layer_start(layer)
-            base = self.base.to(value.device, torch.float32)[index % self.base.shape[0]]
-            self._delta[:, :below] = base[:, :below] - self._src[:, :below]
-
-    def _corrections(self, targets: range) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(C [rows, n_t, pos, d], rows that change [rows, n_t])`` for targets sharing one upstream prefix, or
-        None when no row drops any of their edges (and no gradient is asked for)."""
-        assert self.graph is not None
-        up = int(self.graph.upstream[targets.start])
-        dropped = ~self._row_mask[:, targets.start:targets.stop, :up]
-        changed = dropped.any(-1)
-        if not changed.any():
-            if not self.grad_inputs:
-                return None
-            rows, _, pos, d = self._delta.shape
-            return self._delta.new_zeros(rows, len(targets), pos, d), changed | True
-        c = torch.einsum("rtu,rupd->rtpd", dropped.float(), self._delta[:, :up])
-        return c, changed | self.grad_inputs
+        src = src if src.dim() == 4 else src[None, :, None, :]
+        first = graph.layer_start(layer) if layer > 0 else 0
+        if layer > 0 and self.base is None and bool((~self.mask[..., :first]).any()):
+            raise InputError(f"The forward starts at layer {layer}; EdgePatch needs the plain run's node outputs "
+                             "for the layers below (internal use only).")
+        base = None if self.base is None else self.base.to(value.device)
+        self._deltas = Deltas(self.mask, src, base, first, batch, pos, value.shape[-1], value.device)
 
     def _inputs(self, stream: torch.Tensor, targets: range) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Each target's input (pre-norm, float32) ``[rows, pos, n_t, d]`` and the rows it changes."""
-        corr = self._corrections(targets)
-        if corr is None:
+        """Each target's input (pre-norm, float32) ``[rows, pos, n_t, d]`` and the rows it changes ``[rows, n_t]``,
+        for targets sharing one upstream prefix; None when no row drops any of their edges (and no gradient is
+        asked for)."""
+        assert self.graph is not None
+        up = int(self.graph.upstream[targets.start])
+        dropped = ~self._mask[:, targets.start:targets.stop, :up]  # [masks, n_t, up]
+        changed = dropped.any(-1).repeat_interleave(self._batch, 0)  # [rows, n_t]
+        if not bool(changed.any()) and not self.grad_inputs:
             return None
-        c, changed = corr
+        c = self._deltas.correction(dropped).flatten(0, 1)  # [rows, n_t, pos, d]
         x = stream.float()[:, None] - c
         if self.grad_inputs:
             leaf = torch.zeros_like(x, requires_grad=True)
             self.leaves[targets.start] = leaf
             x = x + leaf
+            changed = torch.ones_like(changed)
         return x.transpose(1, 2), changed
 
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor | None:
@@ -161,8 +148,8 @@ class EdgePatch(Intervention):
 
     def _resid_pre(self, value: torch.Tensor, layer: int) -> None:
         self._pre[layer] = value
-        if layer == 0 and self._track:
-            self._delta[:, 0] = value.float() - self._src[:, 0]
+        if layer == 0:
+            self._deltas.record(0, value)
 
     def _resid_mid(self, value: torch.Tensor, layer: int) -> None:
         self._mid[layer] = value
@@ -194,10 +181,7 @@ class EdgePatch(Intervention):
 
     def _set_heads(self, layer: int, contributions: torch.Tensor) -> None:
         assert self.graph is not None
-        if not self._track:
-            return
-        s, n = self.graph.layer_start(layer), self.graph.n_heads
-        self._delta[:, s:s + n] = contributions.float().permute(0, 2, 1, 3) - self._src[:, s:s + n]
+        self._deltas.record(self.graph.layer_start(layer), contributions)
 
     def _ln2(self, value: torch.Tensor, layer: int) -> torch.Tensor | None:
         assert self.graph is not None
@@ -207,9 +191,7 @@ class EdgePatch(Intervention):
 
     def _mlp_out(self, value: torch.Tensor, layer: int) -> None:
         assert self.graph is not None
-        u = self.graph.mlp_node(layer)
-        if self._track:
-            self._delta[:, u] = value.float() - self._src[:, u]
+        self._deltas.record(self.graph.mlp_node(layer), value)
 
     def _final_norm(self, value: torch.Tensor, layer: int) -> torch.Tensor | None:
         assert self.graph is not None and self._final is not None
