@@ -1,5 +1,6 @@
 """Fixtures for the binding tests: a fake tokenizer, the toy task (``tests/toys.py``), a tiny model using both,
-and ``same_results``, the one comparison of two scoring paths' results."""
+``same_results`` (the one comparison of two scoring paths' results) and ``keys_by_hand`` (the key-only
+position shift's independent reference)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,32 @@ def fake_tok() -> FakeTokenizer:
 @pytest.fixture
 def toy_task():  # type: ignore[no-untyped-def]
     return binding_task()
+
+
+@pytest.fixture
+def keys_by_hand(monkeypatch: pytest.MonkeyPatch) -> Callable[..., torch.Tensor]:
+    """``run(model, ids, shifts)``: the logits of a Llama-style model whose keys sit at position + shift (its own
+    ``apply_rotary_pos_emb``, the keys' cos/sin taken at the shifted positions; queries keep theirs)."""
+    import transformers.models.llama.modeling_llama as ml
+
+    original = ml.apply_rotary_pos_emb
+
+    def run(model: Any, ids: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+        rope = model.hf_model.model.rotary_emb
+        pos = torch.arange(ids.shape[1])[None].expand_as(ids)
+
+        def patched(q, k, cos, sin, *args, **kwargs):  # type: ignore[no-untyped-def]
+            q_out, _ = original(q, k, cos, sin, *args, **kwargs)
+            cos_k, sin_k = rope(k, (pos + shifts).to(k.device))  # the reference on the model's device
+            _, k_out = original(q, k, cos_k, sin_k, *args, **kwargs)
+            return q_out, k_out
+
+        monkeypatch.setattr(ml, "apply_rotary_pos_emb", patched)
+        try:
+            return model.run(ids).logits
+        finally:
+            monkeypatch.setattr(ml, "apply_rotary_pos_emb", original)
+    return run
 
 
 @pytest.fixture

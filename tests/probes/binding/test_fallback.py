@@ -74,6 +74,7 @@ def test_unplannable_condition_warns_and_equals_full(setting, name: str, same_re
 class Spy(Steer):
     """A Steer that records, for every bind/start/call, whether the core's session machinery runs it."""
 
+    internal = True  # a test helper: kept out of the registry of loadable interventions
     events: list[tuple[str, bool]] = []
 
     def bind(self, model: Any) -> None:
@@ -184,6 +185,8 @@ def test_a_trusted_intervention_is_planned_inside_a_session(setting, monkeypatch
 
 class ReadsQuestion(Steer):
     """Writes every row's first token from its last one (a question token): not a function of the context."""
+
+    internal = True
 
     def __call__(self, value: torch.Tensor, site: Any, ctx: Any) -> torch.Tensor:
         out = value.clone()

@@ -77,7 +77,7 @@ def test_shift_composes_with_cache_in_one_run(toy_model, toy_task, fake_tok) -> 
     prompts = _prompts(fake_tok, toy_task)
     _, cache = candidate_logprobs(toy_model, prompts, [p.candidates for p in prompts], cache=True)
     frozen = FrozenContext(toy_model, prompts, cache)
-    delta = torch.randn(toy_model.n_layers, 1, toy_model.d_model)
+    delta = torch.randn(toy_model.n_layers, 1, toy_model.d_model, generator=torch.Generator().manual_seed(1))
     plus = [[p.entity_spans[0]] for p in prompts]
     shift = BindingShift(delta, range(toy_model.n_layers), plus, None)
     result = toy_model.run(_batch(prompts), [frozen.patch, shift, Cache("resid_pre.1")])
@@ -97,7 +97,7 @@ def _batch(prompts):
 
 def test_shift_save_load_round_trip(tmp_path, toy_model, toy_task, fake_tok) -> None:
     prompts = _prompts(fake_tok, toy_task)
-    delta = torch.randn(3, 2, toy_model.d_model)
+    delta = torch.randn(3, 2, toy_model.d_model, generator=torch.Generator().manual_seed(2))
     shift = BindingShift(delta, [0, 1, 2], [[p.entity_spans[0]] for p in prompts],
                          [[p.entity_spans[1]] for p in prompts], scale=0.5)
     shift.save(tmp_path / "one")
@@ -113,7 +113,7 @@ def test_shift_save_load_round_trip(tmp_path, toy_model, toy_task, fake_tok) -> 
 
 
 def test_random_like_matches_norms() -> None:
-    delta = torch.randn(4, 3, 8)
+    delta = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(3))
     r = random_like(delta, seed=1)
     torch.testing.assert_close(r.norm(dim=-1), delta.norm(dim=-1))
     assert not torch.allclose(r, delta)

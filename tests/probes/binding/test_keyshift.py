@@ -10,34 +10,13 @@ from lmscope.probes.binding.experiments import position_shift
 from lmscope.probes.binding.keyshift import key_position_shift
 
 
-def _by_hand(model, ids: torch.Tensor, shifts: torch.Tensor, monkeypatch) -> torch.Tensor:
-    """Reference: the model's own apply_rotary_pos_emb, with the keys' cos/sin taken at position + shift."""
-    import transformers.models.llama.modeling_llama as ml
-
-    rope = model.hf_model.model.rotary_emb
-    pos = torch.arange(ids.shape[1])[None].expand_as(ids)
-    original = ml.apply_rotary_pos_emb
-
-    def patched(q, k, cos, sin, *args, **kwargs):
-        q_out, _ = original(q, k, cos, sin, *args, **kwargs)
-        cos_k, sin_k = rope(k, (pos + shifts).to(k.device))  # the reference on the model's device
-        _, k_out = original(q, k, cos_k, sin_k, *args, **kwargs)
-        return q_out, k_out
-
-    monkeypatch.setattr(ml, "apply_rotary_pos_emb", patched)
-    try:
-        return model.run(ids).logits
-    finally:
-        monkeypatch.setattr(ml, "apply_rotary_pos_emb", original)
-
-
-def test_key_shift_equals_rotating_only_the_keys(toy_model, monkeypatch) -> None:
-    ids = torch.randint(5, 60, (2, 9))
+def test_key_shift_equals_rotating_only_the_keys(toy_model, keys_by_hand) -> None:
+    ids = torch.randint(5, 60, (2, 9), generator=torch.Generator().manual_seed(0))
     shifts = torch.zeros_like(ids)
     shifts[0, 2:4], shifts[1, 5:7], shifts[1, 1] = 3, -2, 4
     with key_position_shift(toy_model, shifts):
         got = toy_model.run(ids).logits
-    want = _by_hand(toy_model, ids, shifts, monkeypatch)
+    want = keys_by_hand(toy_model, ids, shifts)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     clean = toy_model.run(ids).logits
     assert not torch.allclose(got, clean, atol=1e-4)
@@ -50,7 +29,7 @@ def test_key_shift_equals_rotating_only_the_keys(toy_model, monkeypatch) -> None
 
 def test_keys_only_differs_from_moving_keys_and_queries(toy_model) -> None:
     """Moving every token by d through position_ids changes nothing (RoPE is relative); moving only the keys does."""
-    ids = torch.randint(5, 60, (1, 8))
+    ids = torch.randint(5, 60, (1, 8), generator=torch.Generator().manual_seed(0))
     clean = toy_model.run(ids).logits
     both = toy_model.run(ids, position_ids=torch.arange(8)[None] + 5).logits
     torch.testing.assert_close(both, clean, rtol=1e-4, atol=1e-4)
@@ -65,7 +44,7 @@ def test_key_shift_bad_input(toy_model) -> None:
             pass
     with pytest.raises(InputError, match=r"shifts for \(1, 4\)"):
         with key_position_shift(toy_model, torch.zeros(1, 4, dtype=torch.long)):
-            toy_model.run(torch.randint(5, 60, (1, 6)))
+            toy_model.run(torch.randint(5, 60, (1, 6), generator=torch.Generator().manual_seed(0)))
     assert torch.equal(toy_model.run(torch.ones(1, 3, dtype=torch.long)).logits,
                        toy_model.run(torch.ones(1, 3, dtype=torch.long)).logits)
 
@@ -108,7 +87,7 @@ def test_key_shift_after_a_key_norm_and_per_layer_type_rope(arch: str, monkeypat
     rope = model.hf_model.model.rotary_emb
     per_type = isinstance(rope.rope_type, dict)
     assert per_type == (arch == "gemma3_text")
-    ids = torch.randint(5, 60, (2, 9))
+    ids = torch.randint(5, 60, (2, 9), generator=torch.Generator().manual_seed(0))
     shifts = torch.zeros_like(ids)
     shifts[0, 2:4], shifts[1, 5:7] = 3, -2
     pos = torch.arange(ids.shape[1])[None].expand_as(ids)

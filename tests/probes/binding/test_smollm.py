@@ -43,14 +43,8 @@ def test_frozen_context_changes_nothing_on_smollm(smollm) -> None:
     torch.testing.assert_close(frozen, clean, rtol=1e-4, atol=1e-4)
 
 
-def test_key_only_shift_equals_rotating_only_the_keys(smollm, monkeypatch) -> None:
+def test_key_only_shift_equals_rotating_only_the_keys(smollm, keys_by_hand) -> None:
     """SmolLM2's RoPE: rotating k_proj's output by R(d) == its own RoPE with the keys' positions + d."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_keyshift import _by_hand
-
     from lmscope.probes.binding.keyshift import key_position_shift
 
     ids = smollm.tokenize("Anna lives in Paris. Tom lives in Rome. Tom lives in").input_ids
@@ -58,5 +52,5 @@ def test_key_only_shift_equals_rotating_only_the_keys(smollm, monkeypatch) -> No
     shifts[0, 1:3], shifts[0, 6:8] = 5, -5
     with key_position_shift(smollm, shifts):
         got = smollm.run(ids).logits
-    torch.testing.assert_close(got, _by_hand(smollm, ids, shifts, monkeypatch), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, keys_by_hand(smollm, ids, shifts), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, smollm.run(ids).logits, atol=1e-3)
