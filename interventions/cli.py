@@ -52,9 +52,23 @@ def command_registrars() -> dict[str, Callable[[Any], Any]]:
     return found
 
 
+def lmscope_version() -> str:
+    """The installed lmscope's version (its package metadata; the source tree's ``__version__`` without one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lmscope")
+    except PackageNotFoundError:
+        from lmscope import __version__
+
+        return str(__version__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``lmscope`` parser: every registered command."""
     parser = argparse.ArgumentParser(prog="lmscope", description="Activation analysis for causal language models.")
+    parser.add_argument("--version", action="version", version=f"lmscope {lmscope_version()}",
+                        help="print lmscope's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registrars = command_registrars()
     if not registrars:
@@ -71,10 +85,12 @@ def add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
                    help="'default' (SmolLM2-135M-Instruct), 'gemma-3-270m', an HF hub id such as "
                         "EleutherAI/pythia-160m (a network, or the HF cache with HF_HUB_OFFLINE=1), a folder "
                         "or a .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the dtype the model's weights are loaded in (default float32)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     if threads:
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's own choice, one per core)")
 
 
 def check_model_arg(name: str) -> str:
@@ -85,7 +101,7 @@ def check_model_arg(name: str) -> str:
     retry for ~30 s and print two lines)."""
     from .embedded import embedded_model
     from .errors import OfflineError
-    from .hub import looks_like_hub_id, resolve_model_name
+    from .hub import HUB_HOST, looks_like_hub_id, offline_requested, resolve_model_name
 
     if embedded_model(name) is not None or os.path.exists(name):
         return name
@@ -94,8 +110,19 @@ def check_model_arg(name: str) -> str:
                        "('gpt2', 'EleutherAI/pythia-160m'), or an existing folder or .gguf file.")
     try:
         return resolve_model_name(name)
-    except OfflineError as err:
-        raise CliError(str(err)) from None
+    except OfflineError:
+        why = "HF_HUB_OFFLINE is set" if offline_requested() else f"there is no network ({HUB_HOST} cannot be reached)"
+        raise CliError(f"Cannot load {name!r} from the Hugging Face hub: {why} and it is not in the local HF cache; "
+                       "nor is there a folder or file of that name here (a typo in a local path?). Give 'default', "
+                       "'gemma-3-270m', an existing folder or .gguf file (--model path/to/folder), or a Hugging Face "
+                       "cache that holds it with HF_HUB_OFFLINE=1 (HF_HOME points at the cache).") from None
+
+
+def check_prompt(text: str, what: str = "The prompt", fix: str = "give some text") -> str:
+    """``text`` as given, or a :class:`CliError` when it is empty or only whitespace (``what`` names the option)."""
+    if not text.strip():
+        raise CliError(f"{what} is {'empty' if not text else 'only whitespace'}; {fix}.")
+    return text
 
 
 def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: int | None = None) -> Any:
@@ -118,7 +145,18 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: 
         return HookedModel.from_pretrained(target, dtype=getattr(torch, dtype), device=device)
     except OSError as err:  # a hub id that does not exist, a folder that is not a model
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if _asked_of_the_hub(name):  # it may also be a mistyped local path
+            raise CliError(f"Cannot load model {name!r}: no folder or file of that name here (a typo in a local "
+                           f"path?), and as a Hugging Face hub id: {first}") from None
         raise CliError(f"Cannot load model {name!r}: {first}") from None
+
+
+def _asked_of_the_hub(name: str) -> bool:
+    """Whether ``--model name`` went to the Hugging Face hub: not embedded, no such path, shaped like a hub id."""
+    from .embedded import embedded_model
+    from .hub import looks_like_hub_id
+
+    return embedded_model(name) is None and not os.path.exists(name) and looks_like_hub_id(name)
 
 
 def model_from_args(args: argparse.Namespace) -> Any:

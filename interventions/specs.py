@@ -66,13 +66,14 @@ def parse_layers(text: str | None, option: str = "--layers") -> list[int] | None
             if "-" in part[1:]:  # a range (a leading '-' is a negative layer)
                 cut = part.index("-", 1)
                 lo, hi = int(part[:cut]), int(part[cut + 1:])
-                if hi < lo:
-                    raise InputError(f"{option} range {part!r} is empty (end before start).")
-                out += list(range(lo, hi + 1))
             else:
-                out.append(int(part))
+                lo = hi = int(part)
         except ValueError:
             raise InputError(f"Cannot read {option} {text!r}: use e.g. '0,5,10', '0-10' or '-1'.") from None
+        if hi < lo:  # outside the try: an InputError is a ValueError too
+            raise InputError(f"{option} range {part!r} is reversed (it ends before it starts): write "
+                             f"'{part[part.index('-', 1) + 1:]}-{part[:part.index('-', 1)]}'.")
+        out += list(range(lo, hi + 1))
     return out
 
 

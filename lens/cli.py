@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmscope.interventions.cli import CliError, add_model_args, check_model_arg, model_from_args, process_start
+from lmscope.interventions.cli import (
+    CliError,
+    add_model_args,
+    check_model_arg,
+    check_prompt,
+    model_from_args,
+    process_start,
+)
 from lmscope.interventions.specs import parse_layers
 
 
@@ -26,7 +33,8 @@ def register(sub: Any) -> None:
     p.add_argument("prompt", help="the text to decode")
     add_lens_arg(p)
     p.add_argument("--top-k", type=int, default=5, help="top tokens kept per cell (default 5)")
-    p.add_argument("--positions", default="all", choices=["all", "last"], help="decode every token or the last")
+    p.add_argument("--positions", default="all", choices=["all", "last"],
+                   help="decode every token or the last (default all)")
     p.add_argument("--layers", default=None, help="layer numbers: '0,5,10', '0-10', '-1' (default: all)")
     p.add_argument("--mid", action="store_true", help="also read resid_mid (after attention) where it exists")
     p.add_argument("--target", action="append", default=None, metavar="TOKEN",
@@ -93,8 +101,7 @@ def lens_from_spec(spec: str, model: Any, is_default_model: bool, sites: Any = "
 
 def cmd_decode(args: argparse.Namespace) -> int:
     """``lmscope decode``: one forward, then a table / JSON / heatmap."""
-    if not args.prompt:
-        raise CliError("The prompt is empty; give some text to decode.")
+    check_prompt(args.prompt, "The prompt", "give some text to decode")
     if args.top_k < 1:
         raise CliError(f"--top-k must be at least 1, got {args.top_k}.")
     if args.plot and Path(args.plot).suffix.lower() not in (".png", ".html"):

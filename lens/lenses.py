@@ -272,7 +272,9 @@ class TunedLens(Lens, nn.Module):
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` + ``lmscope.lens.safetensors`` into the folder ``path`` atomically."""
+        """Write ``config.json`` + ``lens.safetensors`` into the folder ``path`` atomically, replacing whatever the
+        folder held (give each run its own folder; ``lmscope train-lens`` refuses another run's lens without
+        ``--force``)."""
         out = save_artifact(path, self.config(), {"weight": self.weight.detach(), "bias": self.bias.detach()},
                             config_name=CONFIG_NAME, tensors_name=TENSORS_NAME)
         self.path = Path(path)

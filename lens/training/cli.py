@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from lmscope.interventions.cli import CliError, add_model_args, model_from_args
+from lmscope.interventions.cli_folders import add_force_arg
 
 from ..cli import add_lens_arg, check_lens_arg, is_default_model_name, lens_from_spec
 
@@ -24,21 +26,32 @@ def register_train(subparsers: Any) -> None:
     p.add_argument("corpus", nargs="*", help="text files, directories, globs or hf:NAME[:CONFIG] (default: the "
                                              "offline default corpus)")
     add_model_args(p)
-    p.add_argument("--out", required=True, help="folder to write the lens to (replaced atomically)")
-    p.add_argument("--steps", type=int, default=20, help="KL fine-tune steps after the init (default 20)")
-    p.add_argument("--tokens-per-step", type=int, default=1024)
-    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--out", required=True,
+                   help="folder to write the lens to (replaced atomically; a folder holding another run's lens or "
+                        "anything else is refused without --force)")
+    p.add_argument("--steps", type=int, default=20, help="KL fine-tune steps after the init (default 20; 0: the "
+                                                         "closed-form lens alone)")
+    p.add_argument("--tokens-per-step", type=int, default=1024,
+                   help="tokens per fine-tune step, a multiple of --seq-len (default 1024)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence (default 512)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the fine-tune (default 1e-3)")
-    p.add_argument("--init", choices=["lstsq", "zero"], default="lstsq")
-    p.add_argument("--init-tokens", type=int, default=32768, help="tokens for the least-squares init")
-    p.add_argument("--ridge", type=float, default=1e-3)
+    p.add_argument("--init", choices=["lstsq", "zero"], default="lstsq",
+                   help="start from the closed-form least-squares fit, or from zero translators (the logit lens) "
+                        "(default lstsq)")
+    p.add_argument("--init-tokens", type=int, default=32768,
+                   help="tokens read by the least-squares init (default 32768)")
+    p.add_argument("--ridge", type=float, default=1e-3,
+                   help="ridge penalty of the least-squares init, towards the identity translator (default 1e-3)")
     p.add_argument("--mid", action="store_true", help="also train resid_mid readings where they exist")
     p.add_argument("--split", choices=["all", "train", "heldout"], default="all",
                    help="which documents of the corpus to use (default all; the default corpus uses train)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (into OUT.ckpt)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="checkpoint every N steps into the checkpoint folder (default 0: none, or every steps/10 "
+                        "with --resume and no --checkpoint-dir)")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: OUT.ckpt)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_force_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     p.set_defaults(func=cmd_train_lens)
 
 
@@ -59,7 +72,7 @@ def register_eval(subparsers: Any) -> None:
                    help="restrict the corpus to these documents (default: all given text)")
     e.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
     e.add_argument("--plot", default=None, metavar="OUT.png", help="write per-layer KL/CE plot")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     e.set_defaults(func=cmd_eval_lens)
 
 
@@ -94,31 +107,71 @@ def _corpus(args: argparse.Namespace, default_split: str) -> Any:
 
 
 def cmd_train_lens(args: argparse.Namespace) -> int:
-    """Train and save a tuned lens."""
-    if args.resume and args.checkpoint_every <= 0 and args.checkpoint_dir is None:
-        args.checkpoint_every = max(1, args.steps // 10)
+    """Train and save a tuned lens: the corpus and ``--out`` are checked, and the run announced, before the model
+    loads."""
     if args.tokens_per_step % args.seq_len:
         raise CliError(f"--tokens-per-step ({args.tokens_per_step}) must be a multiple of --seq-len "
                        f"({args.seq_len}).")
+    from lmscope.interventions.distributed import DataParallel
+
+    from .checkpoint import STATE_JSON
+    from .runplan import announce, run_settings
+
+    corpus = _corpus(args, "train")  # a pattern matching nothing fails before the model loads
+    settings = run_settings(args.steps, args.tokens_per_step, args.seq_len, args.lr, args.init, args.init_tokens,
+                            args.ridge, corpus.describe())
+    check_lens_out(args.out, settings, args.force)
+    if args.resume and args.checkpoint_every <= 0 and args.checkpoint_dir is None:
+        args.checkpoint_every = max(1, args.steps // 10)
+    ckpt = args.checkpoint_dir or (f"{args.out.rstrip('/')}.ckpt" if (args.checkpoint_every or args.resume) else None)
+    dp = DataParallel.from_env()  # under torchrun every process holds the same lens: rank 0 talks and writes
+    resume = args.resume and ckpt is not None and (Path(ckpt) / STATE_JSON).is_file()
+    if dp.is_main:
+        if args.resume and not resume:
+            print(f"lmscope: no checkpoint in {ckpt} to resume from; training from the beginning.", file=sys.stderr)
+        print(announce(settings), file=sys.stderr, flush=True)
     from .fit import train_tuned_lens
 
     model = model_from_args(args)
-    corpus = _corpus(args, "train")
-    ckpt = args.checkpoint_dir or (f"{args.out.rstrip('/')}.ckpt" if (args.checkpoint_every or args.resume) else None)
     lens = train_tuned_lens(model, corpus, steps=args.steps, tokens_per_step=args.tokens_per_step,
                             seq_len=args.seq_len, lr=args.lr, init=args.init, init_tokens=args.init_tokens,
                             ridge=args.ridge, sites="all" if args.mid else "resid_post", checkpoint_dir=ckpt,
-                            checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.quiet)
-    from lmscope.interventions.distributed import DataParallel
-
-    dp = DataParallel.from_env()  # under torchrun every process holds the same lens: rank 0 writes it
+                            checkpoint_every=args.checkpoint_every, resume=resume, progress=not args.quiet)
     if not dp.is_main:
         return 0
     lens.save(args.out)
-    info = lens.meta.get("training", {})
-    print(f"saved tuned lens ({lens.n_readings} readings) to {args.out}; "
-          f"{info.get('tokens', 0):,} tokens, final train KL {info.get('final_train_kl')}", file=sys.stderr)
+    print(f"saved tuned lens ({lens.n_readings} readings) to {args.out}; {trained(lens.meta.get('training', {}))}",
+          file=sys.stderr)
     return 0
+
+
+def check_lens_out(out: str | Path, settings: dict[str, Any], force: bool) -> None:
+    """Refuse (a :class:`CliError`) to replace ``out`` unless it is absent, empty, or a lens of the same kind of run
+    (the same :data:`RUN_KEYS`), or ``force``."""
+    from lmscope.interventions.cli_folders import check_out_folder
+
+    from .runplan import RUN_KEYS, held_run
+
+    if check_out_folder(out, "a tuned lens", force) != "a tuned lens" or force:
+        return
+    held = held_run(out)
+    if held == settings:
+        return
+    if held is None:
+        differs = "whose training settings are not recorded"
+    else:
+        differs = "from another run (" + ", ".join(f"{k} {held[k]!r} there, {settings[k]!r} here"
+                                                   for k in RUN_KEYS if held[k] != settings[k]) + ")"
+    raise CliError(f"--out {str(out)!r} already holds a tuned lens {differs}; this run would replace it. Pass --force "
+                   "to replace it, or choose another --out.")
+
+
+def trained(info: dict[str, Any]) -> str:
+    """How the run ended, rounded: tokens read and the last KL step's train KL (none with ``--steps 0``)."""
+    kl = info.get("final_train_kl")
+    ending = (f"final train KL {kl:.4f} nats/token" if isinstance(kl, (int, float)) else
+              "closed-form fit only (--steps 0: no KL step, so no train KL)")
+    return f"{info.get('tokens', 0):,} tokens, {ending}"
 
 
 def cmd_eval_lens(args: argparse.Namespace) -> int:
@@ -129,9 +182,9 @@ def cmd_eval_lens(args: argparse.Namespace) -> int:
     seq_len = eval_seq_len(args.max_tokens, args.seq_len)
     from .evaluate import evaluate_lens, plot_report, save_report
 
+    corpus = _corpus(args, "heldout")  # a pattern matching nothing fails before the model loads
     model = model_from_args(args)
     lens = lens_from_spec(args.lens, model, is_default_model_name(args.model), "resid_post")
-    corpus = _corpus(args, "heldout")
     report = evaluate_lens(lens, corpus, max_tokens=args.max_tokens, seq_len=seq_len,
                            progress=not args.quiet)
     names = list(report["lenses"])

@@ -143,8 +143,8 @@ def _chunks(corpus: Corpus, tokenizer: Any, seq_len: int, max_tokens: int, progr
     from tqdm.auto import tqdm
 
     n_chunks = max_tokens // seq_len
-    with tqdm(total=n_chunks * seq_len, desc="evaluating lens", disable=not progress, unit="tok",
-              dynamic_ncols=True) as bar:
+    with tqdm(total=n_chunks * seq_len, desc="evaluating lens", disable=None if progress else True, unit="tok",
+              dynamic_ncols=True) as bar:  # disable=None: a bar only on a terminal, never in a log file
         for chunk in itertools.islice(corpus.chunks(tokenizer, seq_len, batch_size=1), n_chunks):
             yield chunk
             bar.update(seq_len)

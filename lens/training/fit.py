@@ -87,11 +87,10 @@ def train_tuned_lens(
     following ``steps * tokens_per_step / seq_len`` chunks the KL fine-tune. Running out of
     text raises :class:`~lmscope.lens.training.corpus.CorpusExhaustedError` (tokens seen vs asked).
 
-    Cost of the defaults (SmolLM2-135M, 2-core CPU, measured on a 130k-token corpus): 877 s in all,
-    = 125 s of closed-form fit (32,768 tokens at ~290 tokens/s) + 20 KL steps of 1,024 tokens at
-    ~38 s each (~27 tokens/s: every reading projects every token onto the whole vocabulary). The
-    fine-tune bought 12% held-out KL (2.14 -> 1.89 nats). ``steps=0`` gives the ~2-minute
-    closed-form lens.
+    Cost of the defaults (SmolLM2-135M, 2-core CPU; the table of costs is ``docs/costs.md``): 877 s in all,
+    of which 20 KL steps of 1,024 tokens at ~38 s each (~27 tokens/s: every reading projects every token onto
+    the whole vocabulary). The fine-tune bought 12% held-out KL (2.14 -> 1.89 nats). ``steps=0`` stops after
+    the closed-form fit, the minutes-long part at most.
 
     ``callback(step, stats)`` runs after every fine-tune step (after any checkpoint);
     raising from it interrupts training (used by tests). Returns the trained lens with
@@ -221,8 +220,11 @@ def _announce(settings: dict[str, Any], domains: list[str], folder: Path) -> Non
     """Say once, before the first fit, what is fitted, why and where it goes (the progress bar alone does not)."""
     import sys
 
+    from .runplan import estimate_seconds, rough_duration
+
+    took = rough_duration(estimate_seconds(settings["init_tokens"], settings["steps"], settings["tokens_per_step"]))
     print(f"lmscope: fitting the default tuned lens of {folder.name.removesuffix('-tuned')} (once per model; "
-          f"{settings['init_tokens']:,} tokens of {', '.join(domains) or 'offline'} English, least squares, "
-          "~1-5 min on a CPU):\n"
+          f"{settings['init_tokens']:,} tokens of {', '.join(domains) or 'offline'} English, least squares; "
+          f"{took} for SmolLM2-135M on 2 idle CPU cores, minutes under load or for a larger model):\n"
           f"lmscope: it reads each layer's prediction better than the logit lens; cached in {folder}",
           file=sys.stderr, flush=True)

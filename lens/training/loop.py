@@ -213,4 +213,6 @@ class TrainingRun:
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, initial=initial, unit="step", dynamic_ncols=True)
+    # disable=None: a bar only on a terminal (a log file or pipe would get one carriage-returned line per update)
+    return tqdm(total=total, desc=desc, disable=None if enabled else True, initial=initial, unit="step",
+                dynamic_ncols=True)

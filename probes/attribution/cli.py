@@ -9,19 +9,22 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lmscope.interventions.cli import CliError, add_model_args, model_from_args
+from lmscope.interventions.cli import CliError, add_model_args, check_prompt, model_from_args
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``attribute`` sub-command."""
-    p = subparsers.add_parser("attribute", help="direct logit attribution per head / MLP for one prompt",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser("attribute", help="Direct logit attribution per head / MLP for one prompt.",
+                              description="Direct logit attribution of one token's logit at the prompt's last "
+                                          "token: prints the largest terms (heads, MLPs, embedding, biases) and "
+                                          "checks that all terms sum to the model's own logit.")
     p.add_argument("prompt", help="the prompt; its last token predicts the target")
     p.add_argument("--target", required=True, help="single-token target string, e.g. ' Paris'")
-    p.add_argument("--contrast", help="single-token contrast: attribute logit(target) - logit(contrast)")
+    p.add_argument("--contrast", help="single-token contrast: attribute logit(target) - logit(contrast) (default: "
+                                       "the target's logit alone)")
     p.add_argument("--top", type=int, default=10, help="how many terms to print (default 10)")
-    p.add_argument("--plot", help="save the layer x head heat map to this PNG")
-    p.add_argument("--json", help="write every term to this JSON file")
+    p.add_argument("--plot", help="save the layer x head heat map to this PNG (default: no plot)")
+    p.add_argument("--json", help="write every term to this JSON file (default: none)")
     p.add_argument("--no-positions", action="store_true", help="skip the per-position split of the top heads")
     add_model_args(p)
     p.set_defaults(func=run_attribute)
@@ -33,6 +36,7 @@ def run_attribute(args: argparse.Namespace) -> int:
 
     from .dla import attribute
 
+    check_prompt(args.prompt)
     if args.top < 1:
         raise CliError(f"--top must be at least 1, got {args.top}.")
     model = model_from_args(args)

@@ -13,23 +13,29 @@ import json
 from typing import Any
 
 from lmscope.interventions.cli import CliError, add_model_args, model_from_args
+from lmscope.interventions.cli_folders import add_force_arg, check_out_folder
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``probe`` sub-command."""
-    p = subparsers.add_parser("probe", help="collect activations of labelled prompts and sweep linear probes",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser("probe", help="Collect activations of labelled prompts and sweep linear probes.",
+                              description="Collect activations of the labelled prompts of DATA.jsonl into an "
+                                          "on-disk dataset (resumable), then run a cross-validated probe sweep with "
+                                          "the control task and the majority baseline.")
     p.add_argument("data", help="JSONL of {prompt, label[, type]} objects")
-    p.add_argument("--out", required=True, help="dataset folder (created, or resumed if it exists)")
+    p.add_argument("--out", required=True,
+                   help="dataset folder (created, or resumed if it holds this dataset; another artifact there is "
+                        "refused without --force)")
     p.add_argument("--sites", default="resid_post.*", help="site names, comma separated (default resid_post.*)")
     p.add_argument("--positions", default="last", help="'last' (default), 'all' or a token index")
     p.add_argument("--cv", type=int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the control task (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward while collecting (default 16)")
     p.add_argument("--no-control", action="store_true", help="skip the control task")
     p.add_argument("--random-init", action="store_true", help="also probe a random-init copy of the model")
-    p.add_argument("--plot", help="save the per-layer plot to this PNG")
-    p.add_argument("--json", help="write the sweep to this JSON file")
+    p.add_argument("--plot", help="save the per-layer plot to this PNG (default: no plot)")
+    p.add_argument("--json", help="write the sweep to this JSON file (default: none)")
+    add_force_arg(p)
     add_model_args(p)
     p.set_defaults(func=run_probe)
     return p
@@ -72,6 +78,7 @@ def run_probe(args: argparse.Namespace) -> int:
         except ValueError:
             raise CliError(f"--positions must be 'last', 'all' or an int, got {args.positions!r}.") from None
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    check_out_folder(args.out, "an activation dataset", args.force)
     model = model_from_args(args)
     ds = write_dataset(model, args.out, prompts, sites, labels, positions, batch_size=args.batch_size)
     if types is not None and ds.n_rows != len(prompts):

@@ -18,13 +18,16 @@ import shutil
 import textwrap
 from typing import Any
 
-from lmscope.interventions.cli import CliError, add_model_args, model_from_args
+from lmscope.interventions.cli import CliError, add_model_args, check_prompt, model_from_args
+from lmscope.interventions.cli_folders import add_force_arg, check_out_folder
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``steer`` sub-command to the ``lmscope`` sub-command parsers."""
-    p = subparsers.add_parser("steer", help="steer generation with a vector built from contrast pairs",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser("steer", help="Steer generation with a vector built from contrast pairs.",
+                              description="Build a steering vector from contrast pairs and show steered vs "
+                                          "unsteered continuations of PROMPT (one scale), or a table of them "
+                                          "(several scales).")
     p.add_argument("prompt", help="prompt to continue")
     p.add_argument("--pairs", required=True,
                    help="JSONL file of {positive, negative} contrast pairs, or 'sentiment' (the shipped pairs)")
@@ -35,17 +38,22 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--unit", default="resid", choices=["resid", "raw"],
                    help="what --scale counts: 'resid' (default) the layer's typical residual norm along the "
                         "vector's direction; 'raw' the vector as built (unit vectors with --normalize)")
-    p.add_argument("--method", default="mean", choices=["mean", "actadd", "pca", "logistic"])
-    p.add_argument("--site", default="resid_pre", choices=["resid_pre", "resid_post"])
+    p.add_argument("--method", default="mean", choices=["mean", "actadd", "pca", "logistic"],
+                   help="how the pairs become a vector: mean difference, ActAdd (first pair only), first principal "
+                        "component, or a logistic-regression direction (default mean)")
+    p.add_argument("--site", default="resid_pre", choices=["resid_pre", "resid_post"],
+                   help="the residual stream to read the pairs from and steer (default resid_pre)")
     p.add_argument("--token", default="-1", help="token compared in each pair: an index or 'mean' (default -1)")
-    p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    p.add_argument("--positions", default="all", choices=["all", "prompt", "generated"],
+                   help="which tokens are steered: every token, the prompt's, or the generated ones (default all)")
     p.add_argument("--normalize", action="store_true", help="with --unit raw: unit-normalise each layer's vector")
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens generated per continuation (default 40)")
     add_model_args(p)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     # dest is not "save": nnsight gives every object a .save() method, so argparse would see the attribute as set
     p.add_argument("--save", dest="save_folder", metavar="FOLDER",
-                   help="also save the steering vector into this folder")
+                   help="also save the steering vector into this folder (default: not saved)")
+    add_force_arg(p, "--save")
     p.add_argument("--width", type=int, default=0, help="total output width (default: terminal width)")
     p.set_defaults(func=run_steer)
     return p
@@ -94,6 +102,9 @@ def run_steer(args: argparse.Namespace) -> int:
     except ValueError:
         raise CliError(f"--token must be an integer or 'mean', got {args.token!r}.") from None
     scales = parse_scales(args.scale)
+    check_prompt(args.prompt, "The prompt", "give some text to continue")
+    if args.save_folder:
+        check_out_folder(args.save_folder, "a steering vector", args.force, "--save")
     if args.normalize and args.unit == "resid":
         raise CliError("--normalize applies to --unit raw; --unit resid already steers along the unit direction.")
     shipped = args.pairs in SHIPPED_PAIRS and not os.path.exists(args.pairs)
