@@ -4,6 +4,8 @@ Where things live: ``model.py`` holds :class:`HookedModel`; ``sites.py`` parses 
 ``architectures.py`` maps them to HF modules (one declarative adapter per architecture) and
 ``locations.py`` says where each kind sits inside them; ``base.py`` defines the Intervention protocol,
 with one module per intervention kind (``cache.py``, ``steer.py``, ``patch.py``, ``ablate.py``, ``edit.py``);
+``heads.py`` and ``selection.py`` hold their ``heads=``/``neurons=`` selections, ``tl_names.py`` TransformerLens
+naming (``get_act_name``, ``names_filter``);
 ``backends/`` attaches them to a forward (``backends/hooks.py`` with PyTorch hooks, always removed;
 ``backends/nnsight.py`` inside an nnsight trace). ``collect.py`` and ``datasets.py`` read activations in
 batches, ``partial.py`` runs partial forwards (``kv.py`` knows transformers' key/value caches),
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from .sites import Site
     from .specs import parse_layers, resolve_layers
     from .steer import Steer
+    from .tl_names import get_act_name
 
 _LAZY = {
     "Ablate": ".ablate", "ARCHITECTURES": ".architectures", "Architecture": ".architectures",
@@ -57,6 +60,7 @@ _LAZY = {
     "ForwardContext": ".positions", "Site": ".sites", "Steer": ".steer",
     "collect_activations": ".collect", "ActivationDataset": ".datasets",
     "write_dataset": ".datasets", "parse_layers": ".specs", "resolve_layers": ".specs",
+    "get_act_name": ".tl_names",
 }
 __all__ = [
     "ARCHITECTURES", "Ablate", "ActivationCache", "Architecture", "Batch", "Cache", "Edit", "ForwardContext",
@@ -65,6 +69,7 @@ __all__ = [
     "RunResult", "Site", "SiteError", "Steer", "UnsupportedArchitectureError", "collect_activations",
     "load_interventions", "parse_layers", "register_architecture", "resolve_layers", "save_interventions",
     "supported_model_types", "ActivationDataset", "write_dataset", "Interventions", "as_interventions",
+    "get_act_name",
 ]
 
 

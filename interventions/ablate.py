@@ -1,4 +1,4 @@
-"""``Ablate``: knock out heads or whole activations by zeroing, mean-replacing or resampling."""
+"""``Ablate``: knock out heads, neurons or whole activations by zeroing, mean-replacing or resampling."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import torch
 
 from .base import Intervention, decode_positions
 from .errors import InputError
-from .heads import HeadSpec, bind_heads, decode_heads, encode_heads, head_mask, pair_sites, parse_heads
+from .heads import HeadSpec, bind_heads, decode_heads
 from .positions import ForwardContext, PositionSpec, position_mask
+from .selection import NeuronSpec, Selects
 from .sites import ATTENTION_MAP_SITES, Site
 
 if TYPE_CHECKING:
@@ -18,12 +19,14 @@ if TYPE_CHECKING:
 HOW = ("zero", "mean", "resample")
 
 
-class Ablate(Intervention):
-    """Ablate ``site`` (all of it, or only ``heads`` of a ``head_z`` site) at ``positions``.
+class Ablate(Selects, Intervention):
+    """Ablate ``site`` (all of it, or only some heads or neurons) at ``positions``.
 
-    ``heads``: head indices of the named ``head_z`` site(s) (``Ablate("head_z.3", heads=[1, 2])``), or
-    (layer, head) pairs across layers without a site (``Ablate(heads=[(3, 1), (5, 0)])``); see
-    :mod:`lmscope.interventions.heads`.
+    ``heads``: head indices of the named per-head site(s) (``Ablate("head_z.3", heads=[1, 2])``; also ``q``,
+    ``k``, ``v``, ``rot_q``, ``rot_k``, ``head_out``, where on ``k``/``v``/``rot_k`` they count KV heads and
+    ``query_heads(site)`` lists the query heads that reads), or (layer, head) pairs across layers without a
+    site (``Ablate(heads=[(3, 1), (5, 0)])``); see :mod:`lmscope.interventions.selection`.
+    ``neurons``: MLP neurons of ``mlp_pre``/``mlp_post`` site(s) (``Ablate("mlp_post.12", neurons=[1042])``).
 
     ``how``:
     - ``"zero"``: set to zero;
@@ -39,9 +42,8 @@ class Ablate(Intervention):
 
     def __init__(self, site: str | list[str] | None = None, heads: HeadSpec = None, how: str = "zero",
                  positions: PositionSpec = None, reference: str | list[str] | None = None, seed: int = 0,
-                 per_position: bool = False) -> None:
-        self._ints, self._pairs = parse_heads(heads, site, "Ablate")
-        super().__init__(site if site is not None else pair_sites(self._pairs or []), positions)
+                 per_position: bool = False, *, neurons: NeuronSpec = None) -> None:
+        super().__init__(self._parse_selection(site, heads, neurons, "Ablate"), positions)
         if how not in HOW:
             raise InputError(f"Ablate how={how!r} is not one of {', '.join(map(repr, HOW))}.")
         if how == "zero" and reference is not None:
@@ -49,7 +51,6 @@ class Ablate(Intervention):
         if not isinstance(per_position, bool) or per_position and how != "mean":
             raise InputError(f"per_position=True is an option of how='mean' (got how={how!r}, "
                              f"per_position={per_position!r}).")
-        self.heads: list[int] | list[tuple[int, int]] | None = self._pairs if self._pairs is not None else self._ints
         self.how, self.reference, self.seed, self.per_position = how, reference, seed, per_position
         self._ref: dict[Site, torch.Tensor] = {}
         self._ref_len: torch.Tensor | None = None
@@ -57,12 +58,14 @@ class Ablate(Intervention):
 
     def bind(self, model: HookedModel) -> None:
         if self._pairs is not None:  # validate the pairs before their layers are resolved as site names
-            self._heads_by_site = bind_heads(model, [], None, self._pairs)
+            bind_heads(model, [], None, self._pairs)
         sites = self.sites(model)
         for s in sites:
             if s.kind in ATTENTION_MAP_SITES:
-                raise InputError(f"Ablate does not act on {s.kind}; ablate heads at 'head_z.L'.")
-        self._heads_by_site = bind_heads(model, sites, self._ints, self._pairs)
+                raise InputError(f"Ablate does not act on {s.kind}: a mean or resampled attention row would put "
+                                 "weight on other (or future) keys. Ablate heads at 'head_z.L' (or 'v.L'), or set "
+                                 "a pattern yourself with Edit.")
+        self._bind_selection(model, sites)
         self._ref, self._ref_len = {}, None
         if self.reference is not None:
             from .cache import Cache
@@ -140,18 +143,18 @@ class Ablate(Intervention):
         mask = position_mask(self.positions, ctx).to(value.device)
         repl = self._replacement(value, site, ctx, mask)
         mask = mask.reshape(*mask.shape, *([1] * (value.dim() - 2)))
-        heads = None if self._heads_by_site is None else self._heads_by_site.get(site)
-        if heads is not None:
-            mask = mask & head_mask(heads, value.shape[2], value.device)[None, None, :, None]
+        sel = None if self._selection is None else self._selection.get(site)
+        if sel is not None:
+            mask = mask & sel.mask(value)
         return torch.where(mask, repl, value)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "site": None if self._pairs is not None else self.site_spec,
-                "heads": encode_heads(self._ints, self._pairs), "how": self.how, "reference": self.reference,
+                **self._selection_config(), "how": self.how, "reference": self.reference,
                 "seed": self.seed, "per_position": self.per_position}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Ablate:
         return cls(config["site"], decode_heads(config.get("heads")), config.get("how", "zero"),
                    decode_positions(config.get("positions")), config.get("reference"), config.get("seed", 0),
-                   config.get("per_position", False))
+                   config.get("per_position", False), neurons=config.get("neurons"))

@@ -347,6 +347,24 @@ class HookedModel:
                                 position_ids=batch.position_ids, use_cache=False)
         return RunResult(out.logits, session_cache(self, session, batch.attention_mask), batch)
 
+    def run_with_cache(self, inputs: Any, names_filter: Any = None, *, interventions: Interventions = (),
+                       device: str | None = None, **run_kwargs: Any) -> tuple[torch.Tensor, ActivationCache]:
+        """TransformerLens's ``run_with_cache``: ``(logits, cache)`` of one :meth:`run`.
+
+        ``names_filter`` as in TransformerLens: None (every site), a name, a list of names (lmscope or
+        TransformerLens names) or a function of a name (asked about TransformerLens names, or about lmscope names
+        when it accepts none of those; see :func:`lmscope.interventions.tl_names.filter_sites`). ``device`` moves
+        the recorded values (e.g. ``"cpu"``); ``interventions`` run in the same forward, before the cache records;
+        other keywords go to :meth:`run`. The cache takes TransformerLens keys (``cache["resid_pre", 3]``).
+        """
+        from .cache import Cache
+        from .tl_names import filter_sites
+
+        names = names_filter if callable(names_filter) else [s.name for s in filter_sites(self, names_filter)]
+        cache = Cache(names, device=device)
+        result = self.run(inputs, [*as_interventions(interventions), cache], **run_kwargs)
+        return result.logits, result.cache
+
     def generate(self, inputs: Any, max_new_tokens: int = 32, *, interventions: Interventions = (),
                  do_sample: bool = False, **generate_kwargs: Any) -> Generation:
         """Greedy (default) or sampled continuation of left-padded prompts under ``interventions`` (one or a list)."""

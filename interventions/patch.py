@@ -15,8 +15,9 @@ import torch
 
 from .base import Intervention, decode_positions, encode_positions
 from .errors import InputError
-from .heads import HeadSpec, bind_heads, decode_heads, encode_heads, pair_sites, parse_heads
+from .heads import HeadSpec, bind_heads, decode_heads
 from .positions import ForwardContext, PositionSpec, _row_indices, position_mask, token_indices, validate_positions
+from .selection import NeuronSpec, Selects
 from .sites import ATTENTION_MAP_SITES, Site
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def to_token_coordinates(value: torch.Tensor, attention_mask: torch.Tensor | Non
     return out
 
 
-class Patch(Intervention):
+class Patch(Selects, Intervention):
     """Overwrite ``site`` at ``positions`` with patched values.
 
     ``values_or_source`` is one of: a float tensor ``[tokens, ...]`` or
@@ -43,18 +44,23 @@ class Patch(Intervention):
     run (``result.cache``); or source prompt(s) / token ids, which are run first
     (no other intervention active) to get the values.
 
-    ``heads`` writes only some heads of ``head_z`` sites and keeps the others: head indices of the
-    named site(s) (``Patch("head_z.3", src, heads=[1])``) or (layer, head) pairs across layers without
-    a site (``Patch(None, src, heads=[(3, 1), (5, 0)])``); see :mod:`lmscope.interventions.heads`.
+    ``heads`` writes only some heads of per-head sites and keeps the others: head indices of the
+    named site(s) (``Patch("head_z.3", src, heads=[1])``; also ``q``, ``k``, ``v``, ``rot_q``, ``rot_k``,
+    ``head_out``) or (layer, head) pairs across layers without a site (``Patch(None, src, heads=[(3, 1),
+    (5, 0)])``). On ``k``/``v``/``rot_k`` the indices count KV heads: on a grouped-query model patching one
+    changes every query head of its group, and ``query_heads(site)`` lists them. ``neurons`` writes only some
+    neurons of ``mlp_pre``/``mlp_post`` (``Patch("mlp_post.12", src, neurons=[1042])``). The values cover
+    the whole site either way; see :mod:`lmscope.interventions.selection`.
+
+    Attention maps (``attn_scores``, ``attn_pattern``) are not patched: their key axis has no token
+    coordinates shared across prompts of different lengths; ``Edit`` writes them, and
+    ``lmscope.probes.patching.patching_sweep`` patches their rows between prompt pairs of one length.
     """
 
     def __init__(self, site: str | list[str] | None = None, values_or_source: Any = None,
                  positions: PositionSpec = None, source_positions: PositionSpec = None, *,
-                 heads: HeadSpec = None) -> None:
-        self._ints, self._pairs = parse_heads(heads, site, "Patch")
-        super().__init__(site if site is not None else pair_sites(self._pairs or []), positions)
-        self.heads: list[int] | list[tuple[int, int]] | None = self._pairs if self._pairs is not None else self._ints
-        self._heads_by_site: dict[Site, list[int]] | None = None
+                 heads: HeadSpec = None, neurons: NeuronSpec = None) -> None:
+        super().__init__(self._parse_selection(site, heads, neurons, "Patch"), positions)
         if values_or_source is None:
             raise InputError("Patch needs values_or_source: a float tensor, a dict of tensors, an ActivationCache, "
                              "or source prompt(s) / token ids.")
@@ -94,8 +100,10 @@ class Patch(Intervention):
             bind_heads(model, [], None, self._pairs)
         sites = self.sites(model)
         if any(s.kind in ATTENTION_MAP_SITES for s in sites):
-            raise InputError("Patch does not write attn_scores or attn_pattern; use Edit for attention maps.")
-        self._heads_by_site = bind_heads(model, sites, self._ints, self._pairs)
+            raise InputError("Patch does not write attn_scores or attn_pattern (their key axis has no token "
+                             "coordinates shared across prompts); use Edit for attention maps, or "
+                             "lmscope.probes.patching.patching_sweep over 'attn_pattern.L' for prompt pairs.")
+        self._bind_selection(model, sites)
         if self.source is not None:
             from .cache import Cache
 
@@ -155,11 +163,11 @@ class Patch(Intervention):
         vrow = rows if vals.shape[0] > 1 else torch.zeros_like(rows)
         out = value.clone()
         picked = vals.to(device=value.device, dtype=value.dtype)[vrow.to(vals.device), s.to(vals.device)]
-        heads = None if self._heads_by_site is None else self._heads_by_site.get(site)
-        if heads is None:
+        sel = None if self._selection is None else self._selection.get(site)
+        if sel is None:
             out[rows, cols] = picked
-        else:  # only the chosen heads; the others keep this run's values
-            h = torch.tensor(heads, device=value.device)
+        else:  # only the chosen heads / neurons (axis 2); the others keep this run's values
+            h = torch.tensor(sel.index, device=value.device)
             out[rows[:, None], cols[:, None], h[None, :]] = picked[:, h]
         return out
 
@@ -168,8 +176,7 @@ class Patch(Intervention):
         return {**super().config(), "site": None if self._pairs is not None else self.site_spec,
                 "source": src, "source_is_ids": isinstance(self.source, torch.Tensor),
                 "source_positions": encode_positions(self.source_positions),
-                "value_sites": sorted(self._by_name) if self._by_name else None,
-                "heads": encode_heads(self._ints, self._pairs)}
+                "value_sites": sorted(self._by_name) if self._by_name else None, **self._selection_config()}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         if self._given is not None:
@@ -179,11 +186,10 @@ class Patch(Intervention):
     @classmethod
     def from_config(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Patch:
         pos, spos = decode_positions(config.get("positions")), decode_positions(config.get("source_positions"))
-        heads = decode_heads(config.get("heads"))
+        sel = {"heads": decode_heads(config.get("heads")), "neurons": config.get("neurons")}
         if config.get("source") is not None:
             src = torch.tensor(config["source"]) if config.get("source_is_ids") else config["source"]
-            return cls(config["site"], src, pos, spos, heads=heads)
+            return cls(config["site"], src, pos, spos, **sel)
         if "values" in tensors:
-            return cls(config["site"], tensors["values"], pos, spos, heads=heads)
-        return cls(config["site"], {k.removeprefix("values."): v for k, v in tensors.items()}, pos, spos,
-                   heads=heads)
+            return cls(config["site"], tensors["values"], pos, spos, **sel)
+        return cls(config["site"], {k.removeprefix("values."): v for k, v in tensors.items()}, pos, spos, **sel)

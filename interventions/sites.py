@@ -241,19 +241,33 @@ def resolve_site(spec: str | Site, n_layers: int, available: frozenset[str] | No
     return sites[0]
 
 
-def head_label(site: Site, head: int | None) -> str:
-    """A row label of a result: the site name, or ``head_z.3:h2`` for one head of a site."""
+def head_label(site: Site, head: int | None, neuron: int | None = None) -> str:
+    """A row label of a result: the site name, ``head_z.3:h2`` for one head of a site (a KV head on k/v/rot_k),
+    or ``mlp_post.3:n1042`` for one neuron."""
+    if neuron is not None:
+        return f"{site.name}:n{neuron}"
     return site.name if head is None else f"{site.name}:h{head}"
 
 
-def parse_head_label(label: str) -> tuple[Site, int | None]:
-    """Inverse of :func:`head_label` for concrete labels (a non-negative layer, no wildcard)."""
-    name, sep, head = label.partition(":h")
+def parse_cell_label(label: str) -> tuple[Site, int | None, int | None]:
+    """Inverse of :func:`head_label` for concrete labels: (site, head, neuron)."""
+    name, sep, index = label.partition(":")
     m = _PATTERN.match(name)
     layer = m.group("layer") if m else None
-    if m is None or (sep and not head.isdigit()) or (layer is not None and not layer.isdigit()):
-        raise SiteError(f"{label!r} is not a concrete site label like 'resid_pre.3' or 'head_z.3:h2'.")
-    return Site(m.group("kind"), None if layer is None else int(layer)), (int(head) if sep else None)
+    if m is None or (sep and (index[:1] not in ("h", "n") or not index[1:].isdigit())) or (
+            layer is not None and not layer.isdigit()):
+        raise SiteError(f"{label!r} is not a concrete site label like 'resid_pre.3', 'head_z.3:h2' or "
+                        "'mlp_post.3:n1042'.")
+    site = Site(m.group("kind"), None if layer is None else int(layer))
+    return site, (int(index[1:]) if index[:1] == "h" else None), (int(index[1:]) if index[:1] == "n" else None)
+
+
+def parse_head_label(label: str) -> tuple[Site, int | None]:
+    """Inverse of :func:`head_label` for concrete site or head labels (a neuron label is a SiteError)."""
+    site, head, neuron = parse_cell_label(label)
+    if neuron is not None:
+        raise SiteError(f"{label!r} is a neuron label, not a site or head label.")
+    return site, head
 
 
 def all_site_names(n_layers: int, available: frozenset[str]) -> list[str]:

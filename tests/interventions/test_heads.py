@@ -64,10 +64,11 @@ def test_cache_pairs_record_the_selected_heads(llama_tiny: HookedModel) -> None:
     (lambda: Ablate("head_z.0", heads=[(0, 1)]), "drop site='head_z.0'"),
     (lambda: Ablate(heads=[1, (0, 1)]), "mixes forms"),
     (lambda: Cache(heads=[(0, 1, 2)]), "mixes forms or has a malformed entry"),
-    (lambda: Ablate(heads=[1, 2]), "name the head_z site"),
+    (lambda: Ablate(heads=[1, 2]), r"name the per-head site\(s\) they belong to \(e.g. 'head_z.3', 'v.3'\)"),
     (lambda: Ablate(), "needs a site"),
     (lambda: Patch(None, heads=[(0, 1)]), "needs values_or_source"),
-    (lambda: Cache("mlp_out.0", heads=[1]), "heads= selects heads of a 'head_z.L' site"),
+    (lambda: Cache("mlp_out.0", heads=[1]), r"heads= selects heads of a per-head site \(q, k, v, rot_q, rot_k, "
+                                            r"attn_scores, attn_pattern, head_z, head_out\), not of mlp_out.0"),
     (lambda: Ablate(heads=[]), "non-empty list"),
 ])
 def test_bad_head_selections_are_refused(llama_tiny: HookedModel, make, message) -> None:

@@ -108,6 +108,16 @@ def test_head_labels_round_trip() -> None:
 
     for site, head in ((Site("head_z", 3), 2), (Site("resid_pre", 0), None), (Site("embed"), None)):
         assert parse_head_label(head_label(site, head)) == (site, head)
-    for bad in ("head_z.3:hx", "resid_pre.*", "head_z.-1:h2", "resid pre"):
+    for bad in ("head_z.3:hx", "resid_pre.*", "head_z.-1:h2", "resid pre", "mlp_post.1:x3", "mlp_post.1:n"):
         with pytest.raises(SiteError, match="not a concrete site label"):
             parse_head_label(bad)
+
+
+def test_neuron_labels_round_trip() -> None:
+    from lmscope.interventions.sites import head_label, parse_cell_label, parse_head_label
+
+    assert head_label(Site("mlp_post", 3), None, 1042) == "mlp_post.3:n1042"
+    assert parse_cell_label("mlp_post.3:n1042") == (Site("mlp_post", 3), None, 1042)
+    assert parse_cell_label("v.2:h1") == (Site("v", 2), 1, None)
+    with pytest.raises(SiteError, match="is a neuron label, not a site or head label"):
+        parse_head_label("mlp_post.3:n1042")
