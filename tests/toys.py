@@ -7,6 +7,8 @@
 - :func:`binding_task`: the toy binding task that fits the tiny models' 64 positions.
 - :class:`ToyTokenizer`, :func:`toy_task`, :func:`toy_model`: a word-level tokenizer and a small few-shot task,
   so tiny random models can run the overthinking prompts.
+- :func:`patching_pair`, :func:`gap_metric`: a clean / corrupt pair of token ids and a logit-gap metric for the
+  patching sweeps on the tiny models.
 """
 
 from __future__ import annotations
@@ -97,3 +99,19 @@ def toy_model(name: str = "llama_tied") -> Any:
     from lmscope.interventions import HookedModel
 
     return HookedModel(build_tiny(name), ToyTokenizer())
+
+
+def patching_pair(n: int = 6, seed: int = 1) -> tuple[Any, Any]:
+    """Clean / corrupt token ids ``[n]`` for the tiny models (seeded): the corrupt prompt differs at tokens 1 and 3."""
+    from tiny_models import random_ids
+
+    clean = random_ids((n,), seed)
+    corrupt = clean.clone()
+    corrupt[1] = (corrupt[1] + 5) % 97
+    corrupt[3] = (corrupt[3] + 11) % 97
+    return clean, corrupt
+
+
+def gap_metric(logits: Any) -> Any:
+    """The logit of token 5 minus token 7 (a sweep metric on the tiny models' vocabulary)."""
+    return logits[:, 5] - logits[:, 7]

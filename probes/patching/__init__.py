@@ -1,7 +1,7 @@
 """Activation patching: one generic sweep, ready-made sweeps and attribution patching.
 
 ``sweep`` holds :func:`patching_sweep` (every method through one call) and the ready-made
-``resid_pre``/``attn_out``/``mlp_out``/per-head sweeps; ``pairs`` tokenises the prompt pairs and plans the
+``resid_pre``/``attn_out``/``mlp_out``/per-head/per-neuron sweeps; ``pairs`` tokenises the prompt pairs and plans the
 grid of cells; ``exact`` is the batched engine that reuses the unchanged prefix and the layers below each
 patch; ``loop`` the one-forward-per-patch reference; ``attribution`` the AtP estimate and its caveats;
 ``combine`` turns a dataset of pairs into one map (mean, standard error, per pair); ``metrics``
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         attn_out_sweep,
         head_sweep,
         mlp_out_sweep,
+        neuron_sweep,
         patching_sweep,
         resid_pre_sweep,
     )
@@ -38,6 +39,7 @@ _LAZY = {
     "head_sweep": ".sweep",
     "logit_diff": ".metrics",
     "mlp_out_sweep": ".sweep",
+    "neuron_sweep": ".sweep",
     "patching_sweep": ".sweep",
     "resid_pre_sweep": ".sweep",
     "target_logprob": ".metrics",

@@ -9,13 +9,17 @@ Known failure modes, handled as far as a linear estimate can:
 
 - **Large patches.** The estimate is only good while ``a' - a`` is small. Each cell's
   ``relative_delta`` (in ``result.extras``) is ``‖Δ‖ / ‖residual stream‖`` at that layer and position
-  (``head_z`` deltas mapped to the stream through ``W_O`` first); cells above
-  :data:`LARGE_DELTA` are counted in ``result.notes``. Verify those with the exact sweep.
+  (``head_z`` deltas mapped to the stream through ``W_O`` first, ``mlp_post`` neurons through the MLP's output
+  matrix, ``head_out`` heads summed); kinds with no linear image in the stream (``ln1``, ``ln2``,
+  ``final_norm``, ``q``, ``k``, ``v``, ``rot_q``, ``rot_k``, the attention maps, ``mlp_pre``) are measured
+  against the site's own value at those positions instead. Cells above :data:`LARGE_DELTA` are counted in
+  ``result.notes``. Verify those with the exact sweep.
 - **Attention saturation.** A patch that moves a downstream attention logit across a saturated
   softmax gets a near-zero gradient (false negatives). ``qk_fix=True`` (``method="atp*"`` in
   :func:`~lmscope.probes.patching.patching_sweep`) applies AtP*'s QK fix at the attention layer the
-  patched activation feeds directly (``resid_pre.L``/``embed``: layer ``L``/0; ``head_z``, ``attn_out``,
-  ``resid_mid``, ``mlp_out``, ``resid_post`` of layer ``L``: layer ``L + 1``): that layer's attention
+  patched activation feeds directly (``resid_pre.L``/``embed``, ``ln1``, ``q``, ``k``, ``rot_q``, ``rot_k`` and
+  the attention maps of layer ``L``: layer ``L``/0; the kinds of :data:`FEEDS_NEXT` of layer ``L``: layer
+  ``L + 1``; ``final_norm``: none): that layer's attention
   pattern under the patch is computed exactly (a forward truncated after it, batched over cells), and
   only the rest is linearised::
 
@@ -36,11 +40,11 @@ import torch
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.positions import ForwardContext
-from lmscope.interventions.sites import Site
+from lmscope.interventions.sites import ATTENTION_MAP_SITES, Site
 
 from .exact import RowWrite
 from .metrics import Metric
-from .pairs import Cell, Pair, col_labels, source_values
+from .pairs import Cell, Pair, cell_value, col_labels, source_values
 from .result import PatchingResult
 from .scoring import scalar_score
 
@@ -54,8 +58,13 @@ QK_NOTE = ("Attribution patching linearises every downstream attention softmax; 
            "patch feeds directly (the AtP* QK fix); confirm important cells with method='exact'.")
 QK_FIX_NOTE = ("AtP* QK fix: the attention pattern of the layer each patch feeds directly is exact; query/key "
                "paths into later layers are linearised, and GradDrop is not applied.")
-#: Site kinds whose value enters the residual stream read by the *next* layer's attention (else: this layer's).
-_FEEDS_NEXT = ("head_z", "attn_out", "resid_mid", "mlp_out", "resid_post")
+#: Site kinds whose patch first reaches an attention pattern in the *next* layer (else: this layer's own).
+FEEDS_NEXT = ("v", "head_z", "head_out", "attn_out", "resid_mid", "ln2", "mlp_pre", "mlp_post", "mlp_out",
+              "resid_post")
+#: Site kinds after the last attention (their patch reaches no attention pattern).
+_FEEDS_NONE = ("final_norm",)
+#: Site kinds whose Δ is a residual-stream vector as it is (``relative_delta`` divides by the stream's norm).
+_IN_STREAM = ("embed", "resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
 
 
 class _Stop(Exception):
@@ -89,8 +98,10 @@ class _PatternProbe(Intervention):
 
 
 def feeds_layer(c: Cell) -> int:
-    """The attention layer whose queries/keys read cell ``c``'s patch directly."""
-    if c.site.kind in _FEEDS_NEXT:
+    """The attention layer whose pattern cell ``c``'s patch reaches first (a huge number for none)."""
+    if c.site.kind in _FEEDS_NONE:
+        return 1 << 30
+    if c.site.kind in FEEDS_NEXT:
         return c.start_layer + 1
     return c.start_layer
 
@@ -124,14 +135,14 @@ def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], ro
     with torch.no_grad():
         for r, row in enumerate(grid):
             for k, c in enumerate(row):
-                sel = slice(None) if c.position is None else slice(c.position, c.position + 1)
-                delta = (source[c.site] - base_vals[c.site])[sel]
+                delta = cell_value(c, source[c.site]) - cell_value(c, base_vals[c.site])
                 layer = feeds_layer(c)
-                grad = (grads[c.site] if layer not in pat else pat[layer].grad_without[c.site])[sel]
-                if c.head is not None:
-                    delta, grad = delta[:, c.head], grad[:, c.head]
+                grad = cell_value(c, grads[c.site] if layer not in pat else pat[layer].grad_without[c.site])
                 est[r, k] = base_metric + float((delta.float() * grad.float()).sum()) + fix.get(c, 0.0)
-                rel[r, k] = _relative(model, c, delta, stream[_stream_site(c)][sel])
+                stream_site = _stream_site(c)
+                scale = cell_value(Cell(c.site, None, c.position), base_vals[c.site]) if stream_site is None else \
+                    cell_value(Cell(stream_site, None, c.position), stream[stream_site])
+                rel[r, k] = _relative(model, c, delta, scale)
     n_large = int((rel > LARGE_DELTA).sum())
     notes = [QK_FIX_NOTE if qk_fix else QK_NOTE]
     if n_large:
@@ -142,10 +153,13 @@ def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], ro
                           {"relative_delta": rel}, notes)
 
 
-def _stream_site(c: Cell) -> Site:
+def _stream_site(c: Cell) -> Site | None:
+    """The residual stream a cell's Δ is compared with (None: kinds compared with their own value)."""
     if c.site.kind == "resid_post":
         return c.site
-    return Site("resid_pre", c.start_layer)
+    if c.site.kind in _IN_STREAM or c.site.kind in ("head_z", "head_out", "mlp_post"):
+        return Site("resid_pre", c.start_layer)
+    return None
 
 
 class _Pattern:
@@ -161,8 +175,8 @@ def _base_gradients(model: HookedModel, pair: Pair, sites: list[Site], metric: M
     """Base-run values, ∂metric/∂site (``[T, ...]`` each), last logits, the residual stream per layer, and
     for each of ``qk_layers`` its pattern, ∂metric/∂pattern and the site gradients minus the pattern's part."""
     n = pair.base.shape[1]
-    streams = sorted({_stream_site(Cell(s, None, None)) for s in sites})
-    deltas = {s: torch.zeros(1, n, *model.site_shape(s), dtype=model.dtype, device=model.device,
+    streams = sorted({x for x in (_stream_site(Cell(s, None, None)) for s in sites) if x is not None})
+    deltas = {s: torch.zeros(1, *_value_shape(model, s, n), dtype=model.dtype, device=model.device,
                              requires_grad=True) for s in sites}
     pat_sites = [Site("attn_pattern", layer) for layer in qk_layers]
     pat_leaves = {s: torch.zeros(1, model.n_heads, n, n, dtype=model.dtype, device=model.device, requires_grad=True)
@@ -222,9 +236,7 @@ def _pattern_terms(model: HookedModel, pair: Pair, cells: list[Cell], source: di
                 entries: dict[Site, list[tuple[int, int | slice, int | None, torch.Tensor]]] = {}
                 for row, c in enumerate(chunk):
                     col: int | slice = slice(None) if c.position is None else c.position - p0
-                    val = source[c.site] if c.position is None else source[c.site][c.position]
-                    entries.setdefault(c.site, []).append((row, col, c.head, val if c.head is None
-                                                           else val[..., c.head, :]))
+                    entries.setdefault(c.site, []).append((row, col, c.index, cell_value(c, source[c.site])))
                 grab = _PatternGrab(layer)
                 try:
                     if partial:
@@ -242,13 +254,28 @@ def _pattern_terms(model: HookedModel, pair: Pair, cells: list[Cell], source: di
     return out
 
 
-def _relative(model: HookedModel, c: Cell, delta: torch.Tensor, stream: torch.Tensor) -> float:
-    """‖Δ‖ / ‖stream‖ over the cell's positions; a head's Δ is taken through its rows of W_O."""
-    if c.site.kind == "head_z":
-        w_o, _ = model.output_projection(c.start_layer)
-        if c.head is None:
-            delta = torch.einsum("phd,hdm->pm", delta.float(), w_o.float())
-        else:
-            delta = delta.float() @ w_o[c.head].float()
-    denom = float(stream.float().norm())
-    return float(delta.float().norm()) / denom if denom > 0 else float("inf")
+def _value_shape(model: HookedModel, site: Site, n: int) -> tuple[int, ...]:
+    """One prompt's value shape at ``site`` for ``n`` tokens: ``[n, ...]``, or ``[heads, n, n]`` for a map."""
+    if site.kind in ATTENTION_MAP_SITES:
+        return (model.n_heads, n, n)
+    return (n, *model.site_shape(site))
+
+
+def _relative(model: HookedModel, c: Cell, delta: torch.Tensor, scale: torch.Tensor) -> float:
+    """‖Δ‖ / ‖scale‖ over the cell's positions: ``scale`` is the residual stream there (Δ of a head taken through
+    its rows of W_O, of a neuron through its row of the MLP's output matrix, ``head_out`` heads summed) or, for
+    kinds with no stream image (:func:`_stream_site` None), the site's own value at those positions."""
+    delta = delta.float()
+    kind = c.site.kind
+    if kind == "head_z":
+        w_o = model.output_projection(c.start_layer)[0].float()
+        delta = torch.einsum("...hd,hdm->...m", delta, w_o) if c.head is None else delta @ w_o[c.head]
+    elif kind == "head_out" and c.head is None:
+        delta = delta.sum(-2)
+    elif kind == "mlp_post":
+        w_out = model.mlp_output_projection(c.start_layer)[0].float()
+        delta = delta @ w_out if c.neuron is None else delta[..., None] * w_out[c.neuron]
+    if kind == "attn_scores":  # masked keys hold the dtype's lowest value (or -inf): not part of the scores' size
+        scale = scale[scale > torch.finfo(scale.dtype).min / 2]
+    denom = float(scale.float().norm())
+    return float(delta.norm()) / denom if denom > 0 else float("inf")

@@ -12,7 +12,7 @@ uses it too).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -20,10 +20,10 @@ from lmscope.interventions.base import Intervention
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.positions import ForwardContext
-from lmscope.interventions.sites import Site
+from lmscope.interventions.sites import ATTENTION_MAP_SITES, Site
 
 from .metrics import Metric
-from .pairs import Cell, Pair
+from .pairs import Cell, Pair, cell_value
 from .scoring import pair_scores
 
 if TYPE_CHECKING:
@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 
 
 class RowWrite(Intervention):
-    """Write given values into given rows/columns (and heads) of raw ``[batch, seq, ...]`` site values.
+    """Write given values into given rows/columns (and heads or neurons) of raw ``[batch, seq, ...]`` site values.
 
     Internal to the exact sweep, which controls the batch layout itself (unpadded suffix forwards).
-    ``entries[site]`` lists ``(row, column or slice, head or None, value)``.
+    ``entries[site]`` lists ``(row, column or slice, head / neuron or None, value)``; the column is a query
+    position of an attention map ``[batch, heads, query, key]`` (and the index its head).
     """
 
     def __init__(self, entries: dict[Site, list[tuple[int, int | slice, int | None, torch.Tensor]]]) -> None:
@@ -43,11 +44,12 @@ class RowWrite(Intervention):
 
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor:
         out = value.clone()
-        for row, col, head, v in self.entries[site]:
-            if head is None:
-                out[row, col] = v.to(out.dtype)
-            else:
-                out[row, col, head] = v.to(out.dtype)
+        is_map = site.kind in ATTENTION_MAP_SITES
+        for row, col, index, v in self.entries[site]:
+            where: tuple[Any, ...] = (row, col) if index is None else (row, col, index)
+            if is_map:
+                where = (row, slice(None) if index is None else index, col)
+            out[where] = v.to(out.dtype)
         return out
 
 
@@ -84,8 +86,7 @@ def exact_values(model: HookedModel, pair: Pair, cells: list[Cell], source: dict
         for j, c in enumerate(group):  # batch row j * n_pairs + i: cell j on pair i
             col: int | slice = slice(None) if c.position is None else c.position - p0
             for i in range(n_pairs):
-                val = source[c.site][i] if c.position is None else source[c.site][i, c.position]
-                entries[c.site].append((j * n_pairs + i, col, c.head, val if c.head is None else val[..., c.head, :]))
+                entries[c.site].append((j * n_pairs + i, col, c.index, cell_value(c, source[c.site][i])))
         rows = torch.arange(n_pairs).repeat(len(group))
         hidden = None if l0 == 0 else resid[l0][rows.to(resid[l0].device), p0:]
         last = run_from_layer(model, hidden, l0, pair.base[rows.to(pair.base.device), p0:],

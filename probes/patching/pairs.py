@@ -16,24 +16,41 @@ import torch
 
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
-from lmscope.interventions.sites import Site, head_label
+from lmscope.interventions.heads import HEAD_AXES, KV_KINDS, head_count
+from lmscope.interventions.selection import NEURON_KINDS, group_size
+from lmscope.interventions.sites import ATTENTION_MAP_SITES, LAYER_SITES, MODEL_SITES, Site, head_label
 
 if TYPE_CHECKING:
     from lmscope.interventions.model import HookedModel
 
 #: Positions of a sweep: None = each token on its own, ``"all"`` = every token at once, or a list of ints.
 Positions = Union[None, str, Sequence[int]]
+#: Which heads / neurons a sweep patches one at a time: False (whole sites), True (every one) or a list.
+Units = Union[bool, Sequence[int]]
 DIRECTIONS = ("denoise", "noise")
-_PATCHABLE = ("embed", "resid_pre", "head_z", "attn_out", "resid_mid", "mlp_out", "resid_post")
+#: Site kinds a sweep cannot patch, and why (every other kind ``Cache`` reads is patchable).
+UNPATCHABLE: dict[str, str] = {
+    "logits": "patching the logits replaces what the metric reads: at the last position the patched metric is the "
+              "source run's, anywhere else nothing changes",
+}
+_PATCHABLE = tuple(k for k in ("embed", *LAYER_SITES, "final_norm") if k not in UNPATCHABLE)
+assert set(_PATCHABLE) | set(UNPATCHABLE) == set(LAYER_SITES) | set(MODEL_SITES)
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One patch: ``site`` (one head of ``head_z`` when ``head`` is set) at token ``position`` (None = all)."""
+    """One patch: ``site`` at token ``position`` (None = all; the query position of an attention map), all of it
+    or one ``head`` (a KV head on k/v/rot_k) or one ``neuron`` (mlp_pre/mlp_post)."""
 
     site: Site
     head: int | None
     position: int | None
+    neuron: int | None = None
+
+    @property
+    def index(self) -> int | None:
+        """The head or neuron this cell patches alone (None: the whole site)."""
+        return self.head if self.head is not None else self.neuron
 
     @property
     def start_layer(self) -> int:
@@ -114,22 +131,56 @@ def _token_labels(model: HookedModel, ids: torch.Tensor, numbered: bool = True) 
     return [f"{i}:{t}" for i, t in enumerate(toks)] if numbered else toks
 
 
-def plan_cells(model: HookedModel, sites: str | Sequence[str], positions: Positions, heads: bool,
-               n_tokens: int) -> tuple[list[list[Cell]], list[str], list[int | None]]:
-    """The grid of cells ``[rows][cols]``, the row labels and the column positions."""
+def plan_cells(model: HookedModel, sites: str | Sequence[str], positions: Positions, heads: Units,
+               n_tokens: int, neurons: Units = False) -> tuple[list[list[Cell]], list[str], list[int | None]]:
+    """The grid of cells ``[rows][cols]``, the row labels and the column positions.
+
+    ``heads`` / ``neurons`` (True: every one; a list: those) split per-head sites into one row per head and
+    ``mlp_pre``/``mlp_post`` sites into one row per neuron; other sites stay one row each."""
     resolved = model.resolve(sites if isinstance(sites, str) else list(sites))
-    bad = [s.name for s in resolved if s.kind not in _PATCHABLE]
+    bad = [s for s in resolved if s.kind not in _PATCHABLE]
     if bad:
-        raise InputError(f"Cannot patch {', '.join(bad)}; patchable kinds: {', '.join(_PATCHABLE)} "
-                         "(use Edit for attn_pattern).")
-    if heads and not any(s.kind == "head_z" for s in resolved):
-        raise InputError("heads=True patches single heads of head_z sites, but no head_z site was given.")
+        raise InputError(f"Cannot patch {bad[0].name}: {UNPATCHABLE[bad[0].kind]}. Patchable kinds: "
+                         f"{', '.join(_PATCHABLE)}.")
+    head_idx = _units(model, resolved, heads, "heads", HEAD_AXES, "per-head sites (" + ", ".join(HEAD_AXES) + ")")
+    neuron_idx = _units(model, resolved, neurons, "neurons", NEURON_KINDS, "mlp_pre or mlp_post sites")
     cols = _columns(positions, n_tokens)
-    rows: list[tuple[Site, int | None]] = []
+    rows: list[tuple[Site, int | None, int | None]] = []
     for s in resolved:
-        rows += [(s, h) for h in range(model.n_heads)] if heads and s.kind == "head_z" else [(s, None)]
-    labels = [head_label(s, h) for s, h in rows]
-    return [[Cell(s, h, p) for p in cols] for s, h in rows], labels, cols
+        if s in head_idx:
+            rows += [(s, h, None) for h in head_idx[s]]
+        elif s in neuron_idx:
+            rows += [(s, None, n) for n in neuron_idx[s]]
+        else:
+            rows.append((s, None, None))
+    labels = [head_label(s, h, n) for s, h, n in rows]
+    return [[Cell(s, h, p, n) for p in cols] for s, h, n in rows], labels, cols
+
+
+def _units(model: HookedModel, sites: list[Site], units: Units, name: str, kinds: Any,
+           what: str) -> dict[Site, list[int]]:
+    """The heads (or neurons) of each site of ``kinds`` that get a row each: all of them, or the given ones."""
+    if units is False:
+        return {}
+    mine = [s for s in sites if s.kind in kinds]
+    if not mine:
+        raise InputError(f"{name}= patches single {name} of {what}, but no such site was given.")
+    out = {}
+    for s in mine:
+        size = model.d_mlp if name == "neurons" else head_count(model, s.kind)
+        if units is True:
+            out[s] = list(range(size))
+            continue
+        items = list(units) if isinstance(units, (list, tuple)) else []
+        if not items or not all(isinstance(u, int) and not isinstance(u, bool) for u in items):
+            raise InputError(f"{name} must be True, False or a non-empty list of ints, got {units!r}.")
+        bad = [u for u in items if not -size <= u < size]
+        if bad:
+            kv = " KV" if name == "heads" and s.kind in KV_KINDS and size != model.n_heads else ""
+            raise InputError(f"{name[:-1].capitalize()} {bad[0]} is out of range for {s.name}: it has {size}{kv} "
+                             f"{name} (valid 0..{size - 1}, or -{size}..-1 from the end).")
+        out[s] = list(dict.fromkeys(u % size for u in items))
+    return out
 
 
 def _columns(positions: Positions, n_tokens: int) -> list[int | None]:
@@ -162,3 +213,24 @@ def source_values(model: HookedModel, pair: Pair, sites: Sequence[Site]) -> tupl
     cache = Cache([s.name for s in sites])
     result = model.run(pair.source, [cache])
     return {s: result.cache[s.name] for s in sites}, result.last_logits()
+
+
+def cell_value(c: Cell, value: torch.Tensor) -> torch.Tensor:
+    """The part of one prompt's site value (``[T, ...]``; ``[heads, T, T]`` for attention maps) that cell ``c``
+    writes: its position (the query row of a map) and then its head or neuron."""
+    if c.site.kind in ATTENTION_MAP_SITES:
+        v = value if c.position is None else value[:, c.position]
+        return v if c.head is None else v[c.head]
+    v = value if c.position is None else value[c.position]
+    return v if c.index is None else v.select(1 if c.position is None else 0, c.index)
+
+
+def kv_group_notes(model: HookedModel, cells: Sequence[Cell]) -> list[str]:
+    """A note for sweeps with KV-head rows on a grouped-query model: which query heads each such row touched."""
+    r = group_size(model)
+    kinds = [k for k in KV_KINDS if any(c.head is not None and c.site.kind == k for c in cells)]
+    if r == 1 or not kinds:
+        return []
+    return [f"Rows of {'/'.join(kinds)} are KV heads (grouped-query attention, {r} query heads per KV head): "
+            f"patching KV head g changes query heads {r}g..{r}g+{r - 1} together (e.g. ':h1' touched query heads "
+            f"{', '.join(str(r + i) for i in range(r))})."]

@@ -18,14 +18,15 @@ import torch
 
 from lmscope.interventions.artifacts import atomic_dir, load_artifact, save_tensors
 from lmscope.interventions.errors import InputError, SiteError
-from lmscope.interventions.sites import Site, parse_head_label
+from lmscope.interventions.sites import Site, parse_cell_label, parse_head_label
 
 FORMAT = "lmscope.patching/1"
 
 
 class TopCell(NamedTuple):
     """One cell of a map: its site, head (None for a whole site), token position (None = every token),
-    ``effect`` (patched - base metric, the mean over pairs for a dataset) and the patched metric ``value``."""
+    ``effect`` (patched - base metric, the mean over pairs for a dataset) and the patched metric ``value``.
+    A neuron row's ``site`` is its label (``mlp_post.3:n1042``); :attr:`neuron` reads the neuron from it."""
 
     site: str
     head: int | None
@@ -33,11 +34,19 @@ class TopCell(NamedTuple):
     effect: float
     value: float
 
+    @property
+    def neuron(self) -> int | None:
+        """The neuron of a neuron sweep's row (``mlp_post.3:n1042`` -> 1042), else None."""
+        try:
+            return parse_cell_label(self.site)[2]
+        except SiteError:
+            return None
+
 
 
 
 def _row(label: str) -> tuple[Site | None, int | None]:
-    """A row label as (site, head); a free-form label of a hand-made map is (None, None)."""
+    """A row label as (site, head); a neuron's or a free-form label of a hand-made map is (None, None)."""
     try:
         return parse_head_label(label)
     except SiteError:
@@ -122,9 +131,10 @@ class PatchingResult:
         return out
 
     def head_layers(self) -> list[int]:
-        """The layers of a head sweep's rows (``head_z.L:hH``), in the order :meth:`by_head` stacks them."""
+        """The layers of a head sweep's rows (``head_z.L:hH``, or heads of another per-head kind), in the order
+        :meth:`by_head` stacks them."""
         return sorted({site.layer for site, head in map(_row, self.row_labels)
-                       if head is not None and site is not None and site.kind == "head_z" and site.layer is not None})
+                       if head is not None and site is not None and site.layer is not None})
 
     def by_head(self, what: str = "values") -> torch.Tensor:
         """A head sweep's map as ``[layers, heads]`` (one ``"all"`` column) or ``[layers, heads, positions]``.
@@ -140,9 +150,9 @@ class PatchingResult:
         if data is None:
             raise InputError("This result has no stderr (it is a single-pair sweep).")
         keys = [_row(r) for r in self.row_labels]
-        if any(h is None or s is None or s.kind != "head_z" for s, h in keys):
-            raise InputError("by_head needs a head sweep (rows 'head_z.L:hH', e.g. from head_sweep or "
-                             "patching_sweep(..., heads=True)); this result has rows like "
+        if any(h is None or s is None for s, h in keys) or len({s.kind for s, _ in keys if s is not None}) != 1:
+            raise InputError("by_head needs a head sweep of one site kind (rows 'head_z.L:hH', e.g. from head_sweep "
+                             "or patching_sweep(..., heads=True)); this result has rows like "
                              f"{self.row_labels[0]!r}.")
         layers = self.head_layers()
         n_heads = max(h for _, h in keys if h is not None) + 1

@@ -42,7 +42,7 @@ from .combine import combine_maps, dataset_col_labels, dataset_result
 from .exact import exact_values
 from .loop import loop_values
 from .metrics import Metric
-from .pairs import Pair, Positions, col_labels, plan_cells, prepare_pairs, source_values
+from .pairs import Pair, Positions, Units, col_labels, kv_group_notes, plan_cells, prepare_pairs, source_values
 from .result import PatchingResult
 from .scoring import pair_scores
 
@@ -54,15 +54,19 @@ METHODS = ("exact", "loop", "attribution", "atp*")
 
 def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Sequence[str],
                    positions: Positions = None, metric: Metric | Sequence[Metric] | None = None, *,
-                   heads: bool = False,
+                   heads: Units = False, neurons: Units = False,
                    method: str = "exact", direction: str = "denoise", batch_size: int = 64, layer_block: int = 6,
                    position_block: int = 2, progress: bool | None = None) -> PatchingResult:
     """Patch every (site [, head], position) cell and measure ``metric`` on the last position.
 
     ``clean``/``corrupt``: one prompt each, or lists of prompts (a dataset of pairs; see the module
     docstring: mean, standard error and per-pair maps). ``sites``: names or wildcards (``"resid_pre.*"``,
-    ``["attn_out.3", "mlp_out.3"]``); one row each, or one row per head for ``head_z`` sites with
-    ``heads=True``. ``positions``: None = each token separately (pairs must then share one length),
+    ``["attn_out.3", "mlp_out.3"]``) of any kind but ``logits``; one row each, or one row per head of per-head
+    sites (``q``, ``k``, ``v``, ``rot_q``, ``rot_k``, ``attn_scores``, ``attn_pattern``, ``head_z``, ``head_out``)
+    with ``heads=True`` (or a list of head indices), one row per neuron of ``mlp_pre``/``mlp_post`` with
+    ``neurons=True`` (or a list: d_mlp is large). On ``k``/``v``/``rot_k`` a row is a KV head; on a grouped-query
+    model the result's notes say which query heads each touched. An attention map's position is its query row
+    (all keys of that row are patched). ``positions``: None = each token separately (pairs must then share one length),
     ``"all"`` = every token at once, or a list of token indices (negative from each prompt's end).
     ``metric(logits [rows, vocab]) -> [rows]``, or one metric per pair (a list, e.g. a logit difference between
     each pair's own answer tokens). ``batch_size`` bounds the rows of one batched forward
@@ -81,10 +85,12 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
         raise InputError(f"positions=None patches each token separately, but the pairs have {len(lengths)} "
                          f"different token lengths ({', '.join(map(str, sorted(lengths)))}); pass 'all' or a list "
                          "of token indices such as [-1] (negative ones count from each prompt's end).")
+    units = {"heads": heads, "neurons": neurons}
+    notes = kv_group_notes(model, [c for row in plan_cells(model, sites, "all", heads, 1, neurons)[0] for c in row])
     if method in ("attribution", "atp*"):
-        results = _attribution_maps(model, groups, sites, positions, heads, metrics, direction, method == "atp*",
+        results = _attribution_maps(model, groups, sites, positions, units, metrics, direction, method == "atp*",
                                     batch_size)
-        return results[0] if n_pairs == 1 else combine_maps(results, positions, lengths)
+        return _noted(results[0] if n_pairs == 1 else combine_maps(results, positions, lengths), notes)
     unsupported = partial_forward_unsupported(model, max(lengths)) if method == "exact" else None
     if unsupported is not None:
         warnings.warn(f"The fast exact sweep's partial forwards are not exact with {unsupported}; computing the "
@@ -92,7 +98,14 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
         method = "loop"
     options = {"batch_size": batch_size, "layer_block": layer_block, "position_block": position_block,
                "progress": progress}
-    return _measured_sweep(model, groups, sites, positions, heads, metrics, method, direction, lengths, options)
+    return _noted(_measured_sweep(model, groups, sites, positions, units, metrics, method, direction, lengths,
+                                  options), notes)
+
+
+def _noted(result: PatchingResult, notes: list[str]) -> PatchingResult:
+    """``result`` with ``notes`` added (once)."""
+    result.notes = list(dict.fromkeys([*result.notes, *notes]))
+    return result
 
 
 def _checked_metric(metric: Metric | Sequence[Metric] | None) -> Metric | Sequence[Metric]:
@@ -115,12 +128,13 @@ def _metric_per_pair(metric: Metric | Sequence[Metric], n_pairs: int) -> list[Me
 
 
 def _attribution_maps(model: HookedModel, groups: list[Pair], sites: str | Sequence[str], positions: Positions,
-                      heads: bool, metrics: list[Metric], direction: str, qk_fix: bool,
+                      units: dict[str, Units], metrics: list[Metric], direction: str, qk_fix: bool,
                       batch_size: int) -> list[PatchingResult]:
     """Every pair's attribution map (one pair at a time), in dataset order."""
     results = {}
     for g in groups:
-        grid, row_labels, cols = plan_cells(model, sites, positions, heads, g.base.shape[1])
+        grid, row_labels, cols = plan_cells(model, sites, positions, units["heads"], g.base.shape[1],
+                                            units["neurons"])
         for i in range(len(g.index)):
             results[g.index[i]] = attribution_sweep(model, g.row(i), grid, row_labels, cols, metrics[g.index[i]],
                                                     direction, qk_fix=qk_fix, batch_size=batch_size)
@@ -128,14 +142,15 @@ def _attribution_maps(model: HookedModel, groups: list[Pair], sites: str | Seque
 
 
 def _measured_sweep(model: HookedModel, groups: list[Pair], sites: str | Sequence[str], positions: Positions,
-                    heads: bool, metrics: list[Metric], method: str, direction: str, lengths: set[int],
+                    units: dict[str, Units], metrics: list[Metric], method: str, direction: str, lengths: set[int],
                     options: dict[str, Any]) -> PatchingResult:
     """The exact or loop map of every pair, group by group, as one result (a dataset's mean and spread)."""
     n_pairs = len(metrics)
     per_pair: list[torch.Tensor] = [torch.empty(0)] * n_pairs
     base_m, source_m = torch.empty(n_pairs), torch.empty(n_pairs)
     for g in groups:
-        grid, row_labels, cols = plan_cells(model, sites, positions, heads, g.base.shape[1])
+        grid, row_labels, cols = plan_cells(model, sites, positions, units["heads"], g.base.shape[1],
+                                            units["neurons"])
         cells = [c for row in grid for c in row]
         source, source_logits = source_values(model, g, sorted({c.site for c in cells}))
         mine = [metrics[i] for i in g.index]
@@ -183,8 +198,22 @@ def mlp_out_sweep(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, 
 
 
 def head_sweep(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, layers: LayerSpec = None,
-               positions: Positions = "all", **kwargs: Any) -> PatchingResult:
-    """Each head's ``head_z`` (rows ``head_z.L:hH``), every position at once by default or per position;
-    ``result.by_head()`` gives the ``[layers, heads(, positions)]`` tensor."""
-    return patching_sweep(model, clean, corrupt, _layer_sites(model, "head_z", layers), positions, metric,
+               positions: Positions = "all", kind: str = "head_z", **kwargs: Any) -> PatchingResult:
+    """Each head of ``kind`` (rows ``head_z.L:hH``), every position at once by default or per position;
+    ``result.by_head()`` gives the ``[layers, heads(, positions)]`` tensor. ``kind`` is any per-head kind
+    (TransformerLens's ``get_act_patch_attn_head_{out,q,k,v,pattern}_all_pos``: ``"head_z"``, ``"q"``, ``"k"``,
+    ``"v"``, ``"attn_pattern"``; also ``"rot_q"``, ``"rot_k"``, ``"attn_scores"``, ``"head_out"``); on
+    ``k``/``v``/``rot_k`` the rows are KV heads."""
+    return patching_sweep(model, clean, corrupt, _layer_sites(model, kind, layers), positions, metric,
                           heads=True, **kwargs)
+
+
+def neuron_sweep(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, layers: LayerSpec = None,
+                 neurons: Units = True, positions: Positions = "all", kind: str = "mlp_post",
+                 **kwargs: Any) -> PatchingResult:
+    """Each MLP neuron of ``kind`` (``"mlp_post"``, the MLP's hidden layer, or ``"mlp_pre"``) in ``layers``: rows
+    ``mlp_post.L:nN``, every position at once by default. ``neurons`` is every neuron (True) or a list of indices:
+    d_mlp is large (1536 on SmolLM2-135M), so a subset (e.g. the top neurons of ``method="attribution"``, which
+    costs one backward pass for all of them) keeps an exact sweep short."""
+    return patching_sweep(model, clean, corrupt, _layer_sites(model, kind, layers), positions, metric,
+                          neurons=neurons, **kwargs)

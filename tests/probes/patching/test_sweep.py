@@ -7,21 +7,12 @@ import warnings
 import pytest
 import torch
 from tiny_models import WINDOW, build_tiny, random_ids
+from toys import gap_metric, patching_pair
 
 from lmscope.interventions import HookedModel, InputError, SiteError
 from lmscope.probes.patching import head_sweep, patching_sweep, resid_pre_sweep
 
-
-def metric(logits: torch.Tensor) -> torch.Tensor:
-    return logits[:, 5] - logits[:, 7]
-
-
-def _pair(n: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    clean = random_ids((n,), seed)
-    corrupt = clean.clone()
-    corrupt[1] = (corrupt[1] + 5) % 97
-    corrupt[3] = (corrupt[3] + 11) % 97
-    return clean, corrupt
+metric, _pair = gap_metric, patching_pair
 
 
 def _assert_equal_maps(model, clean, corrupt, sites, positions, **kw) -> None:
@@ -103,10 +94,16 @@ def test_labels_and_ready_made_sweeps(llama_tiny) -> None:
      "pair 1: clean has 3 tokens"),
     (dict(clean=[[1, 2, 3, 4, 5, 6], [1, 2, 3]], corrupt=[[1, 2, 3, 4, 5, 7], [1, 2, 4]]), InputError,
      "2 different token lengths"),
-    (dict(sites="attn_pattern.1"), InputError, "Cannot patch attn_pattern.1"),
-    (dict(sites="logits"), InputError, "patchable kinds"),
+    (dict(sites="logits"), InputError, "Cannot patch logits: patching the logits replaces what the metric reads.*"
+                                       "Patchable kinds: embed, resid_pre, ln1, q, k, v"),
     (dict(sites="resid_pre.7"), SiteError, "out of range"),
-    (dict(heads=True), InputError, "no head_z site"),
+    (dict(heads=True), InputError, r"heads= patches single heads of per-head sites \(q, k, v, rot_q, rot_k, "
+                                   r"attn_scores, attn_pattern, head_z, head_out\), but no such site"),
+    (dict(neurons=True), InputError, "neurons= patches single neurons of mlp_pre or mlp_post sites, but no such"),
+    (dict(sites="mlp_post.1", neurons=[48]), InputError, r"Neuron 48 is out of range for mlp_post.1: it has 48 "
+                                                         r"neurons \(valid 0..47"),
+    (dict(sites="v.1", heads=[2]), InputError, r"Head 2 is out of range for v.1: it has 2 KV heads"),
+    (dict(sites="mlp_post.1", neurons=[]), InputError, "neurons must be True, False or a non-empty list"),
     (dict(positions=[6]), InputError, "outside the prompt's 6 tokens"),
     (dict(positions=3), InputError, "list of ints"),
     (dict(method="fast"), InputError, "method must be one of"),
