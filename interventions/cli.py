@@ -192,6 +192,14 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def progress_bars_only_on_a_terminal() -> None:
+    """Off a terminal (a log file, a pipe, CI), turn off the tqdm bars libraries draw (transformers' GGUF
+    conversion...): each writes one carriage-returned line per update, kilobytes in a log. tqdm reads
+    ``TQDM_DISABLE`` when it is imported; lmscope's own bars already show only on a terminal."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lmscope``; returns the exit status (0 ok, 2 user error)."""
     parser = build_parser()
@@ -217,6 +225,7 @@ def console_main() -> None:
     Tearing down torch and transformers takes over a second on a small CPU and does nothing useful for a
     one-shot command (every file is written and closed by then), so the process exits straight away.
     """
+    progress_bars_only_on_a_terminal()
     try:
         code = main()
     except SystemExit as exit_:

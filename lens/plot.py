@@ -47,6 +47,30 @@ def visible_token(tok: str) -> str:
     return "".join(out)
 
 
+#: A default title quotes at most this much of the prompt (then "…"); what it quotes wraps onto several lines.
+MAX_PROMPT_CHARS = 240
+#: Average glyph width of matplotlib's default font (DejaVu Sans), in font sizes: sets the wrap width of titles.
+_GLYPH_EM = 0.6
+
+
+def wrap_title(title: str, width_inches: float, fontsize: float = 10.0) -> str:
+    """``title`` broken into lines that fit ``width_inches`` at ``fontsize`` points (a figure never clips a title
+    at its edges: matplotlib centres a title over its axes and cuts what runs past the figure)."""
+    import textwrap
+
+    chars = max(12, int(width_inches * 72 / (fontsize * _GLYPH_EM)))
+    return "\n".join(textwrap.fill(line, chars) for line in title.splitlines() or [""])
+
+
+def set_wrapped_title(fig: Any, ax: Any, title: str, fontsize: float = 10.0) -> None:
+    """Give ``ax`` ``title`` wrapped to the narrower of the axes' width and the figure, then lay the figure out
+    again (the title's height changed)."""
+    fig.tight_layout()
+    width = min(ax.get_position().width * fig.get_figwidth(), fig.get_figwidth())
+    ax.set_title(wrap_title(title, width, fontsize), fontsize=fontsize)
+    fig.tight_layout()
+
+
 def _label(tok: str, width: int = 8) -> str:
     s = visible_token(tok)
     return s if len(s) <= width else s[: width - 1] + "…"
@@ -59,8 +83,10 @@ def plot_trajectory(traj: Trajectory, path: str | os.PathLike[str], color: str =
     suffix = out.suffix.lower()
     values, cbar = _values(traj, color)
     if title is None:
-        title = f"{traj.lens} lens" + (f": {traj.prompt!r}" if traj.prompt else "")
-        title = title if len(title) <= 90 else title[:89] + "…"
+        prompt = traj.prompt or ""
+        prompt = prompt if len(prompt) <= MAX_PROMPT_CHARS else prompt[:MAX_PROMPT_CHARS] + "…"
+        name = traj.lens.replace(" (", " lens (", 1) if " (" in traj.lens else f"{traj.lens} lens"
+        title = name + (f": {prompt!r}" if prompt else "")
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".html":
         _plotly(traj, out, values, cbar, color, title)
@@ -92,9 +118,8 @@ def _matplotlib(traj: Trajectory, out: Path, values: Any, cbar: str, color: str,
                     color="white" if dark else "black")
     ax.set_xticks(range(n_p), _xlabels(traj), rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n_r), traj.readings, fontsize=7)
-    ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label=cbar)
-    fig.tight_layout()
+    set_wrapped_title(fig, ax, title)
     plt.close(fig)  # detach from pyplot (no backend is forced; headless runs fall back to Agg)
     atomic_save_figure(fig, out, dpi=120)
 

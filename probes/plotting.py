@@ -37,6 +37,7 @@ import numpy as np
 
 from lmscope.interventions.artifacts import atomic_save_figure
 from lmscope.interventions.errors import InputError
+from lmscope.lens.plot import set_wrapped_title
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -102,12 +103,12 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 110) -> Pa
 
 def _finish(fig: Figure, ax: Axes, title: str | None, xlabel: str | None, ylabel: str | None,
             path: str | os.PathLike[str] | None) -> Figure:
-    if title:
-        ax.set_title(title, fontsize=10)
     if xlabel:
         ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
+    if title:
+        set_wrapped_title(fig, ax, title)  # long titles wrap to the panel instead of running off the figure
     if path is not None:
         save_figure(fig, path)
     return fig

@@ -268,7 +268,6 @@ def source_docstring_problems(modules: dict[str, Path], lazy: dict[str, dict[str
 #: Exact: the test fails when one is fixed (delete its line here) and when a new one appears.
 PENDING_DOCSTRING_FIXES = [
     "interventions/base.py: `hooks.py` is not a module beside it",
-    "lens/lenses.py: lmscope.lens.safetensors: lmscope.lens has no safetensors",
     "lens/lenses.py: lmscope.lens.tuned.TunedLens: lmscope.lens has no tuned",
     "probes/steering/evals.py: `probes/data` does not exist",
     "probes/steering/tradeoff.py: lmscope.probes.evals.as_eval: lmscope.probes has no evals",

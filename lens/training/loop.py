@@ -199,15 +199,24 @@ class TrainingRun:
                                        self.corpus.describe()) from None
 
     def describe(self) -> dict[str, Any]:
-        """``lens.meta["training"]``: the recipe (without readings/fingerprint), corpus, timings, final loss."""
+        """``lens.meta["training"]``: the recipe (without readings/fingerprint), corpus, timings (0.01 s), final loss
+        (float32, without float64 noise)."""
         recipe = self.recipe.as_dict()
         history = self.state.loss_history
         return {**{k: v for k, v in recipe.items() if k not in ("readings", "fingerprint", "corpus")},
                 "corpus": self.corpus.describe(),
                 "algorithm": "lstsq-init + fused-KL Adam" if self.recipe.init == "lstsq" else "fused-KL Adam",
-                "final_train_kl": history[-1] if history else None,
+                "final_train_kl": float32_clean(history[-1]) if history else None,
                 "tokens": (self.recipe.init_chunks + self.recipe.steps * self.recipe.chunks_per_step)
-                * self.recipe.seq_len, **self.timings}
+                * self.recipe.seq_len, **{k: round(v, 2) for k, v in self.timings.items()}}
+
+
+def float32_clean(x: float) -> float:
+    """A float32 result without the float64 tail its conversion adds (0.5814841389656067 -> 0.5814841): the
+    shortest decimal that reads back as the same float32, so nothing is lost."""
+    import numpy as np
+
+    return float(str(np.float32(x)))
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:

@@ -170,6 +170,7 @@ class TradeoffResult:
     layers: list[int]
     normalize: bool
     fits: dict[str, Fit] = field(default_factory=dict)
+    unit: str = "raw"
 
     @property
     def scales(self) -> np.ndarray:
@@ -227,25 +228,29 @@ class TradeoffResult:
                 if name in self.fits:
                     f = self.fits[name]
                     curves[f"{f.name} (R²={f.r2:.2f})"] = Series(f(grid), x=grid, style="-")
-            line_plot(r, curves, xlabel="steering scale r", ylabel=key, ax=ax)
+            xlabel = "steering scale r" + (" (x typical residual norm)" if self.unit == "resid" else "")
+            line_plot(r, curves, xlabel=xlabel, ylabel=key, ax=ax)
         fig.suptitle(title or f"Steering trade-off (layers {self.layers})")
         if path is not None:
             save_figure(fig, path)
         return fig
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "layers": self.layers, "normalize": self.normalize,
+        return {"rows": self.rows, "layers": self.layers, "normalize": self.normalize, "unit": self.unit,
                 "fits": {k: f.as_dict() for k, f in self.fits.items()}}
 
 
 def steering_tradeoff(model: HookedModel, vector: SteeringVector, scales: Sequence[float], alignment_eval: Any,
                       helpfulness_eval: Any, layers: LayerSpec = None, normalize: bool = True,
-                      positions: PositionSpec = "all", fit: bool = True, progress: bool = False) -> TradeoffResult:
+                      positions: PositionSpec = "all", fit: bool = True, progress: bool = False,
+                      unit: str = "raw") -> TradeoffResult:
     """Sweep steering scales; score alignment and helpfulness at each; fit both curves.
 
     ``vector`` is applied at ``layers`` (default: all its layers) with
     ``normalize=True`` making each layer's vector unit norm, so ``scale`` is the
-    paper's ``r_e``. The evals are callables ``(model, interventions) -> float |
+    paper's ``r_e``; ``unit="resid"`` counts each scale in the layer's typical residual norm
+    instead (as :meth:`SteeringVector.to_steer` and ``generation_sweep`` do; ``normalize`` is
+    implied). The evals are callables ``(model, interventions) -> float |
     dict`` or prompt/answer lists (see :func:`lmscope.probes.evals.as_eval`); each scores
     its prompts in batches, so a scale costs one run per batch per eval.
     """
@@ -259,14 +264,14 @@ def steering_tradeoff(model: HookedModel, vector: SteeringVector, scales: Sequen
 
     rows = []
     for s in tqdm(scales, desc="steering sweep", disable=not progress, leave=False):
-        steers = vector.to_steer(s, positions=positions, normalize=normalize, layers=chosen) if s != 0 else []
+        steers = vector.to_steer(s, positions=positions, normalize=normalize, layers=chosen, unit=unit) if s else []
         a = run_eval(align, model, steers)
         h = run_eval(helpful, model, steers)
         row = {"scale": s, "alignment": a.pop("score"), "helpfulness": h.pop("score")}
         row.update({f"alignment_{k}": v for k, v in a.items()})
         row.update({f"helpfulness_{k}": v for k, v in h.items()})
         rows.append(row)
-    result = TradeoffResult(rows, chosen, normalize)
+    result = TradeoffResult(rows, chosen, normalize, unit=unit)
     if fit and len(rows) >= 3:
         result.fit()
     return result

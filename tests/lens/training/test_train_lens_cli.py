@@ -62,6 +62,10 @@ def test_announced_before_loading_and_final_numbers_rounded(setup, tmp_path: Pat
     saved = lines[-1]
     kl = re.search(r"final train KL (\S+) nats/token$", saved)
     assert kl is not None and re.fullmatch(r"\d+\.\d{4}", kl.group(1)), saved
+    recorded = json.loads((tmp_path / "a" / "config.json").read_text())["meta"]["training"]
+    assert len(repr(recorded["final_train_kl"])) <= 11  # float32's digits, not a float64 tail of noise
+    assert abs(recorded["final_train_kl"] - float(kl.group(1))) < 1e-4
+    assert all(v == round(v, 2) for k, v in recorded.items() if k.endswith("_s"))
     assert train(text, model_dir, tmp_path / "b", "--steps", "0") == 0
     saved = capsys.readouterr().err.splitlines()[-1]
     assert "None" not in saved and saved.endswith("closed-form fit only (--steps 0: no KL step, so no train KL)")
