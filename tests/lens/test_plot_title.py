@@ -44,8 +44,8 @@ def test_lens_heatmap_title_wraps_inside_the_figure(llama_tiny: HookedModel, sav
     traj.prompt = LONG
     traj.plot(tmp_path / "h.png")
     title = saved[-1].axes[0].title
-    assert "\n" in title.get_text() and title.get_text().replace("\n", " ") == f"logit lens: {LONG!r}"
     assert_inside(saved[-1], title)
+    assert "\n" in title.get_text() and title.get_text().replace("\n", " ") == f"logit lens: {LONG!r}"  # wrapped
     traj.plot(tmp_path / "t.png", title="tuned (SmolLM2-135M-Instruct-618e699f2a-tuned; fitted on literature, "
                                         "technical, legal English) lens, a long description indeed")
     assert_inside(saved[-1], saved[-1].axes[0].title)
