@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,8 +36,8 @@ def dry_run_setup() -> list[str]:
 def test_torch_comes_from_the_cpu_index_when_it_answers() -> None:
     torch_lines = [line for line in dry_run_setup() if "pip install" in line and '"torch==' in line]
     assert len(torch_lines) == 1
-    assert (f'$(python3 .ci/reachable "{CPU_INDEX}" && echo --extra-index-url {CPU_INDEX})' in torch_lines[0]), \
-        torch_lines[0]
+    probe = rf'\$\(\S+ \.ci/reachable "{re.escape(CPU_INDEX)}" && echo --extra-index-url {re.escape(CPU_INDEX)}\)'
+    assert re.search(probe + r' "torch==[\d.]+"$', torch_lines[0]), torch_lines[0]
     others = [line for line in dry_run_setup() if "pip install" in line and '"torch==' not in line]
     assert others and not [line for line in others if "--extra-index-url" in line]  # the torch install only
 
