@@ -1,9 +1,10 @@
 """The FastAPI application of ``lmscope serve``: security middleware, JSON API, the static explorer page.
 
 Status codes: 400 an lmscope error (bad token, layer, position...), 401 missing/wrong token, 404 an unknown
-lens or steering name, 409 a ``lmscope decode`` request for another model or lens (the client then decodes
+lens, steering name or job, 409 a ``lmscope decode`` request for another model or lens (the client then decodes
 locally), 413 a body over the size limit, 421 a ``Host`` header that is not this server (DNS rebinding),
-422 a body that does not match the schema. No endpoint evaluates user code or writes files.
+422 a body that does not match the schema, 429 too many heavy jobs waiting. No endpoint evaluates user code or
+writes files. The workbench views' endpoints are in ``routes.py``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from starlette.concurrency import run_in_threadpool
 
 from lmscope.interventions.errors import LmscopeError
 
+from .jobs import Busy
+from .routes import add_routes
 from .schema import (
     SCHEMA_VERSION,
     CliDecodeAnswer,
     CliDecodeRequest,
     DecodeAnswer,
     DecodeRequest,
-    schemas,
 )
+from .schema_views import schemas
 from .state import Mismatch, NotFound, ServerState
 
 ASGIApp = Callable[..., Awaitable[None]]
@@ -102,7 +105,8 @@ def create_app(state: ServerState, *, token: str | None = None, port: int | None
 
     @app.exception_handler(LmscopeError)
     async def lmscope_error(request: Request, err: LmscopeError) -> JSONResponse:
-        status = 404 if isinstance(err, NotFound) else 409 if isinstance(err, Mismatch) else 400
+        status = 404 if isinstance(err, NotFound) else 409 if isinstance(err, Mismatch) else \
+            429 if isinstance(err, Busy) else 400
         msg = err.args[0] if err.args else str(err)
         return JSONResponse({"detail": str(msg), "error": type(err).__name__, "schema_version": SCHEMA_VERSION},
                             status_code=status)
@@ -125,15 +129,18 @@ def create_app(state: ServerState, *, token: str | None = None, port: int | None
     @app.post("/api/v1/decode")
     async def decode(req: DecodeRequest) -> DecodeAnswer:
         t = time.perf_counter()
-        trajs = await run_in_threadpool(state.decode, req)
+        trajs, active = await run_in_threadpool(state.decode, req)
         return DecodeAnswer(lens=state.lens(req.lens, req.mid).describe(), steer=req.steer,
-                            trajectories=[tr.to_dict() for tr in trajs], seconds=time.perf_counter() - t)
+                            trajectories=[tr.to_dict() for tr in trajs], seconds=time.perf_counter() - t,
+                            active=active)
 
     @app.post("/api/v1/cli/decode")
     async def cli_decode(req: CliDecodeRequest) -> CliDecodeAnswer:
         t = time.perf_counter()
         text = await run_in_threadpool(cli_text, state, req)
         return CliDecodeAnswer(text=text, seconds=time.perf_counter() - t)
+
+    add_routes(app, state)
 
     @app.get("/")
     def page() -> FileResponse:

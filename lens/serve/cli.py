@@ -24,16 +24,18 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def register(sub: Any) -> None:
     """Add ``serve`` to the ``lmscope`` sub-command parsers."""
-    p = sub.add_parser("serve", help="Serve a resident model: JSON API + web lens explorer (decode uses it).",
-                       description="Load the model and lenses once and answer lens decodes over HTTP; open "
-                                   "http://HOST:PORT/ for the explorer. `lmscope decode` uses a server that "
-                                   "answers on LMSCOPE_SERVER (default 127.0.0.1:8765).")
+    p = sub.add_parser("serve", help="Serve a resident model: JSON API + the web circuit workbench (decode uses it).",
+                       description="Load the model and lenses once and answer lens decodes, attention, attribution, "
+                                   "patching and circuit views over HTTP; open http://HOST:PORT/ for the workbench. "
+                                   "`lmscope decode` uses a server that answers on LMSCOPE_SERVER (default "
+                                   "127.0.0.1:8765).")
     add_model_args(p)
     p.add_argument("--lens", action="append", default=None, metavar="LENS",
                    help="'logit', 'tuned' (default model's lens) or a tuned-lens folder; repeatable "
                         "(default: logit, plus tuned for the default model)")
     p.add_argument("--steer", action="append", default=[], metavar="NAME=FOLDER",
-                   help="a saved intervention folder (save_interventions / Intervention.save) offered as NAME")
+                   help="a saved intervention folder (save_interventions / Intervention.save) or a steering vector "
+                        "folder (lmscope steer --save) offered as NAME")
     p.add_argument("--root", default=None, metavar="DIR",
                    help="requests may name saved intervention folders inside DIR (never outside); "
                         "the server writes no files")
@@ -42,7 +44,8 @@ def register(sub: Any) -> None:
     p.add_argument("--token", default=os.environ.get("LMSCOPE_SERVER_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' on /api/ (env LMSCOPE_SERVER_TOKEN)")
     p.add_argument("--max-concurrent", type=int, default=4,
-                   help="decodes computed at once (default 4); --threads defaults to cores / this")
+                   help="light requests (decodes, views) computed at once (default 4); --threads defaults to cores / "
+                        "this; heavy jobs (patching, graphs) run on a thread of their own")
     p.set_defaults(func=cmd_serve)
 
 
@@ -114,6 +117,7 @@ def build_state(args: argparse.Namespace, lens_specs: list[str], steer_folders: 
 
     from .schema import LIMITS
     from .state import ServerState, read_interventions
+    from .steering import is_vector_folder
 
     model = model_from_args(args)
     model_spec = args.model if args.model == "default" or not os.path.exists(args.model) else \
@@ -124,7 +128,8 @@ def build_state(args: argparse.Namespace, lens_specs: list[str], steer_folders: 
         name = spec if spec in ("logit", "tuned") else Path(spec).resolve().name
         lenses[name] = lens_from_spec(spec, model, is_default_model_name(args.model))
         specs[spec if spec in ("logit", "tuned") else str(Path(spec).resolve())] = name
-    steering = {name: read_interventions(folder) for name, folder in steer_folders.items()}
+    vectors = {name: folder for name, folder in steer_folders.items() if is_vector_folder(folder)}
+    steering = {name: read_interventions(folder) for name, folder in steer_folders.items() if name not in vectors}
     return ServerState(model, lenses, model_spec=model_spec, dtype=args.dtype, device=args.device,
-                       steering=steering, root=args.root, lens_specs=specs,
+                       steering=steering, root=args.root, lens_specs=specs, vector_folders=vectors,
                        limits=replace(LIMITS, max_concurrent=args.max_concurrent))

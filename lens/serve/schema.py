@@ -28,6 +28,15 @@ class Limits:
     max_targets: int = 8
     max_scale: float = 1000.0
     max_concurrent: int = 4
+    max_ablate: int = 64  # heads ablated at once
+    max_view_tokens: int = 128  # attention maps, DLA, neurons, lens cells
+    max_pair_tokens: int = 64  # patching maps and circuit graphs (each prompt of the pair)
+    max_ig_steps: int = 16
+    max_graph_edges: int = 1000
+    max_job_seconds: float = 300.0  # a heavy job past this is stopped (state "failed", the reason given)
+    max_jobs_waiting: int = 8  # heavy jobs queued or running at once; more are refused (429)
+    max_jobs_kept: int = 64  # finished jobs kept as the answer cache
+    heavy_workers: int = 1  # threads computing heavy jobs (apart from the decode workers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,6 +45,12 @@ class Limits:
 LIMITS = Limits()
 
 Prompt = Union[str, list[int]]
+
+
+def finite_scale(v: float) -> float:
+    if not math.isfinite(v) or abs(v) > LIMITS.max_scale:
+        raise ValueError(f"scale must be a finite number in [-{LIMITS.max_scale:g}, {LIMITS.max_scale:g}]")
+    return v
 
 
 class SteerSpec(BaseModel):
@@ -48,9 +63,40 @@ class SteerSpec(BaseModel):
     @field_validator("scale")
     @classmethod
     def _finite(cls, v: float) -> float:
-        if not math.isfinite(v) or abs(v) > LIMITS.max_scale:
-            raise ValueError(f"scale must be a finite number in [-{LIMITS.max_scale:g}, {LIMITS.max_scale:g}]")
-        return v
+        return finite_scale(v)
+
+
+class SteerAt(BaseModel):
+    """Steering of the workbench: the set ``name`` (a name given to ``--steer`` or a folder under ``--root``; a
+    ``SteeringVector`` folder too) at ``layer`` (default: where it was saved) with ``scale`` in ``unit``:
+    ``"resid"`` = the layer's typical residual norm along the vector's direction (like ``lmscope steer``),
+    ``"raw"`` = the saved vector times ``scale``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    layer: Union[int, None] = None
+    scale: float = 0.0
+    unit: Literal["resid", "raw"] = "resid"
+
+    @field_validator("scale")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        return finite_scale(v)
+
+
+class InterventionsSpec(BaseModel):
+    """Interventions every workbench view runs under: heads ablated (``[[layer, head], ...]``), how (``"zero"``, or
+    ``"mean"``: each head's mean output over the tokens of ``mean_over``, default the request's own (clean)
+    prompt), and one steering."""
+
+    model_config = ConfigDict(extra="forbid")
+    ablate: list[tuple[int, int]] = Field(default_factory=list, max_length=LIMITS.max_ablate)
+    how: Literal["zero", "mean"] = "zero"
+    mean_over: Union[Prompt, None] = None
+    steer: Union[SteerAt, None] = None
+
+    def active(self) -> bool:
+        return bool(self.ablate) or (self.steer is not None and self.steer.scale != 0)
 
 
 class DecodeRequest(BaseModel):
@@ -67,6 +113,7 @@ class DecodeRequest(BaseModel):
                                            description="single tokens (strings or ids) whose rank is tracked")
     mid: bool = Field(False, description="logit lens: also read resid_mid")
     steer: Union[SteerSpec, None] = None
+    interventions: Union[InterventionsSpec, None] = Field(None, description="workbench interventions")
 
     @field_validator("prompts")
     @classmethod
@@ -97,6 +144,7 @@ class DecodeAnswer(BaseModel):
     steer: Union[SteerSpec, None] = None
     trajectories: list[dict[str, Any]]
     seconds: float
+    active: list[str] = Field(default_factory=list, description="the workbench interventions it ran under")
 
 
 class CliDecodeRequest(BaseModel):
@@ -120,12 +168,3 @@ class CliDecodeAnswer(BaseModel):
     schema_version: int = SCHEMA_VERSION
     text: str
     seconds: float
-
-
-def schemas() -> dict[str, Any]:
-    """JSON Schemas of every request and answer body (``GET /api/v1/schema``)."""
-    models: dict[str, Any] = {"DecodeRequest": DecodeRequest, "DecodeAnswer": DecodeAnswer,
-                              "CliDecodeRequest": CliDecodeRequest,
-              "CliDecodeAnswer": CliDecodeAnswer}
-    return {"schema_version": SCHEMA_VERSION, "limits": LIMITS.to_dict(),
-            "bodies": {name: m.model_json_schema() for name, m in models.items()}}

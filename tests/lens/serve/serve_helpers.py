@@ -47,3 +47,14 @@ def post(server: Any, body: Any, path: str = "/api/v1/decode", **kw: Any) -> Any
     import requests
 
     return requests.post(server.url + path, json=body, timeout=60, **kw)
+
+
+def in_threads(n: int, client: Any) -> None:
+    """Run ``client(i)`` in ``n`` threads at once and wait for all of them."""
+    import threading
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import torch
-from serve_helpers import post, steer_vector
+from serve_helpers import in_threads, post, steer_vector
 
 from lmscope.interventions import HookedModel, Steer
 from lmscope.lens.serve.runner import ServerThread
@@ -124,11 +123,21 @@ def test_token_protects_the_api(llama_tiny: HookedModel) -> None:
 
 
 def test_page_and_static_files_are_offline(served: Any) -> None:
+    """The page and every script and style it loads come from this server, and none reaches elsewhere."""
+    import re
+
     server, _ = served
     page = requests.get(server.url + "/", timeout=10).text
     assert "/static/app.js" in page and "http://" not in page and "https://" not in page
-    js = requests.get(server.url + "/static/app.js", timeout=10).text
-    assert "fetch(" in js and "cdn" not in js.lower() and "https://" not in js
+    files = re.findall(r'(?:src|href)="(/static/[\w.]+)"', page)
+    assert len(files) >= 8
+    texts = {f: requests.get(server.url + f, timeout=10) for f in files}
+    assert all(r.status_code == 200 for r in texts.values())
+    for name, r in texts.items():
+        body = r.text.lower()
+        assert "cdn" not in body and "https://" not in body and "import(" not in body, name
+        assert "http://" not in body.replace("http://www.w3.org/2000/svg", ""), name  # the SVG namespace only
+    assert "fetch(" in texts["/static/core.js"].text
 
 
 def test_concurrent_clients_equal_direct(served: Any) -> None:
@@ -146,11 +155,7 @@ def test_concurrent_clients_equal_direct(served: Any) -> None:
             r = post(server, bodies[i % 3])
             if r.status_code != 200 or r.json()["trajectories"] != expected[i % 3]:
                 failures.append(f"client {i}: {r.status_code}")
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(6, client)
     assert not failures
     assert state.model.hf_model.config._attn_implementation == "sdpa"
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in state.model.hf_model.modules()) == 0
