@@ -54,7 +54,7 @@ class _Interpolate(Intervention):
         return start + self.alpha.to(value.device, value.dtype)[:, None, None] * (value - start)
 
 
-def _runs(model: HookedModel, pairs: Pairs, graph: EdgeGraph, extra: Sequence[str] = ()) -> dict[str, Any]:
+def clean_corrupt_runs(model: HookedModel, pairs: Pairs, graph: EdgeGraph, extra: Sequence[str] = ()) -> dict[str, Any]:
     """The clean and corrupt runs: node outputs, last logits, metrics, and the clean run's ``extra`` sites."""
     out: dict[str, Any] = {}
     for name, batch in (("clean", pairs.clean), ("corrupt", pairs.corrupt)):
@@ -67,7 +67,7 @@ def _runs(model: HookedModel, pairs: Pairs, graph: EdgeGraph, extra: Sequence[st
     return out
 
 
-def _source(model: HookedModel, runs: dict[str, Any], source: Any, pairs: Pairs) -> torch.Tensor:
+def resolve_source(model: HookedModel, runs: dict[str, Any], source: Any, pairs: Pairs) -> torch.Tensor:
     if isinstance(source, torch.Tensor):
         return source
     if source == "corrupt":
@@ -192,8 +192,8 @@ def edge_attribution(model: HookedModel, clean: Any, corrupt: Any, metric: Metri
     graph = EdgeGraph.from_model(model)
     pairs = prepare_pairs(model, clean, corrupt, metric)
     starts = [f"resid_pre.{layer}" for layer in range(1, graph.n_layers)] if method == "exact" else []
-    runs = _runs(model, pairs, graph, starts)  # exact edge patching starts at each edge's layer
-    src = _source(model, runs, source, pairs)
+    runs = clean_corrupt_runs(model, pairs, graph, starts)  # exact edge patching starts at each edge's layer
+    src = resolve_source(model, runs, source, pairs)
     show = bool(progress) if progress is not None else pairs.n * graph.n_layers > 200
     if method == "exact":
         per_pair = _exact_scores(model, pairs, graph, runs, src, _edge_list(graph, edges), batch_size, show)

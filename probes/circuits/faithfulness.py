@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from lmscope.interventions.errors import InputError
 
-from .attribution import _runs, _source
+from .attribution import clean_corrupt_runs, resolve_source
 from .circuit import Circuit, whole_number
 from .graph import EdgeGraph
 from .pairs import Metric, Pairs, apply_metric, prepare_pairs, run_pairs
@@ -140,8 +140,8 @@ def evaluate_masks(model: HookedModel, clean: Any, corrupt: Any, metric: Metric 
     graph = EdgeGraph.from_model(model)
     masks, sizes = as_masks(graph, circuits)
     pairs = prepare_pairs(model, clean, corrupt, metric)
-    runs = _runs(model, pairs, graph)
-    src = _source(model, runs, source, pairs)
+    runs = clean_corrupt_runs(model, pairs, graph)
+    src = resolve_source(model, runs, source, pairs)
     base_run = isinstance(source, str) and source == "corrupt"
     if not base_run:  # the base is every edge carrying the source: one more mask, in the same forwards
         masks = torch.cat([masks, graph.check_mask(graph.mask())])
