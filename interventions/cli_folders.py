@@ -23,6 +23,7 @@ MARKERS: tuple[tuple[str, str], ...] = (
     ("patching.json", "a patching result"),
     ("report.json", "an overthinking report"),
     ("index.json", "an activation dataset"),
+    ("scores/edge_scores.json", "a circuit study"),
     ("config.json", "a saved lmscope intervention"),
 )
 

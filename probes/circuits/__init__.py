@@ -5,7 +5,10 @@ exact edge patching), path patching, circuits and their faithfulness.
 logits) and edges; ``nodes`` what each node writes into the stream in one forward; ``projection`` a target's
 input through its block's norm and its head's projection; ``patch`` the :class:`EdgePatch` intervention;
 ``circuit`` a :class:`Circuit` (a set of edges, picked from :class:`EdgeScores`, pruned by ``pruning``),
-drawn by ``plot`` and ``interactive`` (HTML); ``faithfulness`` and ``curve`` how much of the behaviour circuits keep.
+drawn by ``plot`` and ``interactive`` (HTML); ``faithfulness`` and ``curve`` how much of the behaviour circuits keep;
+``paths`` path patching; ``flow`` information flow routes (one forward, a token x layer contribution graph);
+``tasks`` ready-made pair datasets (IOI, capitals, JSONL); ``study`` the notebook's full study; ``cli`` is
+``lmscope circuit``. docs/circuits.md explains nodes, edges and when each method is exact or an estimate.
 """
 
 from typing import TYPE_CHECKING
@@ -17,18 +20,22 @@ if TYPE_CHECKING:
     from .circuit import Circuit
     from .curve import FaithfulnessCurve, faithfulness_curve
     from .faithfulness import Faithfulness, evaluate_circuit, evaluate_circuits
+    from .flow import FlowGraph, flow_routes
     from .graph import EdgeGraph
     from .nodes import node_means, node_outputs
     from .patch import EdgePatch
     from .paths import PathPatchingResult, path_patch
     from .pruning import prune
     from .scores import EdgeScores
+    from .study import CircuitStudy, circuit_study
     from .tasks import PairTask, capital_pairs, ioi_pairs, load_pairs
 
 _LAZY = {
     "FlowGraph": ".flow",
     "flow_routes": ".flow",
     "Circuit": ".circuit",
+    "CircuitStudy": ".study",
+    "circuit_study": ".study",
     "Faithfulness": ".faithfulness",
     "FaithfulnessCurve": ".curve",
     "evaluate_circuit": ".faithfulness",
