@@ -86,6 +86,8 @@ async function init() {
     wire();
     show(WB.views[WB.view] ? WB.view : "lens");
     restoreSelection();
+    // a hash typed or pasted into the address bar (the page's own updates replace it without this event)
+    window.addEventListener("hashchange", () => { loadURL(); show(WB.views[WB.view] ? WB.view : "lens"); restoreSelection(); });
   } catch (err) {
     setStatus("cannot reach the server: " + err.message, true);
     document.body.dataset.state = "error";

@@ -135,7 +135,7 @@ function nodeDetail(n, r) {
 }
 
 function flowSvg(r, frac) {
-  const T = r.position + 1, dx = Math.max(40, Math.min(80, 900 / T)), dy = Math.max(10, Math.min(22, 700 / (r.n_layers + 1)));
+  const T = r.position + 1, dx = Math.max(40, Math.min(80, 900 / T)), dy = Math.max(8, Math.min(16, 520 / (r.n_layers + 1)));
   const left = 40, bottom = 60, H = bottom + (r.n_layers + 1) * dy + 30;
   const at = ([layer, p, kind]) => [left + p * dx + (kind === "mlp" ? dx * 0.4 : 0),
     H - bottom - (layer + (kind === "resid" ? 0 : 0.5)) * dy];

@@ -356,7 +356,7 @@ def test_ioi_pairs_and_views_on_gemma3(gemma3: HookedModel, tmp_path: Path) -> N
         got = requests.get(server.url + "/api/v1/tasks/ioi?n=2", timeout=60).json()
         assert got["pairs"] == task.to_dict()["pairs"]
         clean, corrupt, t, d = task.clean[0], task.corrupt[0], task.targets[0], task.distractors[0]
-        for path, body in [("/api/v1/decode", {"prompts": [clean], "targets": [" " + t]}),
+        for path, body in [("/api/v1/decode", {"prompts": [clean], "targets": [t]}),
                            ("/api/v1/lens/cell", {"prompt": clean, "reading": 5}),
                            ("/api/v1/attention", {"prompt": clean, "layer": 6, "scores": True}),
                            ("/api/v1/attribution", {"prompt": clean, "target": t, "contrast": d}),
