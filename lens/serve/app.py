@@ -12,9 +12,10 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -100,7 +101,13 @@ def static_dir() -> Path:
 def create_app(state: ServerState, *, token: str | None = None, port: int | None = None,
                host: str = "127.0.0.1") -> Any:
     """The ASGI application serving ``state``. ``token`` protects ``/api/``; ``Host`` must name this server."""
-    app = FastAPI(title="lmscope serve", version=str(SCHEMA_VERSION), docs_url=None, redoc_url=None)
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        state.jobs.cancel_all()  # a running job stops at its next layer instead of holding the process open
+
+    app = FastAPI(title="lmscope serve", version=str(SCHEMA_VERSION), docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     app.state.lmscope = state
 
     @app.exception_handler(LmscopeError)

@@ -162,7 +162,9 @@ class JobManager:
         finally:
             job.seconds = time.monotonic() - start
 
-    def shutdown(self) -> None:
-        for job in list(self._jobs.values()):
-            job.cancel.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def cancel_all(self) -> None:
+        """Cancel every queued or running job (the server is stopping: none may hold the process open)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            self.cancel(job.id)

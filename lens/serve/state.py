@@ -89,6 +89,7 @@ class ServerState:
         self.jobs = JobManager(model, limits)
         #: answers computed once per server (repeated-token head scores by interventions)
         self.memo: dict[Any, Any] = {}
+        self.memo_lock = threading.Lock()
 
     # -- look-ups ------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 #: the repeated random-token sequences induction scores are read on: ``repeated_tokens(model, **REPEATED)``
 REPEATED = {"length": 20, "batch": 4, "seed": 0}
+#: sets of interventions whose repeated-token scores are kept
+MEMO_SIZE = 64
 
 
 def token_names(model: HookedModel, ids: list[int]) -> list[str]:
@@ -81,9 +83,15 @@ def repeated_scores(state: ServerState, active: Active) -> dict[str, torch.Tenso
     from lmscope.probes.attribution import head_scores_by_kind, repeated_tokens
 
     key = ("repeated", active.key)
-    if key not in state.memo:
-        state.memo[key] = head_scores_by_kind(state.model, repeated_tokens(state.model, **REPEATED))
-    return dict(state.memo[key])
+    with state.memo_lock:
+        found = state.memo.get(key)
+    if found is None:
+        found = head_scores_by_kind(state.model, repeated_tokens(state.model, **REPEATED))
+        with state.memo_lock:
+            if len(state.memo) >= MEMO_SIZE:  # bounded: the oldest set of interventions goes first
+                state.memo.pop(next(iter(state.memo)))
+            state.memo[key] = found
+    return dict(found)
 
 
 def attention_view(state: ServerState, req: AttentionRequest) -> AttentionAnswer:

@@ -249,6 +249,20 @@ def test_jobs_are_cancelled_queued_or_running_and_never_stall_a_decode(served: A
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in state.model.hf_model.modules()) == 0
 
 
+def test_stopping_the_server_cancels_its_running_jobs(llama_tiny: HookedModel) -> None:
+    state = ServerState(llama_tiny, {})
+    running = threading.Event()
+
+    def loop(ctx: Any) -> dict[str, Any]:
+        while True:
+            state.model.run([P])
+            running.set()
+    with ServerThread(state):
+        job, _ = state.jobs.submit("test", "spin", loop)
+        assert running.wait(10)
+    assert job.finished.wait(10) and job.state == "cancelled"
+
+
 def test_a_job_past_the_time_limit_fails_with_the_reason(llama_tiny: HookedModel) -> None:
     from dataclasses import replace
 
