@@ -110,6 +110,7 @@ class EdgePatch(Intervention):
         self._mid: dict[int, torch.Tensor] = {}
         self._raw_heads: dict[int, torch.Tensor] = {}
         self._final: torch.Tensor | None = None
+        self._attn: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._batch = batch
         self._mask = self.mask.to(value.device)
         src = self.source.to(value.device, torch.float32)
@@ -157,17 +158,33 @@ class EdgePatch(Intervention):
     def _resid_post(self, value: torch.Tensor, layer: int) -> None:
         self._final = value
 
+    def _attention_inputs(self, layer: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The normalised inputs of layer ``layer``'s q, k and v targets together ``[rows, pos, n_t, d]`` and the
+        rows each changes: one correction product for all of them (they share one upstream prefix), computed at
+        the layer's first q/k/v site and kept for the other two."""
+        if layer not in self._attn:
+            assert self.graph is not None
+            first, last = self.graph.layer_targets(layer, "q").start, self.graph.layer_targets(layer, "v").stop
+            inputs = self._inputs(self._pre[layer], range(first, last))
+            if inputs is not None:
+                norm = self._model.arch.input_norm(self._model.layer_module(layer), "attn")
+                inputs = normalise(norm, inputs[0], dtype), inputs[1]
+            self._attn = {layer: inputs}  # one layer at a time
+        return self._attn[layer]
+
     def _qkv(self, value: torch.Tensor, layer: int, kind: str) -> torch.Tensor | None:
         assert self.graph is not None
-        targets = self.graph.layer_targets(layer, kind)
-        inputs = self._inputs(self._pre[layer], targets)
+        inputs = self._attention_inputs(layer, value.dtype)
         if inputs is None:
             return None
-        x, changed = inputs
-        model = self._model
-        norm = model.arch.input_norm(model.layer_module(layer), "attn")
+        first = self.graph.layer_targets(layer, "q").start
+        targets = self.graph.layer_targets(layer, kind)
+        part = slice(targets.start - first, targets.stop - first)
+        x, changed = inputs[0][:, :, part], inputs[1][:, part]
+        if not bool(changed.any()):
+            return None
         heads = torch.arange(len(targets))
-        new = project_heads(model, layer, kind, normalise(norm, x, value.dtype), heads).to(value.dtype)
+        new = project_heads(self._model, layer, kind, x, heads).to(value.dtype)
         return torch.where(changed.to(value.device)[:, None, :, None], new, value)
 
     def _head_out(self, value: torch.Tensor, layer: int) -> None:
