@@ -114,8 +114,8 @@ class Deltas:
             if not k:
                 continue
             weights = dropped[:, :, nodes[:k].to(dropped.device)]  # [m, t, k] bool
-            if shared:
-                total = self.fixed_sum
+            if shared:  # all fixed nodes feed targets this forward computes; a shorter prefix sums its own
+                total = self.fixed_sum if k == len(nodes) else values[:k].sum(0)
             else:  # the running sum may hold later nodes (a parallel block's heads before its MLP): take them out
                 total = self.live_sum - self.live[:, k:self.recorded].sum(1) if self.recorded > k else self.live_sum
             out += self._part(weights, values[:k] if shared else values[:, :k], total, shared)
