@@ -115,3 +115,29 @@ def patching_pair(n: int = 6, seed: int = 1) -> tuple[Any, Any]:
 def gap_metric(logits: Any) -> Any:
     """The logit of token 5 minus token 7 (a sweep metric on the tiny models' vocabulary)."""
     return logits[:, 5] - logits[:, 7]
+
+
+def edge_pairs(n: int = 7) -> tuple[Any, Any]:
+    """Two clean / corrupt pairs of token ids ``[2, n]`` for the tiny models: the corrupt prompts differ at tokens
+    2 and 4 (edge-level methods compare the two runs position by position)."""
+    import torch
+    from tiny_models import random_ids
+
+    clean = torch.stack([random_ids((n,), 1), random_ids((n,), 2)])
+    corrupt = clean.clone()
+    corrupt[:, 2] = (corrupt[:, 2] + 5) % 97
+    corrupt[:, 4] = (corrupt[:, 4] + 9) % 97
+    return clean, corrupt
+
+
+class CharTokenizer:
+    """One token per character (ids 1..96), enough to drive a CLI on a tiny random model."""
+
+    pad_token_id = 0
+    eos_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [1 + ord(c) % 96 for c in text]}
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i - 1 + 32 * 3) if i > 0 else "" for i in ids)

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import build_tiny, random_ids
+from tiny_models import build_tiny
+from toys import edge_pairs as pairs
+from toys import gap_metric
 
 from lmscope.interventions import HookedModel, InputError
 from lmscope.interventions.tolerance import assert_close
 from lmscope.probes.circuits import EdgeGraph, EdgePatch, edge_attribution, node_outputs
 
-
-def metric(logits: torch.Tensor) -> torch.Tensor:
-    return logits[:, 5] - logits[:, 7]
+metric = gap_metric
 
 
-def pairs() -> tuple[torch.Tensor, torch.Tensor]:
-    clean = torch.stack([random_ids((7,), 1), random_ids((7,), 2)])
-    corrupt = clean.clone()
-    corrupt[:, 2] = (corrupt[:, 2] + 5) % 97
-    corrupt[:, 4] = (corrupt[:, 4] + 9) % 97
-    return clean, corrupt
 
 
 def test_exact_edge_patching_equals_one_forward_per_edge(tiny: HookedModel) -> None:

@@ -8,23 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_models import build_tiny
+from toys import CharTokenizer
 
 from lmscope.interventions import cli
 from lmscope.probes.circuits import Circuit, EdgeScores, edge_attribution
 from lmscope.probes.patching import logit_diff
-
-
-class CharTokenizer:
-    """One token per character (ids 1..96), enough to drive the CLI on a tiny random model."""
-
-    pad_token_id = 0
-    eos_token_id = 0
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        return {"input_ids": [1 + ord(c) % 96 for c in text]}
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(chr(i - 1 + 32 * 3) if i > 0 else "" for i in ids)
 
 
 @pytest.fixture

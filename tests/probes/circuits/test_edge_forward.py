@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import random_ids
+from toys import edge_pairs as pairs
 
 from lmscope.interventions import Cache, HookedModel, InputError, Intervention, Patch
 from lmscope.interventions.tolerance import assert_close
@@ -20,12 +20,6 @@ from lmscope.probes.circuits import EdgeGraph, EdgePatch, node_means, node_outpu
 SANDWICH = {"gemma2", "gemma3_text", "olmo2"}
 
 
-def pairs(n: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    clean = torch.stack([random_ids((n,), 1), random_ids((n,), 2)])
-    corrupt = clean.clone()
-    corrupt[:, 2] = (corrupt[:, 2] + 5) % 97
-    corrupt[:, 4] = (corrupt[:, 4] + 9) % 97
-    return clean, corrupt
 
 
 def test_all_edges_kept_is_the_clean_run_and_none_the_corrupt_run(tiny: HookedModel) -> None:

@@ -4,8 +4,9 @@ every target as receiver == patching the senders' outputs; the logits as receive
 from __future__ import annotations
 
 import pytest
-import torch
-from tiny_models import build_tiny, random_ids
+from tiny_models import build_tiny
+from toys import edge_pairs as pairs
+from toys import gap_metric
 
 from lmscope.interventions import Cache, HookedModel, InputError, Patch
 from lmscope.interventions.tolerance import assert_close
@@ -14,16 +15,9 @@ from lmscope.probes.circuits import EdgeGraph, node_outputs, path_patch
 ARCHS = ["llama", "gpt_neox", "gpt2", "qwen3"]  # no post-attention norm: head_z patches are per-head edges
 
 
-def metric(logits: torch.Tensor) -> torch.Tensor:
-    return logits[:, 5] - logits[:, 7]
+metric = gap_metric
 
 
-def pairs() -> tuple[torch.Tensor, torch.Tensor]:
-    clean = torch.stack([random_ids((7,), 1), random_ids((7,), 2)])
-    corrupt = clean.clone()
-    corrupt[:, 2] = (corrupt[:, 2] + 5) % 97
-    corrupt[:, 4] = (corrupt[:, 4] + 9) % 97
-    return clean, corrupt
 
 
 @pytest.mark.parametrize("arch", ARCHS)
