@@ -98,18 +98,8 @@ def static_dir() -> Path:
     return Path(str(resources.files("lmscope.lens.serve") / "static"))
 
 
-def create_app(state: ServerState, *, token: str | None = None, port: int | None = None,
-               host: str = "127.0.0.1") -> Any:
-    """The ASGI application serving ``state``. ``token`` protects ``/api/``; ``Host`` must name this server."""
-    @asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        yield
-        state.jobs.cancel_all()  # a running job stops at its next layer instead of holding the process open
-
-    app = FastAPI(title="lmscope serve", version=str(SCHEMA_VERSION), docs_url=None, redoc_url=None,
-                  lifespan=lifespan)
-    app.state.lmscope = state
-
+def add_error_handlers(app: Any) -> None:
+    """lmscope errors as 400/404/409/429 with the message; schema errors as 422 without the offending input."""
     @app.exception_handler(LmscopeError)
     async def lmscope_error(request: Request, err: LmscopeError) -> JSONResponse:
         status = 404 if isinstance(err, NotFound) else 409 if isinstance(err, Mismatch) else \
@@ -124,6 +114,20 @@ def create_app(state: ServerState, *, token: str | None = None, port: int | None
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in err.errors()]
         return JSONResponse({"detail": errors, "error": "ValidationError", "schema_version": SCHEMA_VERSION},
                             status_code=422)
+
+
+def create_app(state: ServerState, *, token: str | None = None, port: int | None = None,
+               host: str = "127.0.0.1") -> Any:
+    """The ASGI application serving ``state``. ``token`` protects ``/api/``; ``Host`` must name this server."""
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        state.jobs.cancel_all()  # a running job stops at its next layer instead of holding the process open
+
+    app = FastAPI(title="lmscope serve", version=str(SCHEMA_VERSION), docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
+    app.state.lmscope = state
+    add_error_handlers(app)
 
     @app.get("/api/v1/info")
     def info() -> dict[str, Any]:
