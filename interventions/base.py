@@ -2,7 +2,7 @@
 
 An intervention is a pure function of (site value, forward context): it never
 touches modules, so any execution backend that can read and write a site's
-tensor can run it (``hooks.py`` is the PyTorch-hooks backend; an nnsight
+tensor can run it (``backends/hooks.py`` is the PyTorch-hooks backend; an nnsight
 backend would call the same ``__call__``). Several interventions compose in list
 order; on one site they apply in that order, each seeing the previous result.
 """

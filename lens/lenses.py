@@ -114,7 +114,7 @@ class Unembedding:
 
 
 class Lens:
-    """Shared behaviour of :class:`LogitLens` and :class:`~lmscope.lens.tuned.TunedLens`.
+    """Shared behaviour of :class:`LogitLens` and :class:`~lmscope.lens.lenses.TunedLens`.
 
     Subclasses implement :meth:`translate`; everything else (decoding, trajectories)
     is common. ``model`` is the :class:`~lmscope.interventions.HookedModel` the lens reads.

@@ -264,20 +264,10 @@ def source_docstring_problems(modules: dict[str, Path], lazy: dict[str, dict[str
     return sorted(bad)
 
 
-#: Stale docstrings in modules that other work is moving right now; the lead fixes them once the moves land.
-#: Exact: the test fails when one is fixed (delete its line here) and when a new one appears.
-PENDING_DOCSTRING_FIXES = [
-    "interventions/base.py: `hooks.py` is not a module beside it",
-    "lens/lenses.py: lmscope.lens.tuned.TunedLens: lmscope.lens has no tuned",
-    "probes/steering/evals.py: `probes/data` does not exist",
-    "probes/steering/tradeoff.py: lmscope.probes.evals.as_eval: lmscope.probes has no evals",
-]
-
-
 def test_source_docstrings_name_what_exists(
         modules_and_lazy: tuple[dict[str, Path], dict[str, dict[str, str]]]) -> None:
     modules, lazy = modules_and_lazy
-    assert source_docstring_problems(modules, lazy) == sorted(PENDING_DOCSTRING_FIXES)
+    assert source_docstring_problems(modules, lazy) == []
 
 
 def test_docstring_checker_fires_on_stale_names_only(

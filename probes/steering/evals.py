@@ -14,7 +14,7 @@ interventions attached, so a sweep costs ``scales x batches`` forwards.
   each choice's text. SmolLM2-135M is at chance with letters (it cannot bind
   letters to options) but well above chance in cloze form, so the shipped set uses cloze.
 
-Shipped data (``probes/data``): ``sentiment_pairs.jsonl`` (32 contrast pairs),
+Shipped data (``probes/steering/data``): ``sentiment_pairs.jsonl`` (32 contrast pairs),
 ``sentiment_eval.jsonl`` (24 neutral review openings), ``mcq_easy.jsonl`` (48
 easy four-choice questions, answers balanced over A-D).
 """

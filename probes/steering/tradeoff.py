@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 import numpy as np
 
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.progress import bar_disable
 from lmscope.interventions.specs import LayerSpec
 
 from .evals import as_eval, run_eval
@@ -251,7 +252,7 @@ def steering_tradeoff(model: HookedModel, vector: SteeringVector, scales: Sequen
     paper's ``r_e``; ``unit="resid"`` counts each scale in the layer's typical residual norm
     instead (as :meth:`SteeringVector.to_steer` and ``generation_sweep`` do; ``normalize`` is
     implied). The evals are callables ``(model, interventions) -> float |
-    dict`` or prompt/answer lists (see :func:`lmscope.probes.evals.as_eval`); each scores
+    dict`` or prompt/answer lists (see :func:`lmscope.probes.steering.evals.as_eval`); each scores
     its prompts in batches, so a scale costs one run per batch per eval.
     """
     scales = [float(s) for s in scales]
@@ -263,7 +264,7 @@ def steering_tradeoff(model: HookedModel, vector: SteeringVector, scales: Sequen
     from tqdm.auto import tqdm
 
     rows = []
-    for s in tqdm(scales, desc="steering sweep", disable=not progress, leave=False):
+    for s in tqdm(scales, desc="steering sweep", disable=bar_disable(progress), leave=False):
         steers = vector.to_steer(s, positions=positions, normalize=normalize, layers=chosen, unit=unit) if s else []
         a = run_eval(align, model, steers)
         h = run_eval(helpful, model, steers)
