@@ -13,6 +13,7 @@ import torch
 
 from .cache import Cache
 from .errors import InputError
+from .progress import bar_disable
 from .specs import Prompts, as_prompt_list
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ def collect_activations(model: HookedModel, prompts: Prompts, sites: list[str], 
     from tqdm.auto import tqdm
 
     chunks: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-    for start in tqdm(range(0, len(items), batch_size), total=n_batches, desc=desc, disable=not show, leave=False):
+    for start in tqdm(range(0, len(items), batch_size), total=n_batches, desc=desc, disable=bar_disable(show),
+                      leave=False):
         batch = model.tokenize(items[start:start + batch_size])
         lengths = batch.lengths.tolist()
         validate_token(token, lengths, f"the batch starting at {start}:")

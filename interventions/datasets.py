@@ -34,6 +34,7 @@ from .collect import TokenRows, collect_rows, rows_of
 from .distributed import DataParallel
 from .errors import InputError
 from .fingerprint import check_fingerprint
+from .progress import bar_disable
 from .specs import as_prompt_list
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def _fill(model: HookedModel, folder: Path, items: list[Any], sites: list[str], 
     buf: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]] = []
     held, first = 0, start
     show = (stop - start) > 4 * batch_size if progress is None else progress
-    for b in tqdm(range(start, stop, batch_size), desc="dataset", disable=not show, leave=False):
+    for b in tqdm(range(start, stop, batch_size), desc="dataset", disable=bar_disable(show), leave=False):
         e = min(b + batch_size, stop)
         chunk = rows[b - start:e - start]
         values, token_ids = collect_rows(model, items[b:e], sites, chunk, dtype)
