@@ -3,10 +3,10 @@
 ``sweep`` holds :func:`patching_sweep` (every method through one call) and the ready-made
 ``resid_pre``/``attn_out``/``mlp_out``/per-head/per-neuron sweeps; ``pairs`` tokenises the prompt pairs and plans the
 grid of cells; ``exact`` is the batched engine that reuses the unchanged prefix and the layers below each
-patch; ``loop`` the one-forward-per-patch reference; ``attribution`` the AtP estimate and its caveats;
-``combine`` turns a dataset of pairs into one map (mean, standard error, per pair); ``metrics``
-logit-difference and log-prob metrics, ``scoring`` how a sweep applies them; ``result`` the
-:class:`PatchingResult` map (JSON/safetensors/PNG); ``cli`` is ``lmscope patch``.
+patch; ``loop`` the one-forward-per-patch reference; ``attribution`` the AtP estimate and its caveats (the
+cells outside the linear regime); ``combine`` turns a dataset of pairs into one map (mean, per pair; the result
+derives paired standard errors); ``metrics`` logit-difference and log-prob metrics, ``scoring`` how a sweep applies
+them; ``result`` the :class:`PatchingResult` map (JSON/safetensors/PNG); ``cli`` is ``lmscope patch``.
 
 Imports run one way: ``sweep`` uses the method modules (``exact``, ``loop``, ``attribution``, which uses
 ``exact``'s row writer), and they use ``pairs`` and ``scoring``; no module imports ``sweep`` back.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from lmscope.interventions.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .attribution import LARGE_DELTA
+    from .attribution import LARGE_CHANGE, LARGE_DELTA
     from .metrics import default_metric, logit_diff, target_logprob
     from .pairs import Cell
     from .result import PatchingResult
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Cell": ".pairs",
+    "LARGE_CHANGE": ".attribution",
     "LARGE_DELTA": ".attribution",
     "PatchingResult": ".result",
     "attn_out_sweep": ".sweep",

@@ -1,4 +1,5 @@
-"""A dataset of pairs as one :class:`PatchingResult`: the mean map, its standard error and every pair's map.
+"""A dataset of pairs as one :class:`PatchingResult`: the mean map, every pair's map and every pair's own base and
+source metrics (from which the result derives its paired standard errors).
 
 Pairs may differ in token length, so a dataset's columns are token indices as the caller gave them
 (negative ones count from each prompt's end), not one prompt's token labels.
@@ -12,11 +13,6 @@ import torch
 
 from .pairs import Positions
 from .result import PatchingResult
-
-
-def stderr(stacked: torch.Tensor) -> torch.Tensor:
-    """Standard error of the mean over the first axis (sample standard deviation / sqrt(n))."""
-    return stacked.std(0, unbiased=True) / stacked.shape[0] ** 0.5
 
 
 def dataset_col_labels(positions: Positions, cols: list[int | None], lengths: set[int]) -> list[str]:
@@ -35,12 +31,12 @@ def dataset_result(per_pair: list[torch.Tensor], row_labels: list[str], col_labe
     """Measured maps (``[rows, cols]`` each) and the pairs' unpatched metrics ``[n]`` into one dataset result."""
     stacked = torch.stack(per_pair)
     return PatchingResult(stacked.mean(0), row_labels, col_labels, float(base.mean()), float(source.mean()),
-                          method, direction, metric_name, per_pair=stacked, stderr=stderr(stacked),
+                          method, direction, metric_name, per_pair=stacked,
                           pair_base_metrics=base.tolist(), pair_source_metrics=source.tolist())
 
 
 def combine_maps(results: list[PatchingResult], positions: Positions, lengths: set[int]) -> PatchingResult:
-    """Attribution maps of single pairs into one dataset result (mean, standard error, per pair)."""
+    """Attribution maps of single pairs into one dataset result (mean, per pair, the pairs' metrics)."""
     first = results[0]
     stacked = torch.stack([r.values for r in results])
     extras = {k: torch.stack([r.extras[k] for r in results]).mean(0) for k in first.extras}
@@ -50,5 +46,5 @@ def combine_maps(results: list[PatchingResult], positions: Positions, lengths: s
     cols = [None if c == "all" else int(c.split(":")[0]) for c in first.col_labels]
     return PatchingResult(stacked.mean(0), first.row_labels, dataset_col_labels(positions, cols, lengths),
                           sum(base) / len(base), sum(source) / len(source), first.method, first.direction,
-                          first.metric_name, extras, notes, per_pair=stacked, stderr=stderr(stacked),
+                          first.metric_name, extras, notes, per_pair=stacked,
                           pair_base_metrics=base, pair_source_metrics=source)

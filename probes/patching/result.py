@@ -67,10 +67,12 @@ class PatchingResult:
     ``"noise"`` (corrupt into clean). ``extras`` holds further maps of the same shape (e.g. attribution
     patching's ``relative_delta``); ``notes`` human-readable caveats.
 
-    A sweep over a dataset of pairs fills ``values`` with the mean over pairs, ``stderr`` with its standard
-    error, ``per_pair`` with every pair's map ``[pairs, rows, cols]`` and ``pair_base_metrics`` /
-    ``pair_source_metrics`` with each pair's unpatched metrics (``base_metric``/``source_metric`` are their
-    means). A single pair leaves these None.
+    A sweep over a dataset of pairs fills ``values`` with the mean over pairs, ``per_pair`` with every pair's map
+    ``[pairs, rows, cols]`` and ``pair_base_metrics`` / ``pair_source_metrics`` with each pair's unpatched metrics
+    (``base_metric``/``source_metric`` are their means). A single pair leaves these None. Standard errors are
+    derived from them: :attr:`stderr` (of the effect, paired: over each pair's own patched - base),
+    :attr:`stderr_normalized` (of the normalised effect, paired) and :attr:`stderr_raw` (of the raw patched metric,
+    which also carries the spread of the pairs' own baselines).
     """
 
     values: torch.Tensor  # [rows, cols]
@@ -84,7 +86,6 @@ class PatchingResult:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     per_pair: torch.Tensor | None = None  # [pairs, rows, cols]
-    stderr: torch.Tensor | None = None  # [rows, cols]
     pair_base_metrics: list[float] | None = None
     pair_source_metrics: list[float] | None = None
 
@@ -94,8 +95,10 @@ class PatchingResult:
             raise InputError(f"values have shape {tuple(self.values.shape)}; labels give {shape}.")
         if self.per_pair is not None and tuple(self.per_pair.shape[1:]) != shape:
             raise InputError(f"per_pair has shape {tuple(self.per_pair.shape)}; the map is {shape}.")
-        if self.stderr is not None and tuple(self.stderr.shape) != shape:
-            raise InputError(f"stderr has shape {tuple(self.stderr.shape)}; the map is {shape}.")
+        for name in ("pair_base_metrics", "pair_source_metrics"):
+            pairs = getattr(self, name)
+            if pairs is not None and self.per_pair is not None and len(pairs) != self.per_pair.shape[0]:
+                raise InputError(f"{name} has {len(pairs)} entries; per_pair has {self.per_pair.shape[0]} pairs.")
         for k, v in self.extras.items():
             if tuple(v.shape) != shape:
                 raise InputError(f"extra map {k!r} has shape {tuple(v.shape)}; the map is {shape}.")
@@ -114,6 +117,45 @@ class PatchingResult:
     def effect(self) -> torch.Tensor:
         """``patched - base``: the change each patch causes."""
         return self.values - self.base_metric
+
+    # -- spread over a dataset's pairs ------------------------------------------------------------------
+    def pair_effects(self) -> torch.Tensor | None:
+        """``[pairs, rows, cols]``: each pair's patched metric minus that pair's own base metric (None without
+        ``per_pair`` and ``pair_base_metrics``). Their mean is :meth:`effect`."""
+        if self.per_pair is None or self.pair_base_metrics is None:
+            return None
+        return self.per_pair - torch.tensor(self.pair_base_metrics, dtype=self.per_pair.dtype)[:, None, None]
+
+    @property
+    def stderr(self) -> torch.Tensor | None:
+        """``[rows, cols]``: the paired standard error of :meth:`effect` -- the spread of each pair's own effect
+        (:meth:`pair_effects`), so a cell that moves every pair's metric by the same amount has 0 however much the
+        pairs' baselines differ. None for a single pair. The raw metric's is :attr:`stderr_raw`."""
+        effects = self.pair_effects()
+        return None if effects is None else _sem(effects)
+
+    @property
+    def stderr_raw(self) -> torch.Tensor | None:
+        """``[rows, cols]``: the standard error of the raw patched metric ``values`` over pairs (not paired: it
+        includes the spread of the pairs' own base metrics, so it is the same size for a null cell as for a strong
+        one). None for a single pair."""
+        return None if self.per_pair is None else _sem(self.per_pair)
+
+    @property
+    def stderr_normalized(self) -> torch.Tensor | None:
+        """``[rows, cols]``: the paired standard error of :meth:`normalized`, a ratio of means ``F = mean(a) /
+        mean(b)`` with ``a`` each pair's effect and ``b`` its gap (source - base): the delta method's
+        ``std(a - F b) / (sqrt(n) |mean(b)|)``. When every pair has the same gap it is the standard error of the
+        per-pair normalised effects ``a / b``; unlike theirs it stays finite when one pair's gap is near 0. None for
+        a single pair."""
+        effects = self.pair_effects()
+        if effects is None or self.pair_source_metrics is None:
+            return None
+        gaps = torch.tensor(self.pair_source_metrics, dtype=effects.dtype) - \
+            torch.tensor(self.pair_base_metrics or [], dtype=effects.dtype)
+        ratio = self.normalized()  # refuses a zero mean gap
+        residual = effects - ratio[None] * gaps[:, None, None]
+        return _sem(residual) / abs(float(gaps.mean()))
 
     def top(self, k: int = 5) -> list[TopCell]:
         """The ``k`` cells with the largest |effect| (patched - base), largest first, as :class:`TopCell` records."""
@@ -136,19 +178,22 @@ class PatchingResult:
         return sorted({site.layer for site, head in map(_row, self.row_labels)
                        if head is not None and site is not None and site.layer is not None})
 
-    def by_head(self, what: str = "values") -> torch.Tensor:
-        """A head sweep's map as ``[layers, heads]`` (one ``"all"`` column) or ``[layers, heads, positions]``.
+    def by_head(self, what: str = "values", positions: bool = False) -> torch.Tensor:
+        """A head sweep's map as ``[layers, heads]``, or ``[layers, heads, positions]`` with ``positions=True``.
 
-        Layers are :meth:`head_layers` in order; ``what`` is ``"values"`` (patched metric), ``"effect"``
-        (patched - base), ``"normalized"`` or ``"stderr"`` (dataset sweeps). Every row must be a head.
+        ``[layers, heads]`` needs a map of one column (``positions="all"``, the default of ``head_sweep``, or one
+        position such as ``[-1]``); a map of several positions is an InputError unless ``positions=True``, so the
+        shape never depends on the sweep. Layers are :meth:`head_layers` in order; ``what`` is ``"values"``
+        (patched metric), ``"effect"`` (patched - base), ``"normalized"``, or for dataset sweeps ``"stderr"``
+        (paired, of the effect), ``"stderr_normalized"`` (paired, of the normalised effect) or ``"stderr_raw"``
+        (of the raw patched metric). Every row must be a head.
         """
-        maps = {"values": lambda: self.values, "effect": self.effect, "normalized": self.normalized,
-                "stderr": lambda: self.stderr}
-        if what not in maps:
-            raise InputError(f"what must be one of {', '.join(maps)}, got {what!r}.")
-        data = maps[what]()
-        if data is None:
-            raise InputError("This result has no stderr (it is a single-pair sweep).")
+        data = self._map(what)
+        if not positions and len(self.col_labels) != 1:
+            shown = ", ".join(repr(c) for c in self.col_labels[:3]) + (", ..." if len(self.col_labels) > 3 else "")
+            raise InputError(f"by_head() is [layers, heads], but this map has {len(self.col_labels)} position columns "
+                             f"({shown}); pass positions=True for [layers, heads, positions], or sweep with "
+                             "positions='all' or one position such as [-1].")
         keys = [_row(r) for r in self.row_labels]
         if any(h is None or s is None for s, h in keys) or len({s.kind for s, _ in keys if s is not None}) != 1:
             raise InputError("by_head needs a head sweep of one site kind (rows 'head_z.L:hH', e.g. from head_sweep "
@@ -161,7 +206,20 @@ class PatchingResult:
         if missing:
             raise InputError(f"by_head needs every head of each layer; missing (layer, head) {missing[:3]}.")
         out = torch.stack([torch.stack([data[row_of[(layer, h)]] for h in range(n_heads)]) for layer in layers])
-        return out[..., 0] if self.col_labels == ["all"] else out
+        return out if positions else out[..., 0]
+
+    def _map(self, what: str) -> torch.Tensor:
+        """The ``[rows, cols]`` map named ``what`` (see :meth:`by_head`)."""
+        maps = {"values": lambda: self.values, "effect": self.effect, "normalized": self.normalized,
+                "stderr": lambda: self.stderr, "stderr_normalized": lambda: self.stderr_normalized,
+                "stderr_raw": lambda: self.stderr_raw}
+        if what not in maps:
+            raise InputError(f"what must be one of {', '.join(maps)}, got {what!r}.")
+        data = maps[what]()
+        if data is None:
+            raise InputError(f"This result has no {what} (it is a single-pair sweep: standard errors need a dataset "
+                             "of pairs with their base and source metrics).")
+        return data
 
     # -- export --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +229,7 @@ class PatchingResult:
                 "rows": self.row_labels, "cols": self.col_labels, "values": self.values.tolist(),
                 "extras": {k: v.tolist() for k, v in self.extras.items()}, "notes": self.notes,
                 "per_pair": None if self.per_pair is None else self.per_pair.tolist(),
-                "stderr": None if self.stderr is None else self.stderr.tolist(),
+                **{k: None if v is None else v.tolist() for k, v in self._errors().items()},
                 "pair_base_metrics": self.pair_base_metrics, "pair_source_metrics": self.pair_source_metrics}
 
     def save(self, path: str | os.PathLike[str], png: bool = True) -> Path:
@@ -179,24 +237,34 @@ class PatchingResult:
         with atomic_dir(path) as tmp:
             (tmp / "patching.json").write_text(json.dumps(self.to_dict(), indent=1))
             tensors = {"values": self.values, **{f"extras.{k}": v for k, v in self.extras.items()}}
-            tensors.update({k: v for k, v in (("per_pair", self.per_pair), ("stderr", self.stderr)) if v is not None})
+            if self.per_pair is not None:
+                tensors["per_pair"] = self.per_pair
             save_tensors({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
                          tmp / "tensors.safetensors", shown=Path(path) / "tensors.safetensors")
             if png:
                 self.plot().savefig(tmp / "heatmap.png", dpi=110, bbox_inches="tight")
         return Path(path)
 
+    def _errors(self) -> dict[str, torch.Tensor | None]:
+        """The three standard errors by name (None for a single pair; the normalised one also without a gap)."""
+        gap = self.source_metric != self.base_metric
+        return {"stderr": self.stderr, "stderr_normalized": self.stderr_normalized if gap else None,
+                "stderr_raw": self.stderr_raw}
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PatchingResult:
-        """Read a folder written by :meth:`save` (tensors from safetensors, never pickle)."""
+        """Read a folder written by :meth:`save` (tensors from safetensors, never pickle). Standard errors are
+        derived from ``per_pair`` and the pairs' metrics, so a folder saved before they were paired loads with the
+        paired ones too (its stored raw ``stderr`` tensor is not read)."""
         config, tensors = load_artifact(path, config_name="patching.json")
         if config.get("format") != FORMAT:
             raise InputError(f"{path} is not a patching result (format {config.get('format')!r}).")
         extras = {k.removeprefix("extras."): v for k, v in tensors.items() if k.startswith("extras.")}
         return cls(tensors["values"], config["rows"], config["cols"], config["base_metric"],
                    config["source_metric"], config["method"], config["direction"], config["metric"], extras,
-                   config["notes"], tensors.get("per_pair"), tensors.get("stderr"),
-                   config.get("pair_base_metrics"), config.get("pair_source_metrics"))
+                   config["notes"], per_pair=tensors.get("per_pair"),
+                   pair_base_metrics=config.get("pair_base_metrics"),
+                   pair_source_metrics=config.get("pair_source_metrics"))
 
     def plot(self, normalized: bool = False, title: str | None = None) -> Any:
         """A matplotlib ``Figure`` heat map (rows x positions), centred at no effect; no pyplot state."""
@@ -214,6 +282,11 @@ class PatchingResult:
         fig.colorbar(im, ax=ax, label=what)
         ax.set_title(title or f"{self.method} patching ({self.direction})", fontsize=9)
         return fig
+
+
+def _sem(stacked: torch.Tensor) -> torch.Tensor:
+    """Standard error of the mean over the first axis (sample standard deviation / sqrt(n))."""
+    return stacked.std(0, unbiased=True) / stacked.shape[0] ** 0.5
 
 
 def _short(label: str, width: int = 12) -> str:

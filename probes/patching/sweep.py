@@ -9,8 +9,10 @@ so they must have the same token length.
 Datasets: ``clean`` and ``corrupt`` may be lists of prompts (pair ``i`` = ``clean[i]``, ``corrupt[i]``;
 pairs may differ in length from each other). Pairs of one length run together in every batch (no
 padding: positions are each prompt's own token indices, negative ones from each prompt's end), and the
-result holds the per-cell mean over pairs in ``values``, its standard error in ``stderr`` and every
-pair's map in ``per_pair`` (:mod:`.combine`). One pair gives exactly the single-pair result.
+result holds the per-cell mean over pairs in ``values``, every pair's map in ``per_pair`` and the paired
+standard errors of the effect (``stderr``: over each pair's own patched - base) and of the normalised effect
+(``stderr_normalized``); ``stderr_raw`` is the raw metric's (:mod:`.combine`). One pair gives exactly the
+single-pair result.
 
 Pairs and cells are prepared in :mod:`.pairs`; this module checks the request, runs the chosen method
 per group of pairs and assembles the result. Methods (same cells, same :class:`PatchingResult`):
@@ -37,7 +39,7 @@ from lmscope.interventions.errors import InputError
 from lmscope.interventions.partial import partial_forward_unsupported
 from lmscope.interventions.specs import LayerSpec, resolve_layers
 
-from .attribution import attribution_sweep
+from .attribution import attribution_sweep, linear_regime_note
 from .combine import combine_maps, dataset_col_labels, dataset_result
 from .exact import exact_values
 from .loop import loop_values
@@ -60,7 +62,7 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
     """Patch every (site [, head], position) cell and measure ``metric`` on the last position.
 
     ``clean``/``corrupt``: one prompt each, or lists of prompts (a dataset of pairs; see the module
-    docstring: mean, standard error and per-pair maps). ``sites``: names or wildcards (``"resid_pre.*"``,
+    docstring: mean, paired standard errors and per-pair maps). ``sites``: names or wildcards (``"resid_pre.*"``,
     ``["attn_out.3", "mlp_out.3"]``) of any kind but ``logits``; one row each, or one row per head of per-head
     sites (``q``, ``k``, ``v``, ``rot_q``, ``rot_k``, ``attn_scores``, ``attn_pattern``, ``head_z``, ``head_out``)
     with ``heads=True`` (or a list of head indices), one row per neuron of ``mlp_pre``/``mlp_post`` with
@@ -90,7 +92,8 @@ def patching_sweep(model: HookedModel, clean: Any, corrupt: Any, sites: str | Se
     if method in ("attribution", "atp*"):
         results = _attribution_maps(model, groups, sites, positions, units, metrics, direction, method == "atp*",
                                     batch_size)
-        return _noted(results[0] if n_pairs == 1 else combine_maps(results, positions, lengths), notes)
+        result = results[0] if n_pairs == 1 else combine_maps(results, positions, lengths)
+        return _noted(result, [n for n in (linear_regime_note(result),) if n is not None] + notes)
     unsupported = partial_forward_unsupported(model, max(lengths)) if method == "exact" else None
     if unsupported is not None:
         warnings.warn(f"The fast exact sweep's partial forwards are not exact with {unsupported}; computing the "
@@ -200,10 +203,11 @@ def mlp_out_sweep(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, 
 def head_sweep(model: HookedModel, clean: Any, corrupt: Any, metric: Metric, layers: LayerSpec = None,
                positions: Positions = "all", kind: str = "head_z", **kwargs: Any) -> PatchingResult:
     """Each head of ``kind`` (rows ``head_z.L:hH``), every position at once by default or per position;
-    ``result.by_head()`` gives the ``[layers, heads(, positions)]`` tensor. ``kind`` is any per-head kind
-    (TransformerLens's ``get_act_patch_attn_head_{out,q,k,v,pattern}_all_pos``: ``"head_z"``, ``"q"``, ``"k"``,
-    ``"v"``, ``"attn_pattern"``; also ``"rot_q"``, ``"rot_k"``, ``"attn_scores"``, ``"head_out"``); on
-    ``k``/``v``/``rot_k`` the rows are KV heads."""
+    ``result.by_head()`` gives the ``[layers, heads]`` tensor (``by_head(positions=True)``: ``[layers, heads,
+    positions]``). ``kind`` is any per-head kind (TransformerLens's
+    ``get_act_patch_attn_head_{out,q,k,v,pattern}_all_pos``: ``"head_z"``, ``"q"``, ``"k"``, ``"v"``,
+    ``"attn_pattern"``; also ``"rot_q"``, ``"rot_k"``, ``"attn_scores"``, ``"head_out"``); on ``k``/``v``/``rot_k``
+    the rows are KV heads."""
     return patching_sweep(model, clean, corrupt, _layer_sites(model, kind, layers), positions, metric,
                           heads=True, **kwargs)
 

@@ -8,7 +8,7 @@ from tiny_models import random_ids
 
 from lmscope.interventions import Cache
 from lmscope.interventions.partial import run_from_layer
-from lmscope.probes.patching import LARGE_DELTA, head_sweep, patching_sweep
+from lmscope.probes.patching import LARGE_CHANGE, LARGE_DELTA, head_sweep, patching_sweep
 
 
 def metric(logits: torch.Tensor) -> torch.Tensor:
@@ -152,3 +152,41 @@ def test_atp_star_partial_forwards_equal_full_forwards(llama_tiny, monkeypatch) 
                                atol=1e-5, rtol=1e-5)
     plain = patching_sweep(llama_tiny, clean, corrupt, sites, None, metric, method="attribution")
     assert not torch.allclose(fast.values, plain.values, atol=1e-7)  # the fix changed something
+
+
+def test_heads_whose_own_output_changes_a_lot_are_named_in_the_notes(llama_tiny) -> None:
+    """A head moves the residual stream little, so relative_delta alone never flags it; relative_change (the change
+    against the head's own output, through W_O) does: the note counts exactly the head rows above LARGE_CHANGE
+    and names the worst first. Neuron rows are flagged by the stream measure only."""
+    clean, corrupt = _pair()
+    heads = head_sweep(llama_tiny, clean, corrupt, metric, method="attribution")
+    src = llama_tiny.run(clean, [Cache("head_z.*")]).cache
+    base = llama_tiny.run(corrupt, [Cache("head_z.*")]).cache
+    for r, label in enumerate(heads.row_labels):  # by hand: ‖Δ_h W_O[h]‖ / ‖a_h W_O[h]‖ over all positions
+        layer, head = int(label.split(".")[1].split(":")[0]), int(label.split(":h")[1])
+        w_o = llama_tiny.output_projection(layer)[0][head].detach()
+        a = base[f"head_z.{layer}"][0, :, head] @ w_o
+        d = src[f"head_z.{layer}"][0, :, head] @ w_o - a
+        assert float(heads.extras["relative_change"][r, 0]) == pytest.approx(float(d.norm() / a.norm()), rel=1e-4)
+    change = heads.extras["relative_change"][:, 0]
+    flagged = int((change > LARGE_CHANGE).sum())
+    assert flagged > 0 and float(heads.extras["relative_delta"].max()) < LARGE_DELTA  # the old count missed them
+    note = next(n for n in heads.notes if "outside the linear regime" in n)
+    assert note.startswith(f"{flagged} of {len(heads.row_labels)} cells")
+    worst = heads.row_labels[int(change.argmax())]
+    assert f"Worst first: {worst} @ 'all'" in note and "method='exact'" in note
+    neurons = patching_sweep(llama_tiny, clean, corrupt, "mlp_post.1", "all", metric, neurons=True,
+                             method="attribution")
+    assert float(neurons.extras["relative_change"].max()) > LARGE_CHANGE  # large own change, small stream change
+    expected = int((neurons.extras["relative_delta"] > LARGE_DELTA).sum())
+    counted = [n.split(" of ")[0] for n in neurons.notes if "outside the linear regime" in n]
+    assert counted == ([str(expected)] if expected else [])
+
+
+def test_a_dataset_gets_one_linear_regime_note_from_the_mean_maps(llama_tiny) -> None:
+    pairs = [_pair(), (random_ids((6,), 5), random_ids((6,), 6))]
+    data = head_sweep(llama_tiny, [c.tolist() for c, _ in pairs], [k.tolist() for _, k in pairs], metric,
+                      method="attribution")
+    notes = [n for n in data.notes if "outside the linear regime" in n]
+    flagged = int((data.extras["relative_change"] > LARGE_CHANGE).sum())
+    assert flagged > 0 and len(notes) == 1 and notes[0].startswith(f"{flagged} of {len(data.row_labels)} cells")

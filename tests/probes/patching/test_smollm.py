@@ -47,7 +47,7 @@ def test_dataset_head_sweep_equals_single_pairs_and_loop(smollm) -> None:
     for i in range(2):
         single = head_sweep(smollm, clean[i], corrupt[i], metrics[i], layers=[20, 23], positions=[-1, 3])
         torch.testing.assert_close(data.per_pair[i], single.values, atol=1e-4, rtol=1e-4)
-    assert data.by_head().shape == (2, smollm.n_heads, 2) and min(data.pair_source_metrics) > 0
+    assert data.by_head(positions=True).shape == (2, smollm.n_heads, 2) and min(data.pair_source_metrics) > 0
 
 
 def test_cli_on_smollm(use_smollm, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

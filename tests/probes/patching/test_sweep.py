@@ -141,7 +141,9 @@ def test_dataset_sweep_per_pair_equals_single_pair_sweeps(llama_tiny, method) ->
         assert data.pair_base_metrics[i] == pytest.approx(single.base_metric, abs=1e-5)
         assert data.pair_source_metrics[i] == pytest.approx(single.source_metric, abs=1e-5)
     torch.testing.assert_close(data.values, data.per_pair.mean(0))
-    torch.testing.assert_close(data.stderr, data.per_pair.std(0) / 2.0)
+    torch.testing.assert_close(data.stderr_raw, data.per_pair.std(0) / 2.0)
+    effects = data.per_pair - torch.tensor(data.pair_base_metrics)[:, None, None]  # paired: each pair's own base
+    torch.testing.assert_close(data.stderr, effects.std(0) / 2.0)
     assert data.base_metric == pytest.approx(sum(data.pair_base_metrics) / 4)
 
 
@@ -154,7 +156,8 @@ def test_batched_dataset_sweep_equals_the_patch_loop(tiny) -> None:
         torch.testing.assert_close(small.per_pair, fast.per_pair, atol=2e-5, rtol=1e-5)  # pairs split too
         slow = patching_sweep(tiny, clean, corrupt, sites, positions, metric, heads=heads, method="loop")
         torch.testing.assert_close(fast.per_pair, slow.per_pair, atol=2e-5, rtol=1e-5)
-        torch.testing.assert_close(fast.stderr, slow.stderr, atol=2e-5, rtol=1e-4)
+        for name in ("stderr", "stderr_raw", "stderr_normalized"):
+            torch.testing.assert_close(getattr(fast, name), getattr(slow, name), atol=2e-5, rtol=1e-4)
         assert fast.per_pair.std(0).max() > 1e-4  # the pairs really differ
 
 

@@ -12,7 +12,7 @@ import torch
 from tiny_models import WINDOW, build_tiny, random_ids
 from toys import gap_metric, patching_pair
 
-from lmscope.interventions import Cache, HookedModel
+from lmscope.interventions import Cache, HookedModel, InputError
 from lmscope.interventions.heads import HEAD_AXES
 from lmscope.interventions.sites import LAYER_SITES, MODEL_SITES
 from lmscope.probes.patching import head_sweep, neuron_sweep, patching_sweep
@@ -126,7 +126,9 @@ def test_head_sweeps_of_other_kinds_and_the_kv_note(llama_tiny: HookedModel) -> 
     q = head_sweep(llama_tiny, clean, corrupt, metric, kind="q", method="attribution")
     assert q.by_head().shape == (3, 4) and not any("KV heads" in n for n in q.notes)
     pattern = head_sweep(llama_tiny, clean, corrupt, metric, layers=[1], kind="attn_pattern", positions=None)
-    assert pattern.by_head().shape == (1, 4, 6)  # per head and query position, as TL's pattern sweep by dest
+    assert pattern.by_head(positions=True).shape == (1, 4, 6)  # per head and query row, as TL's pattern by dest
+    with pytest.raises(InputError, match=r"by_head\(\) is \[layers, heads\], but this map has 6 position"):
+        pattern.by_head()
     plain = HookedModel(build_tiny("llama_tied"))  # no grouped-query attention: KV head = query head
     assert not any("KV heads" in n for n in head_sweep(plain, clean, corrupt, metric, kind="k").notes)
 
