@@ -28,6 +28,7 @@ import torch
 
 from lmscope.interventions.collect import run_readings
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.progress import bar_disable
 
 from ..lenses import Unembedding
 from ..metrics import LogitStats, bits_per_byte, cross_entropy_from_logits, logit_stats, target_stats, token_bytes
@@ -143,8 +144,8 @@ def _chunks(corpus: Corpus, tokenizer: Any, seq_len: int, max_tokens: int, progr
     from tqdm.auto import tqdm
 
     n_chunks = max_tokens // seq_len
-    with tqdm(total=n_chunks * seq_len, desc="evaluating lens", disable=None if progress else True, unit="tok",
-              dynamic_ncols=True) as bar:  # disable=None: a bar only on a terminal, never in a log file
+    with tqdm(total=n_chunks * seq_len, desc="evaluating lens", disable=bar_disable(progress), unit="tok",
+              dynamic_ncols=True) as bar:
         for chunk in itertools.islice(corpus.chunks(tokenizer, seq_len, batch_size=1), n_chunks):
             yield chunk
             bar.update(seq_len)

@@ -18,6 +18,8 @@ import torch
 
 from lmscope.interventions.collect import run_readings
 from lmscope.interventions.distributed import DataParallel
+from lmscope.interventions.numbers import float32_clean
+from lmscope.interventions.progress import bar_disable
 
 from ..lenses import TunedLens, Unembedding
 from ..metrics import target_stats
@@ -211,17 +213,8 @@ class TrainingRun:
                 * self.recipe.seq_len, **{k: round(v, 2) for k, v in self.timings.items()}}
 
 
-def float32_clean(x: float) -> float:
-    """A float32 result without the float64 tail its conversion adds (0.5814841389656067 -> 0.5814841): the
-    shortest decimal that reads back as the same float32, so nothing is lost."""
-    import numpy as np
-
-    return float(str(np.float32(x)))
-
-
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     from tqdm.auto import tqdm
 
-    # disable=None: a bar only on a terminal (a log file or pipe would get one carriage-returned line per update)
-    return tqdm(total=total, desc=desc, disable=None if enabled else True, initial=initial, unit="step",
+    return tqdm(total=total, desc=desc, disable=bar_disable(enabled), initial=initial, unit="step",
                 dynamic_ncols=True)

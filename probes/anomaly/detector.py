@@ -16,6 +16,7 @@ import torch
 
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.progress import bar_disable
 from lmscope.interventions.specs import as_prompt_list
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def trajectory_features(lens: Lens, prompts: Sequence[Any], features: str = "ful
     chosen = [(i, lens.readings[i]) for i in lens.select_readings(layers)]
     rows = []
     show = len(items) > 4 * batch_size if progress is None else progress
-    for b in tqdm(range(0, len(items), batch_size), desc="trajectories", disable=not show, leave=False):
+    for b in tqdm(range(0, len(items), batch_size), desc="trajectories", disable=bar_disable(show), leave=False):
         res = model.run(items[b:b + batch_size], [Cache([name for _, name in chosen], positions=-1)])
         final = torch.log_softmax(res.last_logits().float(), -1)
         answer = final.argmax(-1)

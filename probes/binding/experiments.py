@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.numbers import float32_clean_all
 from lmscope.interventions.patch import Patch
+from lmscope.interventions.progress import bar_disable
 
 from .contexts import ContextMemo, context_acts
 from .frozen import FrozenContext
@@ -64,7 +66,7 @@ def baseline(model: HookedModel, task: BindingTask, n_samples: int = 64, *, spli
     out["accuracy"] = sum(s["accuracy"] for s in out["per_slot"]) / n
     out["calibrated_accuracy"] = sum(s["calibrated_accuracy"] for s in out["per_slot"]) / n
     out["chance"] = 1.0 / n
-    return out
+    return float32_clean_all(out)
 
 
 def _source_for(model: HookedModel, task: BindingTask, target: BindingPrompt, split: str, rng: random.Random,
@@ -139,10 +141,11 @@ def factorization(model: HookedModel, task: BindingTask, n_samples: int = 32, *,
         tables[what] = per.mean(0).tolist()
         accs[what] = float(torch.stack([(hits[:, e] == a).float()
                                         for e, a in predicted_binding(what, side, n).items()]).mean())
-    return {"task": task.name, "n_samples": n_samples, "side": side, "roles": [f"E{i}" for i in range(2 * n)],
-            "attribute_roles": [f"A{i}" for i in range(2 * n)], "mean_logprob": tables,
-            "prediction": {w: {f"E{e}": f"A{a}" for e, a in predicted_binding(w, side, n).items()} for w in SWAPS},
-            "prediction_accuracy": accs, "chance": 1.0 / (2 * n)}
+    return float32_clean_all({
+        "task": task.name, "n_samples": n_samples, "side": side, "roles": [f"E{i}" for i in range(2 * n)],
+        "attribute_roles": [f"A{i}" for i in range(2 * n)], "mean_logprob": tables,
+        "prediction": {w: {f"E{e}": f"A{a}" for e, a in predicted_binding(w, side, n).items()} for w in SWAPS},
+        "prediction_accuracy": accs, "chance": 1.0 / (2 * n)})
 
 
 def _factorization_pairs(model: HookedModel, task: BindingTask, n_samples: int, side: int, split: str,
@@ -230,9 +233,9 @@ def position_shift(model: HookedModel, task: BindingTask, n_samples: int = 32, *
         curves["accuracy"].append(accuracy(lp, right.tolist()))
         curves["logprob_right"].append(float(lp.gather(1, right[:, None]).mean()))
         curves["logprob_other"].append(float(lp.gather(1, 1 - right[:, None]).mean()))
-    return {"task": task.name, "what": what, "n_samples": n_samples, "fractions": list(fractions), **curves,
-            "method": ("keys re-rotated (queries unchanged)" if keys_only
-                       else "position_ids (tokens moved; keys and queries re-rotated)")}
+    return {"task": task.name, "what": what, "n_samples": n_samples, "fractions": list(fractions),
+            **float32_clean_all(curves), "method": ("keys re-rotated (queries unchanged)" if keys_only
+                                                    else "position_ids (tokens moved; keys and queries re-rotated)")}
 
 
 def _score_positions(model: HookedModel, prompts: list[BindingPrompt], positions: list[list[int]], batch_size: int,
@@ -242,7 +245,8 @@ def _score_positions(model: HookedModel, prompts: list[BindingPrompt], positions
     from .keyshift import key_position_shift
 
     out = []
-    for s in tqdm(range(0, len(prompts), batch_size), desc=f"shift {f:+.2f}", disable=not progress, leave=False):
+    for s in tqdm(range(0, len(prompts), batch_size), desc=f"shift {f:+.2f}", disable=bar_disable(progress),
+                  leave=False):
         chunk = prompts[s:s + batch_size]
         if not keys_only:
             out.append(candidate_logprobs(model, chunk, [p.candidates for p in chunk],

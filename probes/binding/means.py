@@ -10,6 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.numbers import float32_clean_all
+from lmscope.interventions.progress import bar_disable
 
 from .contexts import ContextMemo, context_acts
 from .experiments import calibration
@@ -62,7 +64,7 @@ def estimate_deltas(model: HookedModel, task: BindingTask, n_samples: int = 128,
     tok = model.tokenizer
     contexts = sample_contexts(tok, task, n_samples, split=split, n_entities=n_entities, seed=seed)
     acc: dict = {}
-    for s in tqdm(range(0, len(contexts), batch_size), desc="deltas", disable=not progress, leave=False):
+    for s in tqdm(range(0, len(contexts), batch_size), desc="deltas", disable=bar_disable(progress), leave=False):
         chunk = contexts[s:s + batch_size]
         base = [build_prompt(tok, task, c, None) for c in chunk]
         acts = _span_acts(model, base, method)
@@ -142,7 +144,7 @@ def table_one(model: HookedModel, task: BindingTask, deltas: BindingDeltas, n_sa
                                                                   [q] * m, medians))
             res["mean_logprob"].append(float(lp[:, q].mean()))
     out["query_slots"] = list(query_slots)
-    return out
+    return float32_clean_all(out)
 
 
 def _shift_maker(prompts: Sequence[BindingPrompt], deltas: BindingDeltas, kinds: Sequence[str],
@@ -200,5 +202,5 @@ def subspace(model: HookedModel, task: BindingTask, deltas3: BindingDeltas, n_sa
     for key, lp in scores.items():
         i, j = cast(tuple[int, int], key)
         acc[i, j] = accuracy(lp, [cast(int, p.query_slot) for p in prompts])
-    return {"task": task.name, "n_samples": n_samples, "grid": list(grid), "accuracy": acc.tolist(),
+    return {"task": task.name, "n_samples": n_samples, "grid": list(grid), "accuracy": float32_clean_all(acc.tolist()),
             "axes": "rows: b (Δ(2) coefficient), columns: a (Δ(1) coefficient); (1, 0) = unchanged"}

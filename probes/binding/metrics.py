@@ -12,13 +12,15 @@ import numpy as np
 import torch
 
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.numbers import float32_clean
 
 
 def accuracy(logprobs: torch.Tensor, correct: Sequence[int]) -> float:
-    """Fraction of rows whose argmax candidate is ``correct[row]`` (NaN without rows)."""
+    """Fraction of rows whose argmax candidate is ``correct[row]`` (NaN without rows), as its float32 mean
+    reads in short decimals (0.04, not 0.03999999910593033)."""
     if logprobs.shape[0] == 0:
         return float("nan")
-    return float((logprobs.argmax(1) == torch.as_tensor(list(correct))).float().mean())
+    return float32_clean(float((logprobs.argmax(1) == torch.as_tensor(list(correct))).float().mean()))
 
 
 def attribute_medians(logprobs: torch.Tensor, attributes: Sequence[Sequence[str]]) -> dict[str, float]:

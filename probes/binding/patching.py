@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.numbers import float32_clean, float32_clean_all
 
 from .prompts import BindingPrompt, Context, build_prompt, sample_contexts
 from .tasks import BindingTask
@@ -61,12 +62,12 @@ def binding_patching(model: HookedModel, task: BindingTask, *, split: str = "tes
                             "attributes": list(corrupt.context.attributes)},
         "clean_text": clean.text, "corrupt_text": corrupt.text,
         "answer_tokens": [tok.decode([a0]), tok.decode([a1])],
-        "values": res.values.tolist(), "layers": list(res.row_labels),
+        "values": float32_clean_all(res.values.tolist()), "layers": list(res.row_labels),
         "tokens": [tok.decode([i]) for i in clean.ids],
         "corrupt_tokens": [tok.decode([i]) for i in corrupt.ids],
         "differing_positions": [i for i, (a, b) in enumerate(zip(clean.ids, corrupt.ids)) if a != b],
         "entity_spans": [list(s) for s in clean.entity_spans],
         "attribute_spans": [list(s) for s in clean.attribute_spans],
         "context_len": clean.context_len,
-        "clean_metric": res.source_metric, "corrupt_metric": res.base_metric,
+        "clean_metric": float32_clean(res.source_metric), "corrupt_metric": float32_clean(res.base_metric),
     }

@@ -31,6 +31,7 @@ from lmscope.interventions.base import Intervention, Interventions, as_intervent
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.inputs import pad as pad_ids
+from lmscope.interventions.progress import bar_disable
 
 from .contexts import ContextMemo, context_forward, kv_unsupported, pad_id, rows_of
 from .frozen import FrozenContext
@@ -120,7 +121,7 @@ def _score_full(model: HookedModel, prompts: Sequence[BindingPrompt], makes: dic
     a condition has interventions), then one forward per intervened condition."""
     need_cache = any(m is not None for m in makes.values())
     out: dict[Any, list[torch.Tensor]] = {k: [] for k in makes}
-    for s in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+    for s in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=bar_disable(progress), leave=False):
         chunk, cc = list(prompts[s:s + batch_size]), cands[s:s + batch_size]
         clean, act = candidate_logprobs(model, chunk, cc, cache=need_cache)
         frozen = FrozenContext(model, chunk, act) if need_cache else None
@@ -143,7 +144,7 @@ def _score_kv(model: HookedModel, prompts: Sequence[BindingPrompt], makes: dict[
     need_acts = any(m is not None for m in makes.values())
     out = {k: torch.zeros(len(prompts), len(cands[0])) for k in makes}
     fallback: dict[Any, str] = {}
-    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=bar_disable(progress), leave=False):
         group = order[s:s + batch_size]
         local = {key: j for j, key in enumerate(group)}
         rows = sorted(i for key in group for i in uniq[key])

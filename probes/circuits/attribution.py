@@ -26,6 +26,7 @@ from lmscope.interventions.errors import InputError
 from lmscope.interventions.inputs import Batch
 from lmscope.interventions.partial import partial_forward_unsupported, partial_model
 from lmscope.interventions.positions import ForwardContext
+from lmscope.interventions.progress import bar_disable
 from lmscope.interventions.sites import Site
 
 from .graph import EdgeGraph
@@ -89,7 +90,7 @@ def _gradients(model: HookedModel, pairs: Pairs, graph: EdgeGraph, runs: dict[st
     grads: dict[int, torch.Tensor] = {}
     keep_all = torch.ones(graph.n_targets, graph.n_nodes, dtype=torch.bool)
     zeros = torch.zeros(graph.n_nodes, model.d_model)
-    for i in tqdm(range(0, len(rows), batch_size), desc="edge gradients", disable=not show, leave=False):
+    for i in tqdm(range(0, len(rows), batch_size), desc="edge gradients", disable=bar_disable(show), leave=False):
         chunk = rows[i:i + batch_size]
         idx = torch.tensor([p for _, p in chunk])
         batch = Batch(pairs.clean.input_ids[idx], pairs.clean.attention_mask[idx], pairs.clean.position_ids[idx])
@@ -140,7 +141,7 @@ def _exact_scores(model: HookedModel, pairs: Pairs, graph: EdgeGraph, runs: dict
     chunks = [(layer, todo[i:i + per]) for layer, todo in sorted(groups.items()) for i in range(0, len(todo), per)]
     out = torch.full((n, graph.n_targets, graph.n_nodes), float("nan"))
     clean_cache, clean_metric = runs["clean_cache"], runs["clean_metric"]
-    for layer, chunk in tqdm(chunks, desc="edge patching", disable=not show, leave=False):
+    for layer, chunk in tqdm(chunks, desc="edge patching", disable=bar_disable(show), leave=False):
         masks = torch.ones(len(chunk), graph.n_targets, graph.n_nodes, dtype=torch.bool)
         for j, (t, u) in enumerate(chunk):
             masks[j, t, u] = False

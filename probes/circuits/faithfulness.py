@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.progress import bar_disable
 
 from .attribution import clean_corrupt_runs, resolve_source
 from .circuit import Circuit, whole_number
@@ -123,7 +124,7 @@ def circuit_metrics(model: HookedModel, pairs: Pairs, masks: torch.Tensor, sourc
     per_masks = max(1, batch_size // per_pairs)
     chunks = [(p, m) for p in range(0, n, per_pairs) for m in range(0, n_masks, per_masks)]
     out = torch.empty(n_masks, n)
-    for p0, m0 in tqdm(chunks, desc="circuits", disable=not show, leave=False):
+    for p0, m0 in tqdm(chunks, desc="circuits", disable=bar_disable(show), leave=False):
         idx = list(range(p0, min(n, p0 + per_pairs)))
         sub = pairs.select(idx)
         src = source[torch.tensor(idx, device=source.device)] if source.dim() == 4 else source

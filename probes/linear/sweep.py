@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.progress import bar_disable
 
 if TYPE_CHECKING:
     from lmscope.interventions.datasets import ActivationDataset
@@ -232,7 +233,7 @@ def probe_sweep(data: ActivationDataset | Mapping[str, np.ndarray], labels: Sequ
     from tqdm.auto import tqdm
 
     rows = []
-    for s in tqdm(names, desc="probe sweep", disable=not (len(names) > 4 if progress is None else progress),
+    for s in tqdm(names, desc="probe sweep", disable=bar_disable(len(names) > 4 if progress is None else progress),
                   leave=False):
         X = load(s)
         if X.shape[0] != len(y):

@@ -41,6 +41,7 @@ from lmscope.interventions.errors import InputError
 from lmscope.interventions.kv import cache_kwarg, output_cache
 from lmscope.interventions.local import local_hooks, shell_unsupported
 from lmscope.interventions.partial import partial_forward_unsupported, partial_model
+from lmscope.interventions.progress import bar_disable
 
 from .ablation import AblationSpec, ColumnHeadAblation, RowHeadAblation, check_method, head_ablation
 from .tasks import batches
@@ -224,7 +225,7 @@ def _batched_label_probs(model: HookedModel, prompts: PromptSet, specs: dict[str
     chunks = batches(len(prompts), batch_size)
     head = label_head(model, label_idx)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in specs}
-    bar = tqdm(total=len(chunks) * (len(groups) + 1), desc="ablations", disable=not progress, leave=False)
+    bar = tqdm(total=len(chunks) * (len(groups) + 1), desc="ablations", disable=bar_disable(progress), leave=False)
     for rows in chunks:
         run = _FinalToken(model, label_idx, kw, head, *_prefix(model, rows, prompts))
         clean, resid = run.clean(grab_resid=columns)
@@ -250,7 +251,7 @@ def _looped_label_probs(model: HookedModel, prompts: PromptSet, configs: dict[st
     label_idx, kw = torch.as_tensor(prompts.label_ids, device=model.device), cache_kwarg(model)
     chunks = batches(len(prompts), batch_size)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in configs}
-    bar = tqdm(total=len(chunks) * len(configs), desc="ablations", disable=not progress, leave=False)
+    bar = tqdm(total=len(chunks) * len(configs), desc="ablations", disable=bar_disable(progress), leave=False)
     for rows in chunks:
         batch, past = _prefix(model, rows, prompts)
         ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids

@@ -26,6 +26,7 @@ import torch
 
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.progress import bar_disable
 
 from .tasks import batches
 
@@ -131,7 +132,7 @@ def batched_head_scores(model: HookedModel, prompts: PromptSet, batch_size: int 
     from tqdm.auto import tqdm
 
     sums = HeadScoreSums.empty(model.n_layers, model.n_heads)
-    for rows in tqdm(batches(len(prompts), batch_size), desc="head scores", disable=not progress, leave=False):
+    for rows in tqdm(batches(len(prompts), batch_size), desc="head scores", disable=bar_disable(progress), leave=False):
         sub = prompts.subset(rows)
         res = model.run(sub.ids, [Cache("attn_pattern.*", positions=sub.query_pos)])
         accumulate_head_scores(sums, res, sub, model.n_layers)
@@ -146,7 +147,7 @@ def naive_head_scores(model: HookedModel, prompts: PromptSet, batch_size: int = 
 
     sums = HeadScoreSums.empty(model.n_layers, model.n_heads)
     heads = [(layer, h) for layer in range(model.n_layers) for h in range(model.n_heads)]
-    for layer, h in tqdm(heads, desc="naive head scores", disable=not progress, leave=False):
+    for layer, h in tqdm(heads, desc="naive head scores", disable=bar_disable(progress), leave=False):
         for rows in batches(len(prompts), batch_size):
             sub = prompts.subset(rows)
             res = model.run(sub.ids, [Cache(f"attn_pattern.{layer}")])

@@ -16,6 +16,7 @@ import torch
 
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.progress import bar_disable
 
 from .heads import HeadScoreSums, accumulate_head_scores
 from .tasks import batches
@@ -72,7 +73,7 @@ def read_labels(model: HookedModel, prompts: PromptSet, lenses: dict[str, Lens],
     probs: dict[str, list[Any]] = {name: [] for name in lenses}
     sums = HeadScoreSums.empty(L, model.n_heads) if head_scores else None
     sites = ["resid_post.*"] + (["attn_pattern.*"] if head_scores else [])
-    for rows in tqdm(batches(len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+    for rows in tqdm(batches(len(prompts), batch_size), desc=desc, disable=bar_disable(progress), leave=False):
         ids = [prompts.ids[i] for i in rows]
         qpos = [prompts.query_pos[i] for i in rows]
         res = model.run(ids, [Cache(sites, positions=qpos)])

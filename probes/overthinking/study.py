@@ -20,6 +20,7 @@ import torch
 
 from lmscope.interventions.artifacts import atomic_write_bytes
 from lmscope.interventions.errors import InputError
+from lmscope.interventions.numbers import float32_clean_all
 
 from . import plots
 from .ablation import METHODS, check_method
@@ -207,7 +208,8 @@ def _tables(probs: torch.Tensor, true: torch.Tensor) -> dict[str, list[list[floa
     # probs [L, n, k, labels]; true [n, k] -> per layer and k: accuracy and calibrated accuracy over inputs
     p = probs.transpose(1, 2)  # [L, k, n, labels]
     t = true.T  # [k, n]
-    return {"acc": correct(p, t).mean(-1).tolist(), "cal": calibrated_correct(p, t).mean(-1).tolist()}
+    return float32_clean_all({"acc": correct(p, t).mean(-1).tolist(),
+                              "cal": calibrated_correct(p, t).mean(-1).tolist()})
 
 
 def _check_choices(settings: Sequence[str], false_setting: str, methods: Sequence[str]) -> list[str]:
@@ -252,10 +254,10 @@ def run_study(model: HookedModel, task: str | FewShotTask = "category", *, score
     timings["head_scores_s"] = time.perf_counter() - t1
     fi = head_means["false_induction"]
     top = top_heads(fi, top_k)
-    heads = {"score_task": score.name, "setting": "permuted", "false_induction": fi.tolist(),
-             "prefix_matching": head_means["prefix_matching"].tolist(), "same": head_means["same"].tolist(),
-             "all": head_means["all"].tolist(), "top": [list(h) for h in top],
-             "top_scores": [float(fi[layer, h]) for layer, h in top]}
+    heads = float32_clean_all({"score_task": score.name, "setting": "permuted", "false_induction": fi.tolist(),
+                               "prefix_matching": head_means["prefix_matching"].tolist(),
+                               "same": head_means["same"].tolist(), "all": head_means["all"].tolist(),
+                               "top": [list(h) for h in top], "top_scores": [float(fi[layer, h]) for layer, h in top]})
 
     tables: dict[str, dict[str, dict[str, list[list[float]]]]] = {}
     critical = {}
@@ -263,7 +265,7 @@ def run_study(model: HookedModel, task: str | FewShotTask = "category", *, score
         tables[name] = {s: _tables(readings[s].probs[name], torch.tensor(prompts[s].true)) for s in settings}
         ct = correct(readings["true"].probs[name][:, :, -1], torch.tensor(prompts["true"].true)[:, -1])
         cf = correct(readings[false_setting].probs[name][:, :, -1], torch.tensor(prompts[false_setting].true)[:, -1])
-        critical[name] = critical_layer(ct, cf, min_sigma=min_sigma, seed=seed).to_dict()
+        critical[name] = float32_clean_all(critical_layer(ct, cf, min_sigma=min_sigma, seed=seed).to_dict())
 
     abl = None
     if ablate:
@@ -309,7 +311,7 @@ def _ablation_study(model: HookedModel, true_ps: Any, false_ps: Any, top: list[t
                        "acc_false_mean": sum(acc["false"][f"{m}/random{i}"] for i in range(n_random)) / n,
                        "gap_reductions": red, "gap_reduction_mean": float(rt.mean()) if n_random else float("nan"),
                        "gap_reduction_std": float(rt.std()) if n_random > 1 else float("nan")}}
-    return out
+    return float32_clean_all(out)
 
 
 def make_figures(report: OverthinkingReport) -> dict[str, Any]:

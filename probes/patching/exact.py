@@ -20,6 +20,7 @@ from lmscope.interventions.base import Intervention
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 from lmscope.interventions.positions import ForwardContext
+from lmscope.interventions.progress import bar_disable
 from lmscope.interventions.sites import ATTENTION_MAP_SITES, Site
 
 from .metrics import Metric
@@ -79,7 +80,7 @@ def exact_values(model: HookedModel, pair: Pair, cells: list[Cell], source: dict
     chunks = [idx[k:k + per_chunk] for idx in buckets.values() for k in range(0, len(idx), per_chunk)]
     out = torch.empty(len(cells), n_pairs)
     show = len(chunks) > 8 if progress is None else progress
-    for chunk in tqdm(chunks, desc="patching", disable=not show, leave=False):
+    for chunk in tqdm(chunks, desc="patching", disable=bar_disable(show), leave=False):
         group = [cells[i] for i in chunk]
         p0, l0 = min(c.first_position for c in group), min(c.start_layer for c in group)
         entries: dict[Site, list[tuple[int, int | slice, int | None, torch.Tensor]]] = defaultdict(list)

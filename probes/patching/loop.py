@@ -14,6 +14,7 @@ import torch
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.edit import Edit
 from lmscope.interventions.patch import Patch
+from lmscope.interventions.progress import bar_disable
 from lmscope.interventions.sites import ATTENTION_MAP_SITES, Site
 
 from .metrics import Metric
@@ -37,7 +38,7 @@ def loop_values(model: HookedModel, pair: Pair, cells: list[Cell], source: dict[
     base_logits = model.run(pair.base).last_logits()
     out = torch.empty(len(cells), n_pairs)
     show = len(cells) * n_pairs > 32 if progress is None else progress
-    for k, c in enumerate(tqdm(cells, desc="patching (loop)", disable=not show, leave=False)):
+    for k, c in enumerate(tqdm(cells, desc="patching (loop)", disable=bar_disable(show), leave=False)):
         for i in range(n_pairs):
             patched = model.run(pair.base[i:i + 1], [_writer(c, source[c.site][i:i + 1])])
             out[k, i] = pair_scores(metric, patched.last_logits()[:, None], first=i)[0, 0]

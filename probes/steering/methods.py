@@ -22,6 +22,7 @@ from lmscope.interventions.cache import Cache
 from lmscope.interventions.collect import NormTally, TokenSpec, collect_activations, validate_token
 from lmscope.interventions.errors import InputError, SiteError
 from lmscope.interventions.inputs import Batch
+from lmscope.interventions.progress import bar_disable
 from lmscope.interventions.specs import Prompts, as_prompt_list
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def collect_pairs(model: HookedModel, pos: list[Any], neg: list[Any], sites: lis
     hp: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
     hn: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
     for start in tqdm(range(0, len(pos), batch_size), total=n_batches, desc=f"steering ({method})",
-                      disable=not show, leave=False):
+                      disable=bar_disable(show), leave=False):
         chunk = pos[start:start + batch_size]
         both = collect_activations(model, chunk + neg[start:start + batch_size], sites, token,
                                    batch_size=2 * len(chunk), progress=False, outliers=outliers, norms=norms)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from tqdm.auto import tqdm
 
 from lmscope.interventions.numbers import float32_clean, float32_clean_all
 from lmscope.interventions.progress import bar_disable
+
+PACKAGE = Path(__file__).resolve().parents[2]
 
 
 class FakeTerminal(io.StringIO):
@@ -54,3 +58,22 @@ def test_bar_only_on_a_terminal_and_only_with_progress(progress: bool, terminal:
     for _ in tqdm(range(3), desc="working", disable=bar_disable(progress), file=stream):
         pass
     assert ("working" in stream.getvalue()) == drawn, stream.getvalue()
+
+
+def _tqdm_calls(tree: ast.AST) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and (getattr(n.func, "id", None) == "tqdm" or getattr(n.func, "attr", None) == "tqdm")]
+
+
+def test_every_library_bar_is_disabled_through_the_helper() -> None:
+    """Each tqdm bar of the packages passes ``disable=bar_disable(...)`` (``disable=not progress`` would draw
+    bars into log files and pipes)."""
+    bad, seen = [], 0
+    for folder in ("interventions", "lens", "probes"):
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            for call in _tqdm_calls(ast.parse(path.read_text())):
+                seen += 1
+                disable = next((k.value for k in call.keywords if k.arg == "disable"), None)
+                if not (isinstance(disable, ast.Call) and getattr(disable.func, "id", None) == "bar_disable"):
+                    bad.append(f"{path.relative_to(PACKAGE)}:{call.lineno}")
+    assert seen >= 20 and not bad, bad
