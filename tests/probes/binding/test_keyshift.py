@@ -14,11 +14,11 @@ def test_key_shift_equals_rotating_only_the_keys(toy_model, keys_by_hand) -> Non
     ids = torch.randint(5, 60, (2, 9), generator=torch.Generator().manual_seed(0))
     shifts = torch.zeros_like(ids)
     shifts[0, 2:4], shifts[1, 5:7], shifts[1, 1] = 3, -2, 4
+    clean = toy_model.run(ids).logits  # before any shift: the reference the later checks compare with
     with key_position_shift(toy_model, shifts):
         got = toy_model.run(ids).logits
     want = keys_by_hand(toy_model, ids, shifts)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    clean = toy_model.run(ids).logits
     assert not torch.allclose(got, clean, atol=1e-4)
     # tokens before the first shifted key see nothing moved: identical
     torch.testing.assert_close(got[0, :2], clean[0, :2], rtol=0, atol=1e-6)
@@ -39,14 +39,15 @@ def test_keys_only_differs_from_moving_keys_and_queries(toy_model) -> None:
 
 
 def test_key_shift_bad_input(toy_model) -> None:
+    ones = torch.ones(1, 3, dtype=torch.long)
+    before = toy_model.run(ones).logits
     with pytest.raises(InputError, match="int tensor"):
         with key_position_shift(toy_model, torch.zeros(1, 4)):
             pass
     with pytest.raises(InputError, match=r"shifts for \(1, 4\)"):
         with key_position_shift(toy_model, torch.zeros(1, 4, dtype=torch.long)):
             toy_model.run(torch.randint(5, 60, (1, 6), generator=torch.Generator().manual_seed(0)))
-    assert torch.equal(toy_model.run(torch.ones(1, 3, dtype=torch.long)).logits,
-                       toy_model.run(torch.ones(1, 3, dtype=torch.long)).logits)
+    assert torch.equal(toy_model.run(ones).logits, before)  # the refused shift left no hook behind
 
 
 def test_position_shift_keys_only(toy_model, toy_task) -> None:
