@@ -27,15 +27,18 @@ the cap, and ``notes`` says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.edit import Edit
-from lmscope.interventions.errors import InputError, UnsupportedArchitectureError
-from lmscope.interventions.patch import Patch
+from lmscope.interventions.errors import UnsupportedArchitectureError
+from lmscope.interventions.patch import Patch, to_token_coordinates
 from lmscope.interventions.tolerance import is_close, max_error
+
+from .dataset import DatasetAttribution, term_table
+from .request import as_prompts, query_columns, tokens_per_prompt
 
 if TYPE_CHECKING:
     from lmscope.interventions import HookedModel
@@ -105,7 +108,8 @@ def linearise_norm(module: torch.nn.Module, x: torch.Tensor) -> LinearNorm:
 class Attribution:
     """Terms of one logit (difference). ``heads [L, H]``, ``mlp [L]``, ``attn [L]`` (whole block),
     ``attn_bias [L]``, ``embed``, ``constant`` (final-norm bias + unembedding bias);
-    ``head_positions [L, H, T]`` splits each head over the key tokens ``tokens`` (None if not asked)."""
+    ``head_positions [L, H, T]`` splits each head over the key tokens ``tokens`` (None if not asked);
+    ``position`` is the decomposed token's index in ``tokens``."""
 
     prompt: Any
     target: int
@@ -122,6 +126,7 @@ class Attribution:
     head_positions: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
     labels: tuple[str, str | None] = ("", None)
+    position: int = -1  # the decomposed token's index in ``tokens`` (-1: the last)
 
     @property
     def total(self) -> float:
@@ -130,16 +135,7 @@ class Attribution:
 
     def terms(self) -> dict[str, float]:
         """Every finest-grained term by name (heads and attention biases where split, else whole blocks)."""
-        out = {"embed": float(self.embed)}
-        for layer in range(self.mlp.shape[0]):
-            if torch.isnan(self.heads[layer]).any():
-                out[f"attn.{layer}"] = float(self.attn[layer])
-            else:
-                out.update({f"L{layer}H{h}": float(v) for h, v in enumerate(self.heads[layer])})
-                out[f"attn_bias.{layer}"] = float(self.attn_bias[layer])
-            out[f"mlp.{layer}"] = float(self.mlp[layer])
-        out["constant"] = float(self.constant)
-        return out
+        return term_table(self.embed, self.attn, self.attn_bias, self.heads, self.mlp, self.constant)
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` terms of largest magnitude."""
@@ -151,76 +147,100 @@ class Attribution:
         return plot_attribution(self, path, title)
 
 
-def _token(model: HookedModel, token: str | int) -> int:
-    if isinstance(token, int) and not isinstance(token, bool):
-        if not 0 <= token < model.d_vocab:
-            raise InputError(f"Token id {token} is outside the vocabulary (0..{model.d_vocab - 1}).")
-        return token
-    if isinstance(token, str):
-        return model.token_id(token)
-    raise InputError(f"A target must be a single-token string or a token id, got {token!r}.")
+def attribute(model: HookedModel, prompt: Any, target: Any, contrast: Any = None, per_position: bool = True, *,
+              positions: int | Sequence[int] = -1) -> Any:
+    """Direct logit attribution of ``target``'s logit (minus ``contrast``'s) at token ``positions`` (default: the
+    last) of one prompt, or of each prompt of a dataset.
 
-
-def attribute(model: HookedModel, prompt: Any, target: str | int, contrast: str | int | None = None,
-              per_position: bool = True) -> Attribution:
-    """Direct logit attribution of ``target``'s logit (minus ``contrast``'s) at the prompt's last token.
-
-    ``prompt`` is one string or one token-id list. ``per_position`` adds ``head_positions`` (one extra
-    forward). See the module docstring for the exact decomposition.
+    ``prompt``: one string or token-id list -> an :class:`Attribution`; a list of strings or of token-id lists ->
+    a :class:`~lmscope.probes.attribution.dataset.DatasetAttribution` (every prompt's terms, and their mean ±
+    standard error), all prompts in one padded forward. ``target``/``contrast``: one single-token string or id
+    for every prompt, or a list with one per prompt. ``positions``: the token whose logit is decomposed, one index
+    for all or one per prompt, counted in each prompt's own tokens (negative from its end). ``per_position`` adds
+    ``head_positions`` (one extra forward for all prompts). See the module docstring for the decomposition.
     """
-    if isinstance(prompt, (list, tuple)) and prompt and not isinstance(prompt[0], int):
-        raise InputError("attribute takes one prompt (a string or one token-id list).")
-    t = _token(model, target)
-    c = None if contrast is None else _token(model, contrast)
-    L, H = model.n_layers, model.n_heads
+    prompts, single = as_prompts(prompt)
+    n = len(prompts)
+    targets = [t for t in tokens_per_prompt(model, target, n, "target") if t is not None]  # (never None)
+    contrasts = tokens_per_prompt(model, contrast, n, "contrast")
+    L = model.n_layers
     notes: list[str] = []
     if per_position and "attn_pattern" not in model.available_kinds:
         per_position = False
         notes.append("per-position head terms need attn_pattern, which this architecture does not expose "
                      "(e.g. Falcon with ALiBi); the per-head terms are exact.")
     sites = ["resid_pre.0", f"resid_post.{L - 1}", "attn_out.*", "mlp_out.*", "head_z.*"]
-    res = model.run([prompt], [Cache(sites + (["attn_pattern.*"] if per_position else []))])
+    res = model.run(prompts, [Cache(sites + (["attn_pattern.*"] if per_position else []))], padding_side="left")
+    queries = query_columns(res.batch, positions, n)
+    parts = [_decompose(model, res, i, queries[i], targets[i], contrasts[i], prompts[i], list(notes))
+             for i in range(n)]
+    items = [a for a, _, _ in parts]
+    ready = [i for i, a in enumerate(items) if not torch.isnan(a.heads).any()]
+    if per_position and ready:
+        split = _head_positions(model, prompts, res, [(i, queries[i], parts[i][1], parts[i][2]) for i in ready])
+        for i in ready:
+            items[i].head_positions = split[i]
+    if single:
+        return items[0]
+    return DatasetAttribution(items, list(dict.fromkeys(note for a in items for note in a.notes)))
+
+
+def _decompose(model: HookedModel, res: Any, i: int, q: int, t: int, c: int | None, prompt: Any,
+               notes: list[str]) -> tuple[Attribution, torch.Tensor, list[LinearNorm | None]]:
+    """Prompt ``i``'s terms at column ``q`` of the batched run ``res``, with its readout vector ``u`` and its
+    frozen post-attention norms (for the per-position split)."""
+    L = model.n_layers
+    at = lambda s: res.cache[s][i, q].float()  # noqa: E731
     W = model.unembed_weight.detach().float()
     d = W[t] - (W[c] if c is not None else 0)
     ub = getattr(model.unembed, "bias", None)
     u_bias = 0.0 if ub is None else float(ub[t].detach().float() - (ub[c].detach().float() if c is not None else 0))
-    last = lambda s: res.cache[s][0, -1].float()  # noqa: E731
-    lin = linearise_norm(model.final_norm, last(f"resid_post.{L - 1}"))
+    lin = linearise_norm(model.final_norm, at(f"resid_post.{L - 1}"))
     config = model.hf_model.config
     scale = model.arch.logit_scale(config) or 1.0  # Cohere multiplies the logits: every term scales with it
     u = lin.readout(d) * scale
-    attn, mlp = torch.zeros(L), torch.zeros(L)  # results live on the CPU; the terms are computed on the model's device
-    heads, attn_bias = torch.full((L, H), float("nan")), torch.zeros(L)
-    post_maps: list[Any] = []
-    for layer in range(L):
-        attn[layer], mlp[layer] = float(last(f"attn_out.{layer}") @ u), float(last(f"mlp_out.{layer}") @ u)
-        w_o, b_o = model.output_projection(layer)
-        per_head = torch.einsum("hd,hdm->hm", last(f"head_z.{layer}"), w_o.detach().float())
-        bias = b_o.detach().float() if b_o is not None else torch.zeros(model.d_model, device=per_head.device)
-        post_map = _post_attention_map(model, layer, per_head.sum(0) + bias)
-        post_maps.append(post_map)
-        if post_map is not None:  # sandwich norm: frozen at this run's scale, the head terms pass through it
-            per_head, bias = post_map.linear(per_head), post_map.linear(bias) + post_map.bias
-        if is_close(per_head.sum(0) + bias, last(f"attn_out.{layer}"), model.dtype):
-            heads[layer], attn_bias[layer] = (per_head @ u).cpu(), float(bias @ u)
-        else:
-            notes.append(f"layer {layer}: attn_out is not Σ_h head_z@W_O + b_O (a post-attention norm?); "
-                         "per-head terms need that norm linearised and are left NaN.")
+    attn, mlp, heads, attn_bias, post_maps = _layer_terms(model, at, u, notes)
     cap = model.arch.logit_softcap(config)
-    logits = res.logits[0, -1].float()
+    logits = res.logits[i, q].float()
     logit = float(logits[t] - (logits[c] if c is not None else 0))
     if cap:
         pre = torch.atanh((logits / cap).clamp(-1 + 1e-7, 1 - 1e-7)) * cap
         logit = float(pre[t] - (pre[c] if c is not None else 0))
         notes.append(f"final logit soft-cap {cap}: the decomposed quantity is the logit before the cap.")
-    ids = res.batch.input_ids[0].tolist()
-    tokens = [model.tokenizer.decode([i]) for i in ids] if model.tokenizer is not None else [str(i) for i in ids]
-    out = Attribution(prompt, t, c, logit, float(last("resid_pre.0") @ u), attn, attn_bias, heads, mlp,
+    real = res.batch.attention_mask[i].bool()
+    ids = res.batch.input_ids[i][real].tolist()
+    tokens = [model.tokenizer.decode([x]) for x in ids] if model.tokenizer is not None else [str(x) for x in ids]
+    out = Attribution(prompt, t, c, logit, float(at("resid_pre.0") @ u), attn, attn_bias, heads, mlp,
                       (float(d @ lin.bias) + u_bias) * scale, tokens, lin.kind, notes=notes,
-                      labels=(tokens_label(model, t), None if c is None else tokens_label(model, c)))
-    if per_position and not torch.isnan(heads).any():
-        out.head_positions = _head_positions(model, prompt, res.cache, u, post_maps)
-    return out
+                      labels=(tokens_label(model, t), None if c is None else tokens_label(model, c)),
+                      position=q - int((~real).sum()))
+    return out, u, post_maps
+
+
+def _layer_terms(model: HookedModel, at: Any, u: torch.Tensor, notes: list[str]) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[LinearNorm | None]]:
+    """Per layer: the attention block's and the MLP's terms, each head's and the attention bias's (NaN heads where
+    ``Σ_h head_z @ W_O + b_O`` is not ``attn_out``, with a note), and the frozen post-attention norms. ``at(site)``
+    reads the decomposed token's value."""
+    L, H = model.n_layers, model.n_heads
+    attn, mlp = torch.zeros(L), torch.zeros(L)  # results live on the CPU; the terms are computed on the model's device
+    heads, attn_bias = torch.full((L, H), float("nan")), torch.zeros(L)
+    post_maps: list[LinearNorm | None] = []
+    for layer in range(L):
+        attn[layer], mlp[layer] = float(at(f"attn_out.{layer}") @ u), float(at(f"mlp_out.{layer}") @ u)
+        w_o, b_o = model.output_projection(layer)
+        per_head = torch.einsum("hd,hdm->hm", at(f"head_z.{layer}"), w_o.detach().float())
+        bias = b_o.detach().float() if b_o is not None else torch.zeros(model.d_model, device=per_head.device)
+        post_map = _post_attention_map(model, layer, per_head.sum(0) + bias)
+        post_maps.append(post_map)
+        if post_map is not None:  # sandwich norm: frozen at this run's scale, the head terms pass through it
+            per_head, bias = post_map.linear(per_head), post_map.linear(bias) + post_map.bias
+        if is_close(per_head.sum(0) + bias, at(f"attn_out.{layer}"), model.dtype):
+            heads[layer], attn_bias[layer] = (per_head @ u).cpu(), float(bias @ u)
+        else:
+            notes.append(f"layer {layer}: attn_out is not Σ_h head_z@W_O + b_O (a post-attention norm?); "
+                         "per-head terms need that norm linearised and are left NaN.")
+    return attn, mlp, heads, attn_bias, post_maps
 
 
 def tokens_label(model: HookedModel, token: int) -> str:
@@ -241,21 +261,26 @@ def _post_attention_map(model: HookedModel, layer: int, projection: torch.Tensor
     return linearise_norm(model.module(f"{model.arch.layers}.{layer}.{post}"), projection)
 
 
-def _head_positions(model: HookedModel, prompt: Any, clean: Any, u: torch.Tensor,
-                    post_maps: list[LinearNorm | None]) -> torch.Tensor:
-    """``[L, H, T]``: each head's term split over the key tokens it attends to (see the module docstring)."""
+def _head_positions(model: HookedModel, prompts: list[Any], res: Any,
+                    wanted: list[tuple[int, int, torch.Tensor, list[LinearNorm | None]]]) -> dict[int, torch.Tensor]:
+    """``{prompt: [L, H, T]}``: for each ``(prompt, column, u, post-attention norms)`` of ``wanted``, each head's term
+    split over the prompt's key tokens (see the module docstring); one forward for every prompt of ``res``."""
     L = model.n_layers
+    clean = res.cache
     values = Cache("head_z.*")
-    restore = Patch("attn_out.*", {f"attn_out.{i}": clean[f"attn_out.{i}"] for i in range(L)})
-    model.run([prompt], [Edit("attn_pattern.*", _identity_pattern), restore, values])
-    out = []
+    mask = res.batch.attention_mask  # Patch values are in token coordinates: each prompt gets its own tokens back
+    restore = Patch("attn_out.*", {f"attn_out.{i}": to_token_coordinates(clean[f"attn_out.{i}"], mask)
+                                   for i in range(L)})
+    model.run(prompts, [Edit("attn_pattern.*", _identity_pattern), restore, values], padding_side="left")
+    out: dict[int, list[torch.Tensor]] = {i: [] for i, _, _, _ in wanted}
     for layer in range(L):
-        v = values[f"head_z.{layer}"][0].float()  # [T, H, d_head]: v of every key token
-        w_o, _ = model.output_projection(layer)
-        per_key = torch.einsum("khd,hdm->hkm", v, w_o.detach().float())  # [H, T, d]
-        if post_maps[layer] is not None:  # the head's vectors pass the frozen post-attention norm (linear part)
-            per_key = post_maps[layer].linear(per_key)  # type: ignore[union-attr]
-        per_key = per_key @ u  # [H, T]
-        pattern = clean[f"attn_pattern.{layer}"][0, :, -1].float()  # [H, T] of the last query
-        out.append(pattern * per_key)
-    return torch.stack(out).cpu()
+        w_o = model.output_projection(layer)[0].detach().float()
+        for i, q, u, post_maps in wanted:
+            real = res.batch.attention_mask[i].bool()
+            v = values[f"head_z.{layer}"][i][real].float()  # [T, H, d_head]: v of every key token
+            per_key = torch.einsum("khd,hdm->hkm", v, w_o)  # [H, T, d]
+            if post_maps[layer] is not None:  # the head's vectors pass the frozen post-attention norm (linear part)
+                per_key = post_maps[layer].linear(per_key)  # type: ignore[union-attr]
+            pattern = clean[f"attn_pattern.{layer}"][i, :, q][:, real].float()  # [H, T] of the decomposed query
+            out[i].append(pattern * (per_key @ u))
+    return {i: torch.stack(rows).cpu() for i, rows in out.items()}

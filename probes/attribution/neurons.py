@@ -18,7 +18,8 @@ import torch
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.errors import InputError
 
-from .dla import _token, linearise_norm, tokens_label
+from .dla import linearise_norm, tokens_label
+from .request import token_of
 
 if TYPE_CHECKING:
     from lmscope.interventions.model import HookedModel
@@ -72,8 +73,8 @@ def neuron_attribution(model: HookedModel, prompt: Any, layer: int, target: str 
     if isinstance(layer, bool) or not isinstance(layer, int) or not -L <= layer < L:
         raise InputError(f"layer must be an int in {-L}..{L - 1}, got {layer!r}.")
     layer %= L
-    t = _token(model, target)
-    c = None if contrast is None else _token(model, contrast)
+    t = token_of(model, target)
+    c = None if contrast is None else token_of(model, contrast)
     res = model.run([prompt], [Cache([f"resid_post.{L - 1}", f"mlp_post.{layer}", f"mlp_out.{layer}"])])
     last = lambda s: res.cache[s][0, -1].float()  # noqa: E731
     W = model.unembed_weight.detach().float()

@@ -6,11 +6,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .dataset import DatasetAttribution
     from .dla import Attribution
 
 
-def plot_attribution(attr: Attribution, path: str | os.PathLike[str] | None = None, title: str | None = None) -> Any:
-    """Heads (layer × head, diverging colours centred at 0) and the MLP/embedding terms; returns the figure."""
+def plot_attribution(attr: Attribution | DatasetAttribution, path: str | os.PathLike[str] | None = None,
+                     title: str | None = None) -> Any:
+    """Heads (layer × head, diverging colours centred at 0) and the MLP/embedding terms (a dataset's means);
+    returns the figure."""
     import matplotlib
 
     if path is not None and matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):

@@ -90,8 +90,8 @@ class _Doubler(torch.nn.Module):
 def test_bad_input(llama_tiny: HookedModel) -> None:
     with pytest.raises(InputError, match="outside the vocabulary"):
         attribute(llama_tiny, PROMPT, target=10_000)
-    with pytest.raises(InputError, match="one prompt"):
-        attribute(llama_tiny, ["a", "b"], target=3)
+    with pytest.raises(InputError, match="one prompt .* or a dataset"):
+        attribute(llama_tiny, 3.5, target=3)
     with pytest.raises(InputError, match="no tokenizer"):
         attribute(llama_tiny, PROMPT, target=" Paris")
     with pytest.raises(InputError, match="single-token"):
