@@ -158,41 +158,56 @@ def _recipe_key(recipe: dict[str, Any], corpus: Corpus, model: HookedModel) -> s
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def default_lens_dir(model: HookedModel | None = None) -> Path:
-    """Cache folder of ``model``'s default lens: ``cache_dir()/lenses/<model>-<weights hash>-tuned``.
+def _settings(recipe: dict[str, Any] | None) -> dict[str, Any]:
+    """:data:`DEFAULT_RECIPE` with ``recipe``'s entries over it; an entry it does not have is an InputError."""
+    settings = {**DEFAULT_RECIPE, **(recipe or {})}
+    unknown = sorted(set(settings) - set(DEFAULT_RECIPE))
+    if unknown:
+        raise InputError(f"Unknown default-lens recipe entries {unknown}; allowed: {sorted(DEFAULT_RECIPE)}.")
+    return settings
+
+
+def default_lens_dir(model: HookedModel | None = None, recipe: dict[str, Any] | None = None) -> Path:
+    """Cache folder of ``model``'s default lens made with ``recipe`` (entries over :data:`DEFAULT_RECIPE`):
+    ``cache_dir()/lenses/<model>-<weights hash>-tuned`` for the default recipe, ``...-tuned-<recipe hash>`` for any
+    other.
 
     Every model gets its own folder (keyed by :func:`~lmscope.interventions.fingerprint.model_cache_key`), so
-    fitting the default lens of one model never touches another's. ``None``: the default model (loaded).
+    fitting the default lens of one model never touches another's; every recipe its own too, so a quick look with a
+    smaller recipe never overwrites (or forces a refit of) the default one, whose folder keeps its name (caches
+    made before recipes had folders load as they are). ``None``: the default model (loaded).
     """
     from lmscope.interventions import HookedModel
     from lmscope.interventions.defaults import cache_dir
     from lmscope.interventions.fingerprint import model_cache_key
 
+    settings = _settings(recipe)
     if model is None:
         model = HookedModel.default()
-    return cache_dir() / "lenses" / f"{model_cache_key(model)}-tuned"
+    name = f"{model_cache_key(model)}-tuned"
+    if settings != DEFAULT_RECIPE:
+        name += "-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / "lenses" / name
 
 
 def default_lens(model: HookedModel | None = None, *, progress: bool = True, retrain: bool = False,
                  recipe: dict[str, Any] | None = None) -> TunedLens:
     """``model``'s default tuned lens (default: the default model's): loaded from the cache (~1 s), or fitted
     once (a few minutes on CPU) on :func:`~lmscope.lens.training.offline.default_corpus` and cached atomically in
-    :func:`default_lens_dir` -- a folder of its own for every model.
+    :func:`default_lens_dir` -- a folder of its own for every model and recipe.
 
-    ``recipe`` overrides entries of :data:`DEFAULT_RECIPE` (e.g. smaller ``init_tokens`` for a quick look); the
-    cache key covers the recipe, the corpus (names and sizes of its files) and the model, so a cached lens made
-    with another recipe or corpus is refitted. ``progress`` also prints, before a fit, two lines on stderr
+    ``recipe`` overrides entries of :data:`DEFAULT_RECIPE` (e.g. smaller ``init_tokens`` for a quick look); each
+    recipe is cached in its own folder, so calls with different recipes never refit or overwrite each other's lens.
+    The cached lens also records a key of the recipe, the corpus (names and sizes of its files) and the model, so a
+    lens made on another corpus is refitted in place. ``progress`` also prints, before a fit, two lines on stderr
     saying what is fitted, why and where it is cached.
     """
     from lmscope.interventions import HookedModel
 
+    settings = _settings(recipe)
     if model is None:
         model = HookedModel.default()
-    settings = {**DEFAULT_RECIPE, **(recipe or {})}
-    unknown = sorted(set(settings) - set(DEFAULT_RECIPE))
-    if unknown:
-        raise InputError(f"Unknown default-lens recipe entries {unknown}; allowed: {sorted(DEFAULT_RECIPE)}.")
-    folder = default_lens_dir(model)
+    folder = default_lens_dir(model, settings)
     train_corpus = default_corpus("train")
     key = _recipe_key(settings, train_corpus, model)
     if not retrain and (folder / "config.json").is_file():
@@ -205,7 +220,7 @@ def default_lens(model: HookedModel | None = None, *, progress: bool = True, ret
     check_cache_writable(folder)  # a read-only cache fails now, not after minutes of fitting
     domains = corpus_domains(train_corpus)
     if progress:
-        _announce(settings, domains, folder)
+        _announce(settings, domains, folder, model)
     t0 = time.perf_counter()
     lens = train_tuned_lens(model, train_corpus, progress=progress, **settings)
     lens.meta["recipe_key"] = key
@@ -216,14 +231,17 @@ def default_lens(model: HookedModel | None = None, *, progress: bool = True, ret
     return lens
 
 
-def _announce(settings: dict[str, Any], domains: list[str], folder: Path) -> None:
+def _announce(settings: dict[str, Any], domains: list[str], folder: Path, model: HookedModel) -> None:
     """Say once, before the first fit, what is fitted, why and where it goes (the progress bar alone does not)."""
     import sys
+
+    from lmscope.interventions.fingerprint import model_cache_key
 
     from .runplan import estimate_seconds, rough_duration
 
     took = rough_duration(estimate_seconds(settings["init_tokens"], settings["steps"], settings["tokens_per_step"]))
-    print(f"lmscope: fitting the default tuned lens of {folder.name.removesuffix('-tuned')} (once per model; "
+    which = "" if settings == DEFAULT_RECIPE else "with this recipe "
+    print(f"lmscope: fitting the default tuned lens of {model_cache_key(model)} {which}(once per model; "
           f"{settings['init_tokens']:,} tokens of {', '.join(domains) or 'offline'} English, least squares; "
           f"{took} for SmolLM2-135M on 2 idle CPU cores, minutes under load or for a larger model):\n"
           f"lmscope: it reads each layer's prediction better than the logit lens; cached in {folder}",

@@ -1,5 +1,6 @@
-"""The default lens is keyed by model (each model its own cache folder, fitted once, never another's) and by its
-corpus (a changed corpus refits it); the default corpus mixes three domains of English, offline."""
+"""The default lens is keyed by model (each model its own cache folder, fitted once, never another's), by its recipe
+(each recipe its own folder: another recipe never overwrites or refits the default one) and by its corpus (a changed
+corpus refits it); the default corpus mixes three domains of English, offline."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture
 def tiny_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temporary cache, and a small text folder standing in for the default corpus."""
+    """A temporary cache, a small text folder standing in for the default corpus and a default recipe small enough
+    for it (SMALL's entries over the real default's)."""
     monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fit, "DEFAULT_RECIPE", {**fit.DEFAULT_RECIPE, **SMALL})
     text = tmp_path / "text"
     text.mkdir()
     rng = random.Random(0)
@@ -84,6 +87,32 @@ def test_a_changed_corpus_or_recipe_refits(tiny_corpus: Path, llama_tiny: Hooked
     assert third.meta["recipe_key"] not in (first.meta["recipe_key"], second.meta["recipe_key"])
     with pytest.raises(InputError, match="Unknown default-lens recipe entries \\['steps_x'\\]"):
         fit.default_lens(llama_tiny, progress=False, recipe={"steps_x": 1})
+
+
+def test_another_recipe_never_overwrites_or_refits_the_default_lens(tiny_corpus: Path, llama_tiny: HookedModel,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default recipe keeps the folder ``<model>-tuned`` (caches made before recipes had folders still load);
+    another recipe gets ``<model>-tuned-<recipe hash>``; fitting it leaves the default folder byte for byte, and
+    afterwards each call loads its own lens without fitting, in any order."""
+    default = fit.default_lens(llama_tiny, progress=False)
+    folder = fit.default_lens_dir(llama_tiny)
+    assert folder.name == f"{model_cache_key(llama_tiny)}-tuned"
+    before = _snapshot(folder)
+    quick = {"ridge": 1e-2}
+    other = fit.default_lens(llama_tiny, progress=False, recipe=quick)
+    folder_o = fit.default_lens_dir(llama_tiny, quick)
+    assert folder_o.parent == folder.parent and folder_o.name.startswith(f"{folder.name}-") and folder_o != folder
+    assert _snapshot(folder) == before and not torch.equal(default.weight, other.weight)
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, folder_o.name])
+    assert fit.default_lens_dir(llama_tiny, {"ridge": fit.DEFAULT_RECIPE["ridge"]}) == folder  # default values
+
+    def no_fit(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the cached lens should have been loaded")
+    monkeypatch.setattr(fit, "train_tuned_lens", no_fit)
+    for recipe, lens in ((None, default), (quick, other), (None, default), (quick, other)):
+        assert torch.equal(fit.default_lens(llama_tiny, progress=False, recipe=recipe).weight, lens.weight)
+    with pytest.raises(InputError, match="Unknown default-lens recipe entries \\['steps_x'\\]"):
+        fit.default_lens_dir(llama_tiny, {"steps_x": 1})
 
 
 # -- the default corpus ------------------------------------------------------------------------------------------
@@ -148,12 +177,12 @@ def test_default_lens_of_smollm2_and_gemma3_live_apart(smollm: HookedModel, gemm
         (tmp_path / "cache" / "corpora").symlink_to(corpora)
     small = {"init_tokens": 256, "seq_len": 128, "tokens_per_step": 128}
     fit.default_lens(smollm, progress=False, recipe=small)
-    folder_s = fit.default_lens_dir(smollm)
+    folder_s = fit.default_lens_dir(smollm, small)
     before = _snapshot(folder_s)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         lens_g = fit.default_lens(gemma3, progress=False, recipe=small)
-    folder_g = fit.default_lens_dir(gemma3)
+    folder_g = fit.default_lens_dir(gemma3, small)
     assert folder_g != folder_s and _snapshot(folder_s) == before
     assert folder_s.name.startswith("SmolLM2-135M-Instruct-") and folder_g.name.startswith("gemma-3-270m-")
     assert torch.equal(TunedLens.load(folder_g, gemma3).weight, lens_g.weight)
