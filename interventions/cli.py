@@ -90,7 +90,8 @@ def add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     if threads:
         p.add_argument("--threads", type=int, default=None,
-                       help="torch CPU threads (default: torch's own choice, one per core)")
+                       help="torch CPU threads (default: the cores other processes leave free, at least 1, at most "
+                            "one per core; LMSCOPE_THREADS=N sets it too)")
 
 
 def check_model_arg(name: str) -> str:
@@ -135,8 +136,10 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", threads: 
 
     from .model import HookedModel
 
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None:
+        from .threads import use_threads
+
+        use_threads(threads)  # else the first CPU load picks lmscope's default (interventions.threads)
     with contextlib.suppress(ImportError):  # the weight-loading progress bar is noise on a CLI
         from transformers.utils import logging as hf_logging
 

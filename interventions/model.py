@@ -110,12 +110,16 @@ class HookedModel:
         :mod:`lmscope.interventions.placement`).
 
         Embedded models load offline by name: ``"default"``/``"smollm2-135m"`` (SmolLM2-135M-Instruct) and
-        ``"gemma-3-270m"`` (Gemma 3 270M); see :mod:`lmscope.interventions.defaults`.
+        ``"gemma-3-270m"`` (Gemma 3 270M); see :mod:`lmscope.interventions.defaults`. The first CPU load of a process
+        sets torch's thread count to the cores other processes leave free (:mod:`lmscope.interventions.threads`).
         """
         from .defaults import embedded_model, load_embedded
         from .placement import split_placement
+        from .threads import apply_default_threads
 
         placement = split_placement(hf_kwargs)
+        if "device_map" not in placement and torch.device(device).type == "cpu":
+            apply_default_threads()
         embedded = embedded_model(str(name_or_path)) if not os.path.exists(str(name_or_path)) else None
         if embedded is not None:
             if hf_kwargs:

@@ -15,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import TEST_DEVICE, TINY_CONFIGS, build_tiny, skip_on_lazy  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# the tests choose torch's threads (above): lmscope's load-dependent default (interventions.threads) stays out, here
+# and in the commands tests start, so neither their stderr nor their thread count depends on the machine's load
+os.environ.setdefault("LMSCOPE_THREADS", "torch")
 
 if TEST_DEVICE == "lazy":
     # PyTorch's lazy-tensor device (TorchScript backend) is a second device type on a CPU-only machine: any
