@@ -96,10 +96,17 @@ class CircuitStudy:
     report: dict[str, Any]
     scores: dict[str, EdgeScores] = field(default_factory=dict)
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
+    def save(self, folder: str | os.PathLike[str], *, per_pair: bool = False) -> Path:
+        """Write ``report.json`` and each method's scores (``scores-<method>/``); without ``per_pair`` the scores
+        keep only their mean over pairs (one "pair", ``info["pairs_averaged"]`` = how many): enough to draw
+        circuits, and a hundredth of the size on SmolLM2."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         for name, scores in self.scores.items():
+            if not per_pair and scores.n_pairs > 1:
+                scores = EdgeScores(scores.graph, scores.mean[None], scores.method, scores.clean_metric.mean()[None],
+                                    scores.corrupt_metric.mean()[None],
+                                    {**scores.info, "pairs_averaged": scores.n_pairs})
             scores.save(out / f"scores-{name}")
         atomic_write_text(out / REPORT, json.dumps({"model": self.model, "task": self.task, **self.report},
                                                    indent=1))

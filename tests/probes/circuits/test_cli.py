@@ -96,7 +96,11 @@ def test_circuit_study_runs_and_round_trips(tmp_path: Path) -> None:
         assert -1 <= report["agreement"][method]["all"]["pearson"] <= 1
     exact = torch.tensor(report["sampled"]["exact"])
     assert exact.abs().max() > 0 and len(report["heads"]["exact"]) == model.n_layers
-    study.save(tmp_path / "study")
+    study.save(tmp_path / "study", per_pair=True)
     back = CircuitStudy.load(tmp_path / "study")
     assert back.report == json.loads(json.dumps(report)) and back.task["name"] == "ioi"
     assert torch.equal(back.scores["eap-ig"].per_pair.nan_to_num(7), study.scores["eap-ig"].per_pair.nan_to_num(7))
+    study.save(tmp_path / "small")  # the default keeps the mean over pairs only
+    small = CircuitStudy.load(tmp_path / "small").scores["eap-ig"]
+    assert small.n_pairs == 1 and small.info["pairs_averaged"] == 4
+    assert torch.equal(small.mean.nan_to_num(7), study.scores["eap-ig"].mean.nan_to_num(7))
