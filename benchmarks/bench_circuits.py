@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from memory import peak_mb  # noqa: E402
+from memory import rss_kb  # noqa: E402
 
 
 def timed(fn):  # type: ignore[no-untyped-def]
@@ -49,6 +50,34 @@ def plain_forward_backward(model, task) -> None:  # type: ignore[no-untyped-def]
         apply_metric(pairs.metrics, logits).sum().backward(inputs=[emb["embed"]])
 
 
+def child_growth(args: argparse.Namespace, which: str) -> float:
+    """Peak RSS growth (MiB) of one ``which`` forward, measured in a fresh process (allocator caches of this one
+    would hide it)."""
+    out = subprocess.run([sys.executable, __file__, "--model", args.model, "--pairs", str(args.pairs), "--threads",
+                          str(args.threads), "--measure", which], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Child process: print the peak RSS growth of one plain or edge-level forward over the pairs."""
+    from lmscope.probes.circuits import EdgeGraph, EdgePatch, node_outputs
+    from lmscope.probes.circuits.pairs import prepare_pairs, run_pairs
+    from lmscope.probes.circuits.tasks import ioi_pairs
+
+    model = load(args.model)
+    task = ioi_pairs(model, args.pairs)
+    pairs = prepare_pairs(model, task.clean, task.corrupt, task.metrics)
+    graph = EdgeGraph.from_model(model)
+    source, _ = node_outputs(model, pairs.corrupt.input_ids)
+    mask = torch.rand(graph.n_targets, graph.n_nodes, generator=torch.Generator().manual_seed(0)) < 0.5
+    ivs = [EdgePatch(mask, source)] if args.measure == "edge" else []
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = rss_kb("VmRSS")
+    run_pairs(model, pairs.clean, ivs)
+    print((rss_kb("VmHWM") - before) / 1024)
+
+
 def correlations(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     pearson = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
     ranks = [x.argsort().argsort().float() for x in (a, b)]
@@ -63,8 +92,12 @@ def main() -> None:
     p.add_argument("--loop-edges", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--measure", choices=["plain", "edge"], help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.measure:
+        measure(args)
+        return
     from lmscope.probes.circuits import EdgeGraph, EdgePatch, edge_attribution, node_outputs
     from lmscope.probes.circuits.pairs import prepare_pairs, run_pairs
     from lmscope.probes.circuits.tasks import ioi_pairs
@@ -118,11 +151,10 @@ def main() -> None:
         pr, sr = correlations(scores.edge_values()[chosen], a)
         print(f"{name} vs exact on {len(edges)} edges: Pearson {pr:.3f}, Spearman {sr:.3f}", flush=True)
 
-    mask = torch.rand(graph.n_targets, graph.n_nodes, generator=gen) < 0.5
-    plain = peak_mb(lambda: run_pairs(model, pairs.clean, []))
-    edged = peak_mb(lambda: run_pairs(model, pairs.clean, [EdgePatch(mask, source)]))
-    print(f"memory (RSS growth over the loaded model, {len(task)} rows): plain forward {plain['growth']:.0f} MiB, "
-          f"edge-level forward {edged['growth']:.0f} MiB (peak {edged['peak']:.0f} MiB)", flush=True)
+    plain, edged = (child_growth(args, which) for which in ("plain", "edge"))
+    print(f"memory (RSS growth of one forward over the loaded model and inputs, {len(task)} rows, fresh process "
+          f"each): plain forward {plain:.0f} MiB, edge-level forward (a random half of the edges dropped) "
+          f"{edged:.0f} MiB", flush=True)
     print(f"load average after: {os.getloadavg()}")
 
 

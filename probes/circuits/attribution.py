@@ -106,7 +106,7 @@ def _gradients(model: HookedModel, pairs: Pairs, graph: EdgeGraph, runs: dict[st
             leaves = dict(patch.leaves)
             found = torch.autograd.grad(values.sum(), list(leaves.values()), allow_unused=True)
         for start, g in zip(leaves, found):
-            g = torch.zeros_like(leaves[start]) if g is None else g
+            g = (torch.zeros_like(leaves[start]) if g is None else g).transpose(1, 2)  # [rows, n_t, pos, d]
             total = grads.setdefault(start, torch.zeros(n, *g.shape[1:], device=g.device))
             total.index_add_(0, idx.to(g.device), g.float())
     return {start: g / steps for start, g in grads.items()}

@@ -63,7 +63,8 @@ class EdgePatch(Intervention):
         self.source = source
         #: internal: node outputs of the plain forward on the same prompts, for the layers a partial forward skips
         self.base: torch.Tensor | None = None
-        #: internal: make every target's input a separate autograd leaf (``leaves``), for edge attribution
+        #: internal: make every target's input a separate autograd leaf (``leaves``: group start ->
+        #: ``[rows, pos, n_t, d]``), for edge attribution
         self.grad_inputs = False
         self.leaves: dict[int, torch.Tensor] = {}
         self.graph: EdgeGraph | None = None
@@ -132,14 +133,16 @@ class EdgePatch(Intervention):
         changed = dropped.any(-1).repeat_interleave(self._batch, 0)  # [rows, n_t]
         if not bool(changed.any()) and not self.grad_inputs:
             return None
-        c = self._deltas.correction(dropped).flatten(0, 1)  # [rows, n_t, pos, d]
-        x = stream.float()[:, None] - c
-        if self.grad_inputs:
-            leaf = torch.zeros_like(x, requires_grad=True)
+        x = stream.float()[:, :, None]  # [rows, pos, 1, d]: every target starts from the stream itself
+        if bool(changed.any()):
+            x = x - self._deltas.correction(dropped).flatten(0, 1).transpose(1, 2)
+        if self.grad_inputs:  # one leaf per target (targets' layout: [rows, pos, n_t, d], contiguous)
+            rows, pos, _, d = x.shape
+            leaf = torch.zeros(rows, pos, len(targets), d, device=x.device, requires_grad=True)
             self.leaves[targets.start] = leaf
             x = x + leaf
             changed = torch.ones_like(changed)
-        return x.transpose(1, 2), changed
+        return x.expand(-1, -1, len(targets), -1), changed
 
     def __call__(self, value: torch.Tensor, site: Site, ctx: ForwardContext) -> torch.Tensor | None:
         layer = site.layer if site.layer is not None else -1
