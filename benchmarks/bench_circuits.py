@@ -68,9 +68,11 @@ def measure(args: argparse.Namespace) -> None:
     task = ioi_pairs(model, args.pairs)
     pairs = prepare_pairs(model, task.clean, task.corrupt, task.metrics)
     graph = EdgeGraph.from_model(model)
-    source, _ = node_outputs(model, pairs.corrupt.input_ids)
-    mask = torch.rand(graph.n_targets, graph.n_nodes, generator=torch.Generator().manual_seed(0)) < 0.5
-    ivs = [EdgePatch(mask, source)] if args.measure == "edge" else []
+    ivs = []
+    if args.measure == "edge":  # its input: the corrupt node outputs (the plain forward needs none)
+        source, _ = node_outputs(model, pairs.corrupt.input_ids)
+        mask = torch.rand(graph.n_targets, graph.n_nodes, generator=torch.Generator().manual_seed(0)) < 0.5
+        ivs = [EdgePatch(mask, source)]
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = rss_kb("VmRSS")
