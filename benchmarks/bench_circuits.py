@@ -50,16 +50,17 @@ def plain_forward_backward(model, task) -> None:  # type: ignore[no-untyped-def]
         apply_metric(pairs.metrics, logits).sum().backward(inputs=[emb["embed"]])
 
 
-def child_growth(args: argparse.Namespace, which: str) -> float:
-    """Peak RSS growth (MiB) of one ``which`` forward, measured in a fresh process (allocator caches of this one
-    would hide it)."""
+def child_peak(args: argparse.Namespace, which: str) -> float:
+    """Peak RSS (MiB) of a fresh process that runs one ``which`` forward (allocator caches of this process would
+    hide the difference)."""
     out = subprocess.run([sys.executable, __file__, "--model", args.model, "--pairs", str(args.pairs), "--threads",
                           str(args.threads), "--measure", which], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure(args: argparse.Namespace) -> None:
-    """Child process: print the peak RSS growth of one plain or edge-level forward over the pairs."""
+    """Child process: the process's peak RSS (MiB) after loading the model and the pairs and running one plain or
+    edge-level forward over them (the edge-level one also computes its source, the corrupt node outputs)."""
     from lmscope.probes.circuits import EdgeGraph, EdgePatch, node_outputs
     from lmscope.probes.circuits.pairs import prepare_pairs, run_pairs
     from lmscope.probes.circuits.tasks import ioi_pairs
@@ -73,11 +74,8 @@ def measure(args: argparse.Namespace) -> None:
         source, _ = node_outputs(model, pairs.corrupt.input_ids)
         mask = torch.rand(graph.n_targets, graph.n_nodes, generator=torch.Generator().manual_seed(0)) < 0.5
         ivs = [EdgePatch(mask, source)]
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = rss_kb("VmRSS")
     run_pairs(model, pairs.clean, ivs)
-    print((rss_kb("VmHWM") - before) / 1024)
+    print(rss_kb("VmHWM") / 1024)
 
 
 def correlations(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -153,10 +151,10 @@ def main() -> None:
         pr, sr = correlations(scores.edge_values()[chosen], a)
         print(f"{name} vs exact on {len(edges)} edges: Pearson {pr:.3f}, Spearman {sr:.3f}", flush=True)
 
-    plain, edged = (child_growth(args, which) for which in ("plain", "edge"))
-    print(f"memory (RSS growth of one forward over the loaded model and inputs, {len(task)} rows, fresh process "
-          f"each): plain forward {plain:.0f} MiB, edge-level forward (a random half of the edges dropped) "
-          f"{edged:.0f} MiB", flush=True)
+    plain, edged = (child_peak(args, which) for which in ("plain", "edge"))
+    print(f"memory (peak RSS of a fresh process: model, {len(task)} pairs, one forward): plain forward {plain:.0f} "
+          f"MiB, edge-level forward with its source (a random half of the edges dropped) {edged:.0f} MiB "
+          f"(+{edged - plain:.0f} MiB)", flush=True)
     print(f"load average after: {os.getloadavg()}")
 
 
