@@ -8,6 +8,8 @@ give a fast path what it needs without that:
   (the same :class:`contextvars.ContextVar` rule as ``model.apply`` sessions: per thread and per asyncio task;
   a thread started inside the block does not inherit it, a task created inside it does). Every other forward
   passes through them untouched.
+- :func:`module_tree_copy` copies every module object of a model (parameters shared, no hooks) for a library
+  that patches modules in place, such as nnsight.
 - :func:`shell` builds a private shallow copy of a module chain (the causal LM, its decoder, ...) in which one
   submodule is replaced, e.g. the decoder's layer list by a slice of it or the unembedding by a smaller head.
   Calling the shell runs the model's own ``forward`` code over the *same* parameter-holding modules, so every
@@ -145,3 +147,31 @@ def config_copy(config: Any, **changes: Any) -> Any:
 def base_config(config: Any) -> Any:
     """The model's own config for a :func:`config_copy` (the config itself otherwise)."""
     return getattr(config, "__dict__", {}).get(_BASE, config)
+
+
+#: Per-module hook registries a private copy starts empty (PyTorch's names; absent ones are skipped).
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def module_tree_copy(root: nn.Module) -> nn.Module:
+    """A copy of every module object under ``root`` that shares its parameters and buffers, with empty hook
+    registries: for a library that patches modules in place (nnsight wraps every module's ``forward``), so the
+    model every other caller uses stays untouched. A tree with a ``forward`` already set on an instance
+    (accelerate's device hooks) cannot be copied that way: ``root`` itself is returned."""
+    if any("forward" in m.__dict__ for m in root.modules()):
+        return root
+    copies: dict[int, nn.Module] = {}
+
+    def clone(module: nn.Module) -> nn.Module:
+        if id(module) not in copies:
+            twin = copy.copy(module)
+            copies[id(module)] = twin
+            twin.__dict__["_modules"] = {name: None if child is None else clone(child)
+                                         for name, child in module._modules.items()}
+            for name in _HOOK_DICTS:
+                if name in module.__dict__:
+                    twin.__dict__[name] = type(module.__dict__[name])()
+        return copies[id(module)]
+
+    return clone(root)

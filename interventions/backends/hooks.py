@@ -58,6 +58,12 @@ def _replace_first(output: Any, new: torch.Tensor) -> Any:
     return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
+#: PyTorch registers a pre-hook "with kwargs" in two steps (the hook, then its kwargs flag); a forward another thread
+#: runs in between calls it as ``hook(module, args)``. That thread's forward is never the hook's own session (a session
+#: registers before its own forwards), so every kwargs pre-hook takes ``kwargs=None`` and then does nothing.
+_KWARGS_RACE = "a pre-hook called without kwargs while another thread registers it"
+
+
 def _context_prehook(session: Session) -> Callable[..., None]:
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
         if kwargs is None or not session.is_active():
@@ -118,8 +124,8 @@ def _attach_module_site(session: Session, site: Site, handles: list[Handle]) -> 
         handles.append(module.register_forward_hook(_copying(out_hook) if loc.copy(model.arch) else out_hook))
         return
 
-    def in_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not session.is_active():
+    def in_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
+        if kwargs is None or not session.is_active():  # None: see _KWARGS_RACE
             return None
         raw = args[0] if args else kwargs["hidden_states"]
         new = session.run_site(site, loc.read(model, site, raw))
@@ -180,8 +186,8 @@ def _attach_resid_mid(session: Session, site: Site, handles: list[Handle]) -> No
     assert layer is not None
     stash = session.resid_pre
 
-    def stash_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if session.is_active():
+    def stash_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
+        if kwargs is not None and session.is_active():  # None: see _KWARGS_RACE
             stash[layer] = args[0] if args else kwargs["hidden_states"]
     handles.append(model.layer_module(layer).register_forward_pre_hook(stash_hook, with_kwargs=True))
 

@@ -37,6 +37,7 @@ import torch
 from ..base import Intervention
 from ..cache import session_cache
 from ..errors import InputError, LmscopeError, SiteError
+from ..local import module_tree_copy
 from ..locations import MODULE_SITES, head_out_value
 from ..positions import ForwardContext
 from ..sites import LAYER_SITES, MODEL_SITES, Site
@@ -71,7 +72,9 @@ def _envoy(root: Any, path: str) -> Any:
 
 
 def nnsight_model(model: HookedModel) -> Any:
-    """The ``nnsight.NNsight`` wrapper of ``model.hf_model`` (built once, kept on the HookedModel)."""
+    """The ``nnsight.NNsight`` wrapper of ``model.hf_model`` (built once, kept on the HookedModel), over a copy of its
+    module objects (same parameters): nnsight wraps every module's ``forward`` in place, which would otherwise
+    change the model every other thread and fast path uses."""
     wrapped = getattr(model, "_nnsight", None)
     if wrapped is None:
         try:
@@ -79,7 +82,7 @@ def nnsight_model(model: HookedModel) -> Any:
         except ImportError:
             raise InputError("backend='nnsight' needs the nnsight package: pip install 'lmscope[nnsight]' "
                              "(nnsight>=0.8).") from None
-        wrapped = NNsight(model.hf_model)
+        wrapped = NNsight(module_tree_copy(model.hf_model))  # nnsight patches every forward: not the shared ones
         setattr(model, "_nnsight", wrapped)  # noqa: B010 - kept on the HookedModel, built once
     return wrapped
 
@@ -104,7 +107,12 @@ def hub_name(model: HookedModel) -> str:
 
 
 def remote_nnsight_model(model: HookedModel) -> Any:
-    """nnsight's ``LanguageModel`` around the loaded model (its hub id keys the NDIF request), built once."""
+    """nnsight's ``LanguageModel`` around the loaded model (its hub id keys the NDIF request), built once.
+
+    Unlike :func:`nnsight_model` it wraps the model itself (nnsight's request serialisation fails on a copy of the
+    module objects), so after a remote (or ``remote="local"``) run this model's modules carry nnsight's
+    ``forward`` wrappers: the fast partial forwards then refuse it and methods take their exact slow paths. Use a
+    separate :class:`HookedModel` for remote work if that matters."""
     wrapped = getattr(model, "_nnsight_remote", None)
     if wrapped is None:
         hub_name(model)

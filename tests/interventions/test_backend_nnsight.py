@@ -225,3 +225,16 @@ def test_lens_readouts_and_method_interventions_equal_hooks(tiny: HookedModel) -
     if "attn_pattern" in tiny.available_kinds:
         with pytest.raises(SiteError, match="attn_pattern is not available with backend='nnsight'"):
             tiny.run(PROMPTS, [HeadQKVAblate([(1, 0)])], backend="nnsight")
+
+
+def test_a_local_nnsight_run_leaves_the_shared_model_untouched(llama_tiny: HookedModel) -> None:
+    """nnsight wraps every module's forward; it wraps a copy of the module objects, so the model's own modules (and
+    the fast partial forwards that need them unwrapped) are as before, and results stay equal."""
+    from lmscope.interventions.partial import partial_forward_unsupported
+
+    model = llama_tiny
+    hooks = model.run(PROMPTS, [Cache("resid_post.1")])
+    got = model.run(PROMPTS, [Cache("resid_post.1")], backend="nnsight")
+    assert [name for name, m in model.hf_model.named_modules() if "forward" in m.__dict__] == []
+    assert partial_forward_unsupported(model, 8) is None
+    torch.testing.assert_close(got.cache["resid_post.1"], hooks.cache["resid_post.1"], atol=1e-5, rtol=0)
