@@ -203,7 +203,7 @@ def test_a_cached_default_lens_loads_and_a_missing_one_fails_before_fitting(
     monkeypatch.setattr(fit, "train_tuned_lens", no_fit)
     freeze()
     assert torch.equal(fit.default_lens(cached, progress=False, recipe=SMALL).weight, lens.weight)
-    with pytest.raises(CacheFolderError, match=f"^Cannot write {fit.default_lens_dir(other)}: ") as info:
+    with pytest.raises(CacheFolderError, match=f"^Cannot write {fit.default_lens_dir(other, SMALL)}: ") as info:
         fit.default_lens(other, progress=False, recipe=SMALL)
     assert f"{root / 'lenses'} in the lmscope cache folder {root} is not writable" in _one_line(info.value, root)
 
