@@ -194,11 +194,14 @@ def test_remote_dry_run_on_smollm2_ships_code_not_weights(smollm: HookedModel,
         sizes.append(len(blob))
         return blob
     monkeypatch.setattr(RequestModel, "serialize", measured)
-    monkeypatch.setattr(smollm.hf_model, "name_or_path", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    # a model of its own: nnsight's remote wrapper patches the forwards of the model it wraps, and the session's
+    # shared SmolLM2 must stay unwrapped for the fast paths the later tests exercise
+    own = HookedModel.default()
+    monkeypatch.setattr(own.hf_model, "name_or_path", "HuggingFaceTB/SmolLM2-135M-Instruct")
     ivs = [Steer("resid_pre.10", torch.ones(576), positions=-1), Ablate("head_z.20", heads=[3]),
            Cache(["resid_post.29", "head_z.20"])]
     prompts = ["The capital of France is", "Hello"]
-    hooks, dry = smollm.run(prompts, ivs), smollm.run(prompts, ivs, backend="nnsight", remote="local")
+    hooks, dry = smollm.run(prompts, ivs), own.run(prompts, ivs, backend="nnsight", remote="local")
     torch.testing.assert_close(dry.logits, hooks.logits, atol=1e-4, rtol=0)
     for name in hooks.cache:
         torch.testing.assert_close(dry.cache[name], hooks.cache[name], atol=1e-4, rtol=0)
