@@ -74,7 +74,8 @@ def test_partial_model_changes_nothing_another_thread_sees(arch: str, one_thread
     cache = Cache("resid_pre.2")
     model.run(ids, [cache])
     got: dict[str, torch.Tensor] = {}
-    with partial_model(model, 2, cache["resid_pre.2"], unembed=torch.nn.Linear(model.d_model, 3)) as forward:
+    head = torch.nn.Linear(model.d_model, 3).to(model.hf_model.device)
+    with partial_model(model, 2, cache["resid_pre.2"], unembed=head) as forward:
         assert forward is not model.hf_model
         assert decoder.layers is layers and len(layers) == model.n_layers and model.hf_model.config is config
         assert getattr(config, "layer_types", None) == types

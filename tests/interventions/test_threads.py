@@ -72,7 +72,7 @@ def test_applied_once_per_process_and_said_in_one_line(fresh: None, monkeypatch:
 
 
 def test_from_pretrained_applies_it_on_the_cpu(fresh: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    build_tiny("llama").save_pretrained(tmp_path / "m")
+    build_tiny("llama").cpu().save_pretrained(tmp_path / "m")  # safetensors reads CPU storage
     _busy(monkeypatch, 1.9)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No tokenizer files")
@@ -83,7 +83,7 @@ def test_from_pretrained_applies_it_on_the_cpu(fresh: None, monkeypatch: pytest.
 def test_threads_option_wins(fresh: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     """--threads N (load_model's threads=): that many, and the default stays out, whatever the load."""
-    build_tiny("llama").save_pretrained(tmp_path / "m")
+    build_tiny("llama").cpu().save_pretrained(tmp_path / "m")  # safetensors reads CPU storage
     _busy(monkeypatch, 1.9)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No tokenizer files")

@@ -45,7 +45,7 @@ def test_eap_equals_the_exact_effect_in_the_linear_regime(arch: str, one_thread:
     clean, _ = pairs()
     outputs, _ = node_outputs(model, clean, graph=graph)
     gen = torch.Generator().manual_seed(0)
-    source = outputs + 1e-3 * outputs.abs().mean() * torch.randn(outputs.shape, generator=gen)
+    source = outputs + 1e-3 * outputs.abs().mean() * torch.randn(outputs.shape, generator=gen).to(outputs.device)
     eap = edge_attribution(model, clean, clean, metric, method="eap", source=source)
     exact = edge_attribution(model, clean, clean, metric, method="exact", source=source, batch_size=32)
     a, b = eap.edge_values(), exact.edge_values()

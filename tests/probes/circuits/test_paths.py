@@ -44,7 +44,7 @@ def test_every_target_as_receiver_is_patching_the_senders(llama_tiny: HookedMode
     clean, corrupt = pairs()
     got = path_patch(llama_tiny, clean, corrupt, metric, ["A1.2", "M0"], "*")
     patched = llama_tiny.run(clean, [Patch("head_z.1", corrupt, heads=[2]), Patch("mlp_out.0", corrupt)])
-    want = metric(patched.logits[:, -1]) - got.clean_metric
+    want = metric(patched.logits[:, -1]).cpu() - got.clean_metric  # results come back on the CPU
     assert_close(got.per_pair[0], want, n_ops=16, scale=float(got.clean_metric.abs().max()))
 
 
@@ -59,7 +59,7 @@ def test_the_logits_as_receiver_is_the_direct_effect(llama_tiny: HookedModel) ->
     out, _ = node_outputs(model, clean, graph=graph)
     heads = slice(graph.layer_start(2), graph.layer_start(2) + graph.n_heads)
     stream = cache[f"resid_post.{model.n_layers - 1}"] - (out[:, heads] - src[:, heads]).sum(1)
-    want = metric(model.decode_hidden(stream)[:, -1]) - got.clean_metric
+    want = metric(model.decode_hidden(stream)[:, -1]).cpu() - got.clean_metric
     assert_close(got.per_pair[0], want, n_ops=16, scale=float(got.clean_metric.abs().max()))
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import TEST_DEVICE
 from toys import toy_model, toy_task
 
 from lmscope.interventions import Cache, HookedModel
 from lmscope.interventions.base import Intervention, load_interventions, save_interventions
 from lmscope.interventions.errors import ArtifactError, InputError
+from lmscope.interventions.tolerance import assert_close
 from lmscope.lens import LogitLens, TunedLens
 from lmscope.probes.overthinking.ablation import METHODS, HeadQKVAblate, head_ablation
 from lmscope.probes.overthinking.final_token import final_label_probs
@@ -413,4 +415,7 @@ def test_negative_head_indices_count_from_the_end() -> None:
     for method in METHODS:
         configs = {"neg": ([(1, -1)], method), "pos": ([(1, n - 1)], method)}
         got = final_label_probs(model, ps, configs, batch_size=2, progress=False)
-        assert torch.equal(got["neg"], got["pos"]), method
+        if TEST_DEVICE == "cpu":
+            assert torch.equal(got["neg"], got["pos"]), method
+        else:  # the lazy backend differs by an ulp even between two runs of one configuration
+            assert_close(got["neg"], got["pos"], n_ops=1, msg=method)
