@@ -223,11 +223,11 @@ def _layer_terms(model: HookedModel, at: Any, u: torch.Tensor, notes: list[str])
     ``Σ_h head_z @ W_O + b_O`` is not ``attn_out``, with a note), and the frozen post-attention norms. ``at(site)``
     reads the decomposed token's value."""
     L, H = model.n_layers, model.n_heads
-    attn, mlp = torch.zeros(L), torch.zeros(L)  # results live on the CPU; the terms are computed on the model's device
-    heads, attn_bias = torch.full((L, H), float("nan")), torch.zeros(L)
+    # the terms are computed on the model's device and come to the CPU in one transfer (one sync, not 3 per layer)
+    rows: list[torch.Tensor] = []  # per layer: [attn, mlp, attn_bias, head_0 .. head_H-1]
     post_maps: list[LinearNorm | None] = []
     for layer in range(L):
-        attn[layer], mlp[layer] = float(at(f"attn_out.{layer}") @ u), float(at(f"mlp_out.{layer}") @ u)
+        block = torch.stack([at(f"attn_out.{layer}") @ u, at(f"mlp_out.{layer}") @ u])
         w_o, b_o = model.output_projection(layer)
         per_head = torch.einsum("hd,hdm->hm", at(f"head_z.{layer}"), w_o.detach().float())
         bias = b_o.detach().float() if b_o is not None else torch.zeros(model.d_model, device=per_head.device)
@@ -236,10 +236,13 @@ def _layer_terms(model: HookedModel, at: Any, u: torch.Tensor, notes: list[str])
         if post_map is not None:  # sandwich norm: frozen at this run's scale, the head terms pass through it
             per_head, bias = post_map.linear(per_head), post_map.linear(bias) + post_map.bias
         if is_close(per_head.sum(0) + bias, at(f"attn_out.{layer}"), model.dtype):
-            heads[layer], attn_bias[layer] = (per_head @ u).cpu(), float(bias @ u)
+            rows.append(torch.cat([block, (bias @ u)[None], per_head @ u]))
         else:
             notes.append(f"layer {layer}: attn_out is not Σ_h head_z@W_O + b_O (a post-attention norm?); "
                          "per-head terms need that norm linearised and are left NaN.")
+            rows.append(torch.cat([block, block.new_zeros(1), block.new_full((H,), float("nan"))]))
+    table = torch.stack(rows).cpu()  # results live on the CPU
+    attn, mlp, attn_bias, heads = (table[:, i].contiguous() for i in (0, 1, 2, slice(3, None)))
     return attn, mlp, heads, attn_bias, post_maps
 
 
