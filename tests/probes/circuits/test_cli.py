@@ -11,7 +11,7 @@ from tiny_models import build_tiny
 from toys import CharTokenizer
 
 from lmscope.interventions import cli
-from lmscope.probes.circuits import Circuit, EdgeScores, edge_attribution
+from lmscope.probes.circuits import Circuit, EdgeScores, edge_attribution, evaluate_circuit
 from lmscope.probes.patching import logit_diff
 
 
@@ -41,6 +41,9 @@ def test_circuit_writes_what_the_api_computes(tiny_cli, tmp_path: Path,  # type:
     assert summary["top_edges"][0]["edge"] == api.top(1)[0][0] and summary["pairs"] == 1
     saved = json.loads((out / "summary.json").read_text())
     assert [row["k"] for row in saved["curve"]["sizes"]] == [3, 10]
+    kept = evaluate_circuit(tiny_cli, "abcdef", "abXdef", logit_diff(tiny_cli, "a", "b"), api.circuit(k=12))
+    assert summary["circuit_faithfulness"]["faithfulness"] == pytest.approx(kept.faithfulness, abs=1e-4)
+    assert f"keeps {kept.faithfulness:.1%}" in (out / "circuit.html").read_text()  # the title says what it keeps
     assert "http://" not in (out / "circuit.html").read_text() and (out / "faithfulness.png").stat().st_size > 0
 
 
