@@ -5,8 +5,10 @@ head, an MLP target to its MLP, ``logits`` to the ``logits`` sink, and a k/v tar
 KV group on a grouped-query model) to the heads of its group that the circuit uses: those that some circuit
 edge leaves, or every head of the group when none does.
 
-Columns (x) follow the forward: ``embed`` at 0, layer ``L``'s heads at ``2L + 1`` and its MLP at ``2L + 2``, the
-logits at ``2 n_layers + 1``; within a column (y) the circuit's nodes are stacked by head index, centred on 0.
+Columns (x) follow the forward: ``embed``, then each layer's heads and its MLP, then the logits; only the columns
+the circuit uses are drawn, side by side (a circuit of a 30-layer model that skips layers 1-16 leaves no blank
+band; the axis labels and node names say the layers). Within a column (y) the circuit's nodes are stacked by head
+index, centred on 0.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def circuit_nodes(graph: EdgeGraph, edges: list[DrawnEdge]) -> list[str]:
 
 
 def positions(graph: EdgeGraph, nodes: list[str]) -> dict[str, tuple[float, float]]:
-    """``node -> (x, y)``: column by layer and block, rows stacked by head index (module docstring)."""
+    """``node -> (x, y)``: the used columns in forward order, rows stacked by head index (module docstring)."""
     columns: dict[int, list[str]] = {}
     for name in nodes:
         info = node_info(graph, name)
@@ -86,7 +88,8 @@ def positions(graph: EdgeGraph, nodes: list[str]) -> dict[str, tuple[float, floa
                   "mlp": 2 * info["layer"] + 2}[info["kind"]]
         columns.setdefault(column, []).append(name)
     out = {}
-    for column, names in columns.items():
+    for x, column in enumerate(sorted(columns)):  # the used columns, side by side
+        names = columns[column]
         for rank, name in enumerate(names):  # nodes arrive in forward order: heads by index
-            out[name] = (float(column), rank - (len(names) - 1) / 2)
+            out[name] = (float(x), rank - (len(names) - 1) / 2)
     return out

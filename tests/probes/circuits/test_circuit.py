@@ -197,6 +197,17 @@ def test_nodes_and_the_networkx_graph_follow_the_circuit() -> None:
     assert g.graph["n_edges"] == 5 and g.graph["n_kv_heads"] == 2
 
 
+def test_drawn_columns_are_the_used_ones_side_by_side_in_forward_order() -> None:
+    from lmscope.probes.circuits.layout import positions
+
+    graph = EdgeGraph(n_layers=6, n_heads=4, n_kv_heads=4, parallel=False)
+    edges = ["embed->A4.2.q", "A4.2->M4", "A4.0->M4", "M4->logits", "embed->M0", "M0->logits"]
+    pos = positions(graph, Circuit.from_edges(graph, edges).nodes())
+    assert {n: x for n, (x, _) in pos.items()} == {"embed": 0.0, "M0": 1.0, "A4.0": 2.0, "A4.2": 2.0, "M4": 3.0,
+                                                    "logits": 4.0}  # layers 1-3 and layer 0's heads take no column
+    assert pos["A4.0"][1] == -0.5 and pos["A4.2"][1] == 0.5  # stacked by head index, centred
+
+
 def test_to_networkx_without_networkx_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "networkx", None)
     with pytest.raises(InputError, match="pip install networkx"):
