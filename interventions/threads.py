@@ -9,8 +9,8 @@ at most the cores that other processes leave free (measured over 0.1 s, at least
 count, and says so in one line on stderr when that is fewer. The thread count changes only the order of float
 sums (results agree to float rounding), never what is computed.
 
-Choosing it yourself, in order of precedence: ``torch.set_num_threads(n)`` after loading, or ``--threads N`` on the
-command line; ``LMSCOPE_THREADS=N`` (that many threads) or ``LMSCOPE_THREADS=torch`` (torch's own choice, untouched);
+Choosing it yourself, in order of precedence: ``torch.set_num_threads(n)`` (after importing lmscope: before or after
+loading), or ``--threads N`` on the command line; ``LMSCOPE_THREADS=N`` (that many threads) or ``LMSCOPE_THREADS=torch`` (torch's own choice, untouched);
 ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` (torch already follows them, so lmscope leaves it alone).
 """
 
@@ -35,6 +35,8 @@ WINDOW = 0.1
 
 _lock = threading.Lock()
 _chosen = False
+#: torch's count when lmscope was imported: a different count at the first load is the user's own choice.
+_at_import = torch.get_num_threads()
 
 
 def usable_cores() -> int:
@@ -99,6 +101,8 @@ def default_threads() -> tuple[int, str]:
     given = [v for v in TORCH_ENVS if os.environ.get(v, "").strip()]
     if given:
         return current, f"{given[0]} is set"
+    if current != _at_import:
+        return current, "torch.set_num_threads was called"
     busy, cpus = busy_cores()
     free = int(cpus - busy + 0.5)
     return max(1, min(current, usable_cores(), free)), f"other processes keep {busy:.1f} of the {cpus} cores busy"
@@ -111,9 +115,9 @@ def apply_default_threads() -> int:
     with _lock:
         if _chosen:
             return torch.get_num_threads()
-        _chosen = True
         before = torch.get_num_threads()
-        n, why = default_threads()
+        n, why = default_threads()  # a bad LMSCOPE_THREADS raises here, and again at the next load
+        _chosen = True
         if n != before:
             torch.set_num_threads(n)
         if n < before and not os.environ.get(ENV, "").strip():

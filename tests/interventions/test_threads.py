@@ -27,6 +27,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     torch.set_num_threads(2)
+    monkeypatch.setattr(threads, "_at_import", 2)
     yield
     torch.set_num_threads(before)
 
@@ -57,6 +58,22 @@ def test_variables_choose_instead(fresh: None, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv(threads.ENV)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert threads.default_threads() == (2, "OMP_NUM_THREADS is set")
+
+
+def test_a_count_set_before_loading_stands(fresh: None, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``torch.set_num_threads(n)`` between importing lmscope and loading (as the benchmarks' --threads do) wins."""
+    _busy(monkeypatch, 1.9)
+    torch.set_num_threads(3)
+    assert threads.default_threads() == (3, "torch.set_num_threads was called")
+    assert threads.apply_default_threads() == 3 and capsys.readouterr().err == ""
+
+
+def test_a_bad_variable_is_refused_at_every_load(fresh: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(threads.ENV, "two")
+    for _ in range(2):  # not only the first: a later load must not silently ignore it
+        with pytest.raises(InputError, match="got 'two'"):
+            threads.apply_default_threads()
 
 
 def test_applied_once_per_process_and_said_in_one_line(fresh: None, monkeypatch: pytest.MonkeyPatch,
