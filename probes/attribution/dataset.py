@@ -23,12 +23,16 @@ FIELDS = ("logit", "embed", "attn", "attn_bias", "heads", "mlp", "constant")
 
 
 def term_table(embed: float, attn: torch.Tensor, attn_bias: torch.Tensor, heads: torch.Tensor, mlp: torch.Tensor,
-               constant: float) -> dict[str, float]:
+               constant: float, split: torch.Tensor | None = None) -> dict[str, float]:
     """Every finest-grained term by name: ``embed``, per layer the heads ``L{l}H{h}`` and ``attn_bias.{l}`` where the
-    heads are split (else the whole block ``attn.{l}``) and ``mlp.{l}``, then ``constant``."""
+    heads are split (else the whole block ``attn.{l}``) and ``mlp.{l}``, then ``constant``. ``split`` ``[layers]``:
+    which layers are split (default: those whose ``heads`` have no NaN), so a table of errors can take its values'
+    names."""
     out = {"embed": float(embed)}
+    if split is None:
+        split = ~torch.isnan(heads).any(1)
     for layer in range(mlp.shape[0]):
-        if torch.isnan(heads[layer]).any():
+        if not split[layer]:
             out[f"attn.{layer}"] = float(attn[layer])
         else:
             out.update({f"L{layer}H{h}": float(v) for h, v in enumerate(heads[layer])})
@@ -93,9 +97,9 @@ class DatasetAttribution:
 
     def terms_stderr(self) -> dict[str, float]:
         """The standard error of each of :meth:`terms`, by the same names."""
-        err = {k: self.stderr(k) for k in FIELDS}
+        err = {k: self.stderr(k) for k in FIELDS}  # NaN for one prompt: named as the means are, not as NaN heads
         return term_table(float(err["embed"]), err["attn"], err["attn_bias"], err["heads"], err["mlp"],
-                          float(err["constant"]))
+                          float(err["constant"]), split=~torch.isnan(self.heads).any(1))
 
     def top(self, k: int = 10) -> list[tuple[str, float, float]]:
         """The ``k`` terms of largest mean magnitude as ``(name, mean, stderr)``, largest first."""

@@ -223,7 +223,8 @@ def _layer_terms(model: HookedModel, at: Any, u: torch.Tensor, notes: list[str])
     ``Σ_h head_z @ W_O + b_O`` is not ``attn_out``, with a note), and the frozen post-attention norms. ``at(site)``
     reads the decomposed token's value."""
     L, H = model.n_layers, model.n_heads
-    # the terms are computed on the model's device and come to the CPU in one transfer (one sync, not 3 per layer)
+    # the terms are computed on the model's device and come to the CPU in one transfer (the only other sync per
+    # layer is the is_close check)
     rows: list[torch.Tensor] = []  # per layer: [attn, mlp, attn_bias, head_0 .. head_H-1]
     post_maps: list[LinearNorm | None] = []
     for layer in range(L):

@@ -125,16 +125,18 @@ def hunt(model: Any, task: Any, args: argparse.Namespace, sizes: list[int] | Non
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scores.save(out / "scores")
-    circuit = scores.circuit(k=min(args.top, int(scores.scored().sum())))
+    k = min(args.top, int(scores.scored().sum()))
+    circuit = scores.circuit(k=k)
     circuit.save(out / "circuit")
+    curve = faithfulness_curve(*data, scores, sizes, n_random=args.n_random, **kw)
+    curve.plot(out / "faithfulness.png")
     # the drawn circuit's own faithfulness, so that its picture never borrows the curve's larger circuits' numbers
-    kept = evaluate_circuit(*data, circuit, **kw)
+    # (the curve's point when it has this size: the same pruned top-k circuit)
+    kept = curve.top[curve.sizes.index(k)] if k in curve.sizes else evaluate_circuit(*data, circuit, **kw)
     title = (f"Circuit: {circuit.n_edges} edges, {len(circuit.nodes())} nodes (top {args.top} by |score|, pruned): "
              f"keeps {kept.faithfulness:.1%} ± {kept.stderr:.1%} of the gap")
     circuit.plot(out / "circuit.png", title=title)
     circuit.to_html(out / "circuit.html", title=title)
-    curve = faithfulness_curve(*data, scores, sizes, n_random=args.n_random, **kw)
-    curve.plot(out / "faithfulness.png")
     summary = {"out": str(out), "method": args.method, "pairs": len(task), "gap": round(scores.gap, 4),
                "top_edges": [{"edge": e, "score": round(m, 4), "stderr": round(s, 4)} for e, m, s in scores.top(10)],
                "circuit_edges": circuit.n_edges,

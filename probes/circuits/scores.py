@@ -55,7 +55,10 @@ class EdgeScores:
 
     @property
     def stderr(self) -> torch.Tensor:
-        """``[n_targets, n_nodes]``: the standard error of the mean effect (0 for one pair)."""
+        """``[n_targets, n_nodes]``: the standard error of the mean effect (0 for one pair; NaN for scores saved as
+        their mean only, ``info["pairs_averaged"]``: the spread over the pairs is not kept)."""
+        if "pairs_averaged" in self.info:
+            return torch.full_like(self.mean, float("nan"))
         if self.n_pairs < 2:
             return torch.zeros_like(self.mean)
         return self.per_pair.std(0, unbiased=True) / self.n_pairs ** 0.5
@@ -98,7 +101,7 @@ class EdgeScores:
         """JSON-able: graph, method, info, per-pair metrics and each scored edge's mean and stderr (per-pair scores
         stay in :meth:`save`'s tensors)."""
         names, mean, err = self.graph.edge_names, self.edge_values("mean"), self.edge_values("stderr")
-        scores = {names[i]: {"mean": float(mean[i]), "stderr": float(err[i])}
+        scores = {names[i]: {"mean": float(mean[i]), "stderr": None if bool(err[i].isnan()) else float(err[i])}
                   for i in self.scored().nonzero()[:, 0].tolist()}
         return {"format": FORMAT, "graph": self.graph.to_dict(), "method": self.method, "info": self.info,
                 "n_pairs": self.n_pairs, "clean_metric": self.clean_metric.tolist(),

@@ -4,6 +4,8 @@ there)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from tiny_models import skip_lazy_miscompute
@@ -66,6 +68,9 @@ def test_mean_and_standard_error_per_term(llama_tiny: HookedModel) -> None:
     assert data.labels == (data.per_prompt[0].labels[0], data.per_prompt[0].labels[1])
     one = attribute(llama_tiny, PROMPTS[:1], 11, per_position=False)  # a list of one prompt is a dataset of one
     assert isinstance(one, DatasetAttribution) and torch.isnan(one.stderr("mlp")).all()
+    assert one.terms_stderr().keys() == one.terms().keys()  # a NaN error is still named as its term
+    name, mean, err = one.top(1)[0]
+    assert name in one.terms() and mean == one.terms()[name] and math.isnan(err)
 
 
 def test_positions_decompose_the_logit_of_an_earlier_token(llama_tiny: HookedModel) -> None:

@@ -4,6 +4,8 @@ masks), choosing edges from scores, save/load round trips, networkx export, stat
 from __future__ import annotations
 
 import html
+import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -274,3 +276,14 @@ def test_the_html_page_reacts_in_a_browser(tmp_path: Path) -> None:
         assert driver.find_element("id", "info").text.startswith(name + " ")
     finally:
         driver.quit()
+
+
+def test_scores_kept_as_their_mean_only_claim_no_standard_error() -> None:
+    """A study saved without per-pair scores keeps one averaged "pair": its spread is unknown, not 0."""
+    scores = _scores(GQA)
+    assert float(scores.edge_values("stderr").nan_to_num(0).abs().max()) > 0
+    averaged = EdgeScores(GQA, scores.mean[None], "eap", scores.clean_metric.mean()[None],
+                          scores.corrupt_metric.mean()[None], {"pairs_averaged": scores.n_pairs})
+    assert torch.isnan(averaged.stderr).all() and all(math.isnan(e) for _, _, e in averaged.top(3))
+    assert all(row["stderr"] is None for row in averaged.to_dict()["scores"].values())
+    json.dumps(averaged.to_dict(), allow_nan=False)  # strict JSON

@@ -107,3 +107,17 @@ def test_circuit_study_runs_and_round_trips(tmp_path: Path) -> None:
     small = CircuitStudy.load(tmp_path / "small").scores["eap-ig"]
     assert small.n_pairs == 1 and small.info["pairs_averaged"] == 4
     assert torch.equal(small.mean.nan_to_num(7), study.scores["eap-ig"].mean.nan_to_num(7))
+
+
+def test_a_drawn_circuit_of_a_curve_size_reuses_that_point(tiny_cli, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--top equal to one of --sizes: the drawn circuit is the curve's circuit of that size, and so is its number."""
+    out = tmp_path / "run"
+    assert cli.main(["circuit", "--clean", "abcdef", "--corrupt", "abXdef", "--target", "a", "--distractor", "b",
+                     "--method", "eap", "--top", "10", "--sizes", "3,10", "--n-random", "0", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    row = json.loads((out / "summary.json").read_text())["curve"]["sizes"][1]
+    assert row["k"] == 10 and summary["circuit_faithfulness"]["faithfulness"] == round(row["faithfulness"], 4)
+    api = edge_attribution(tiny_cli, "abcdef", "abXdef", logit_diff(tiny_cli, "a", "b"), method="eap")
+    kept = evaluate_circuit(tiny_cli, "abcdef", "abXdef", logit_diff(tiny_cli, "a", "b"), api.circuit(k=10))
+    assert row["faithfulness"] == pytest.approx(kept.faithfulness, abs=1e-4)
