@@ -65,13 +65,10 @@ def swapping_partial_model(model: Any, start: int = 0, hidden: torch.Tensor | No
         setattr(hf, head_path, old_head)
 
 
-def best_of(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
 
 
 def same(a: Any, b: Any) -> float:
@@ -123,13 +120,16 @@ def main() -> None:
             for label, impl in (("before", swapping_partial_model), ("after", new)):
                 partial.partial_model = final_token.partial_model = impl  # type: ignore[assignment]
                 try:
-                    results[label], t = best_of(fn, 1)
+                    results[label], t = timed(fn)
                 finally:
                     partial.partial_model = final_token.partial_model = new  # type: ignore[assignment]
                 times[label] = min(times.get(label, float("inf")), t)
+        diff = same(results["after"], results["before"])
         print(f"{name:9s} before (shared-model swap) {times['before']:.2f} s, after (private shell) "
               f"{times['after']:.2f} s: after/before {times['after'] / times['before']:.2f}; max |difference| "
-              f"{same(results['after'], results['before']):.1e}", flush=True)
+              f"{diff:.1e}", flush=True)
+        if diff != 0.0:  # the private shell must give the swap's numbers bit for bit
+            raise SystemExit(f"{name}: the fast path's results differ from the baseline's by {diff:.1e}")
     print(f"load average after: {os.getloadavg()}")
 
 

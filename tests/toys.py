@@ -9,14 +9,24 @@
   so tiny random models can run the overthinking prompts.
 - :func:`patching_pair`, :func:`gap_metric`: a clean / corrupt pair of token ids and a logit-gap metric for the
   patching sweeps on the tiny models.
+- :class:`FakeTerminal`: a text stream that says it is a terminal (progress bars draw only on one).
 """
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Any
 
 from lmscope.probes.overthinking.tasks import FewShotTask
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
 
 PIECE = re.compile(r"\s*[A-Za-z]{1,3}|\s*[^\sA-Za-z]|\s+")
 

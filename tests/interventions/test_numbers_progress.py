@@ -10,19 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from toys import FakeTerminal
 from tqdm.auto import tqdm
 
 from lmscope.interventions.numbers import float32_clean, float32_clean_all
 from lmscope.interventions.progress import bar_disable
 
 PACKAGE = Path(__file__).resolve().parents[2]
-
-
-class FakeTerminal(io.StringIO):
-    """A stream that says it is a terminal."""
-
-    def isatty(self) -> bool:
-        return True
 
 
 def test_a_float32_value_comes_out_as_its_short_decimal() -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import torch
 
 from lmscope.interventions import Ablate, HookedModel, Steer, save_interventions
 
@@ -303,4 +302,3 @@ def test_gemma3_light_views_render(browser: Any, gemma3: HookedModel) -> None:
         assert page.js("return document.querySelectorAll('#dla-map g.cell').length") == 18 * gemma3.n_heads
         page.click('#dla-bars g.bar[data-row="mlp 17"]')
         page.wait_detail("mlp", timeout=300)
-    assert torch.is_tensor(gemma3.unembed_weight)

@@ -237,10 +237,12 @@ def test_jobs_are_cancelled_queued_or_running_and_never_stall_a_decode(served: A
     running, forwards = threading.Event(), []
 
     def loop(ctx: Any) -> dict[str, Any]:
-        while True:
+        deadline = time.monotonic() + 30  # a broken cancel fails the test below instead of hanging the session
+        while time.monotonic() < deadline:
             state.model.run([P])
             forwards.append(1)
             running.set()
+        return {}
     spin, _ = state.jobs.submit("test", "spin", loop)
     assert running.wait(10)
     state.jobs.cancel(spin.id)
@@ -254,9 +256,11 @@ def test_stopping_the_server_cancels_its_running_jobs(llama_tiny: HookedModel) -
     running = threading.Event()
 
     def loop(ctx: Any) -> dict[str, Any]:
-        while True:
+        deadline = time.monotonic() + 30  # a broken cancel fails the test below instead of hanging the session
+        while time.monotonic() < deadline:
             state.model.run([P])
             running.set()
+        return {}
     with ServerThread(state):
         job, _ = state.jobs.submit("test", "spin", loop)
         assert running.wait(10)

@@ -3,12 +3,14 @@ decimals; its bars show only on a terminal."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
 from typing import Any
 
 import pytest
+from toys import FakeTerminal
 
 from lmscope.interventions.numbers import float32_clean_all
 from lmscope.probes.binding import binding_study, estimate_deltas, load_task
@@ -41,7 +43,7 @@ def test_the_estimate_scales_with_the_sizes() -> None:
     small = study_runs(_sizes(n_train=16, n_test=10), ("baseline", "table_one"))
     assert small == {"baseline": 4 * 10 * 3, "table_one": 4 * (2 * 16 + 10 * 11)}
     assert "~30 s for SmolLM2" in announce_study(_sizes(n_train=16, n_test=10), ("baseline", "table_one"))
-    no_keys = StudySizes(*[getattr(_sizes(), f) for f in StudySizes.__dataclass_fields__][:-1], keys_only=False)
+    no_keys = dataclasses.replace(_sizes(), keys_only=False)
     assert study_runs(no_keys, ("position",))["position"] * 2 == study_runs(_sizes(), ("position",))["position"]
 
 
@@ -70,11 +72,7 @@ def test_study_numbers_are_short_decimals(toy_model, toy_task) -> None:
 
 
 def test_bars_only_on_a_terminal(toy_model, toy_task, monkeypatch) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+    for stream, drawn in ((io.StringIO(), False), (FakeTerminal(), True)):
         monkeypatch.setattr(sys, "stderr", stream)
         estimate_deltas(toy_model, toy_task, 2, progress=True)
         assert ("deltas" in stream.getvalue()) == drawn, stream.getvalue()

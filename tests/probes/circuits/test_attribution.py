@@ -7,15 +7,11 @@ import pytest
 import torch
 from tiny_models import build_tiny
 from toys import edge_pairs as pairs
-from toys import gap_metric
+from toys import gap_metric as metric
 
 from lmscope.interventions import HookedModel, InputError
 from lmscope.interventions.tolerance import assert_close
 from lmscope.probes.circuits import EdgeGraph, EdgePatch, edge_attribution, node_outputs
-
-metric = gap_metric
-
-
 
 
 def test_exact_edge_patching_equals_one_forward_per_edge(tiny: HookedModel) -> None:

@@ -20,8 +20,6 @@ from lmscope.probes.circuits import EdgeGraph, EdgePatch, node_means, node_outpu
 SANDWICH = {"gemma2", "gemma3_text", "olmo2"}
 
 
-
-
 def test_all_edges_kept_is_the_clean_run_and_none_the_corrupt_run(tiny: HookedModel) -> None:
     graph = EdgeGraph.from_model(tiny)
     clean, corrupt = pairs()

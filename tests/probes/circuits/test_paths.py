@@ -6,18 +6,13 @@ from __future__ import annotations
 import pytest
 from tiny_models import build_tiny
 from toys import edge_pairs as pairs
-from toys import gap_metric
+from toys import gap_metric as metric
 
 from lmscope.interventions import Cache, HookedModel, InputError, Patch
 from lmscope.interventions.tolerance import assert_close
 from lmscope.probes.circuits import EdgeGraph, node_outputs, path_patch
 
 ARCHS = ["llama", "gpt_neox", "gpt2", "qwen3"]  # no post-attention norm: head_z patches are per-head edges
-
-
-metric = gap_metric
-
-
 
 
 @pytest.mark.parametrize("arch", ARCHS)
