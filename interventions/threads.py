@@ -10,8 +10,9 @@ count, and says so in one line on stderr when that is fewer. The thread count ch
 sums (results agree to float rounding), never what is computed.
 
 Choosing it yourself, in order of precedence: ``torch.set_num_threads(n)`` (after importing lmscope: before or after
-loading), or ``--threads N`` on the command line; ``LMSCOPE_THREADS=N`` (that many threads) or ``LMSCOPE_THREADS=torch`` (torch's own choice, untouched);
-``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` (torch already follows them, so lmscope leaves it alone).
+loading), or ``--threads N`` on the command line; ``LMSCOPE_THREADS=N`` (that many threads) or
+``LMSCOPE_THREADS=torch`` (torch's own choice, untouched); ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` (torch already
+follows them, so lmscope leaves it alone).
 """
 
 from __future__ import annotations

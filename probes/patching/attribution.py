@@ -47,7 +47,7 @@ import torch
 from lmscope.interventions.base import Intervention
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.positions import ForwardContext
-from lmscope.interventions.sites import ATTENTION_MAP_SITES, Site
+from lmscope.interventions.sites import ATTENTION_MAP_SITES, Site, parse_cell_label
 
 from .exact import RowWrite
 from .metrics import Metric
@@ -167,7 +167,8 @@ def linear_regime_note(result: PatchingResult) -> str | None:
     rel, own = result.extras.get("relative_delta"), result.extras.get("relative_change")
     if rel is None:
         return None
-    heads = torch.tensor([":h" in label for label in result.row_labels])[:, None].expand_as(rel)
+    heads = torch.tensor([parse_cell_label(label)[1] is not None for label in result.row_labels])
+    heads = heads[:, None].expand_as(rel)
     change = torch.zeros_like(rel) if own is None else torch.where(heads, own, torch.zeros_like(own))
     score = torch.maximum(rel / LARGE_DELTA, change / LARGE_CHANGE)  # > 1: outside the linear regime
     flagged = (score > 1).nonzero().tolist()

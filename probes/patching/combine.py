@@ -35,11 +35,18 @@ def dataset_result(per_pair: list[torch.Tensor], row_labels: list[str], col_labe
                           pair_base_metrics=base.tolist(), pair_source_metrics=source.tolist())
 
 
+#: Extras that say how far a cell is from the linear regime: over pairs the largest, so that one pair far outside
+#: it is flagged, not averaged away by the others.
+WORST_OVER_PAIRS = ("relative_delta", "relative_change")
+
+
 def combine_maps(results: list[PatchingResult], positions: Positions, lengths: set[int]) -> PatchingResult:
-    """Attribution maps of single pairs into one dataset result (mean, per pair, the pairs' metrics)."""
+    """Attribution maps of single pairs into one dataset result (mean, per pair, the pairs' metrics; the
+    :data:`WORST_OVER_PAIRS` extras their largest over the pairs, the others their mean)."""
     first = results[0]
     stacked = torch.stack([r.values for r in results])
-    extras = {k: torch.stack([r.extras[k] for r in results]).mean(0) for k in first.extras}
+    extras = {k: (torch.stack([r.extras[k] for r in results]).amax(0) if k in WORST_OVER_PAIRS
+                  else torch.stack([r.extras[k] for r in results]).mean(0)) for k in first.extras}
     notes = list(dict.fromkeys(n for r in results for n in r.notes))
     base = [r.base_metric for r in results]
     source = [r.source_metric for r in results]

@@ -183,10 +183,16 @@ def test_heads_whose_own_output_changes_a_lot_are_named_in_the_notes(llama_tiny)
     assert counted == ([str(expected)] if expected else [])
 
 
-def test_a_dataset_gets_one_linear_regime_note_from_the_mean_maps(llama_tiny) -> None:
+def test_a_dataset_gets_one_linear_regime_note_from_the_worst_pair(llama_tiny) -> None:
+    """Over pairs the distance from the linear regime is the largest (a cell far out in one pair is flagged, not
+    averaged away), while the scores stay the mean."""
     pairs = [_pair(), (random_ids((6,), 5), random_ids((6,), 6))]
     data = head_sweep(llama_tiny, [c.tolist() for c, _ in pairs], [k.tolist() for _, k in pairs], metric,
                       method="attribution")
+    each = [head_sweep(llama_tiny, [c.tolist()], [k.tolist()], metric, method="attribution") for c, k in pairs]
+    for key in ("relative_delta", "relative_change"):
+        torch.testing.assert_close(data.extras[key], torch.maximum(each[0].extras[key], each[1].extras[key]))
+    torch.testing.assert_close(data.values, (each[0].values + each[1].values) / 2)
     notes = [n for n in data.notes if "outside the linear regime" in n]
     flagged = int((data.extras["relative_change"] > LARGE_CHANGE).sum())
     assert flagged > 0 and len(notes) == 1 and notes[0].startswith(f"{flagged} of {len(data.row_labels)} cells")
