@@ -89,6 +89,12 @@ def _chain(root: nn.Module, path: str) -> list[tuple[nn.Module, str]]:
     return steps
 
 
+def _forward_patched(module: nn.Module) -> bool:
+    """Whether ``module``'s ``forward`` is set on the instance (accelerate's ``AlignDevicesHook``, a patched
+    forward): a copy of the module object would still run the original's."""
+    return "forward" in module.__dict__ or hasattr(module, "_hf_hook")
+
+
 def shell_unsupported(root: nn.Module, paths: Iterable[str]) -> str | None:
     """Why a shell of ``root`` replacing ``paths`` would not run the model's own code (None when it would).
 
@@ -96,7 +102,7 @@ def shell_unsupported(root: nn.Module, paths: Iterable[str]) -> str | None:
     patched forward) would run through the *original* module, not the copy."""
     for path in paths:
         for parent, _ in _chain(root, path):
-            if "forward" in parent.__dict__ or hasattr(parent, "_hf_hook"):
+            if _forward_patched(parent):
                 return f"{type(parent).__name__}.forward is wrapped on the instance (e.g. by accelerate placement)"
     return None
 
@@ -159,13 +165,13 @@ def module_tree_copy(root: nn.Module) -> nn.Module:
     registries: for a library that patches modules in place (nnsight wraps every module's ``forward``), so the
     model every other caller uses stays untouched. A tree with a ``forward`` already set on an instance
     (accelerate's device hooks) cannot be copied that way: ``root`` itself is returned."""
-    if any("forward" in m.__dict__ for m in root.modules()):
+    if any(_forward_patched(m) for m in root.modules()):
         return root
     copies: dict[int, nn.Module] = {}
 
     def clone(module: nn.Module) -> nn.Module:
         if id(module) not in copies:
-            twin = copy.copy(module)
+            twin = _copy_module(module, None, None)
             copies[id(module)] = twin
             twin.__dict__["_modules"] = {name: None if child is None else clone(child)
                                          for name, child in module._modules.items()}
