@@ -153,8 +153,9 @@ def attribution_sweep(model: HookedModel, pair: Pair, grid: list[list[Cell]], ro
                 stream_site = _stream_site(c)
                 scale = cell_value(Cell(c.site, None, c.position), base_vals[c.site]) if stream_site is None else \
                     cell_value(Cell(stream_site, None, c.position), stream[stream_site])
-                rel[r, k] = _relative(model, c, delta, scale)
-                own[r, k] = _relative(model, c, delta, _to_stream(model, c, a))
+                moved = float(_to_stream(model, c, delta).norm())  # taken into the stream once for both ratios
+                rel[r, k] = _relative(c, moved, scale)
+                own[r, k] = _relative(c, moved, _to_stream(model, c, a))
     return PatchingResult(est, row_labels, col_labels(pair, cols), base_metric, scalar_score(metric, source_logits),
                           "atp*" if qk_fix else "attribution", direction, getattr(metric, "__name__", "metric"),
                           {"relative_delta": rel, "relative_change": own}, [QK_FIX_NOTE if qk_fix else QK_NOTE])
@@ -310,13 +311,12 @@ def _to_stream(model: HookedModel, c: Cell, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _relative(model: HookedModel, c: Cell, delta: torch.Tensor, scale: torch.Tensor) -> float:
-    """‖Δ‖ / ‖scale‖ over the cell's positions, Δ taken into the stream by :func:`_to_stream`: ``scale`` is the
-    residual stream there, the cell's own activation (taken the same way) or, for kinds with no stream image
-    (:func:`_stream_site` None), the site's own value at those positions."""
-    delta = _to_stream(model, c, delta)
+def _relative(c: Cell, moved: float, scale: torch.Tensor) -> float:
+    """``moved / ‖scale‖`` over the cell's positions, ``moved`` = ‖Δ‖ taken into the stream by :func:`_to_stream`:
+    ``scale`` is the residual stream there, the cell's own activation (taken the same way) or, for kinds with no
+    stream image (:func:`_stream_site` None), the site's own value at those positions."""
     kind = c.site.kind
     if kind == "attn_scores":  # masked keys hold the dtype's lowest value (or -inf): not part of the scores' size
         scale = scale[scale > torch.finfo(scale.dtype).min / 2]
     denom = float(scale.float().norm())
-    return float(delta.norm()) / denom if denom > 0 else float("inf")
+    return moved / denom if denom > 0 else float("inf")
