@@ -19,6 +19,8 @@ patching) costs the einsum over the few nodes they drop, not over every node of 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -78,9 +80,11 @@ class Deltas:
         self.live_sum += current.sum(2)
         self.recorded = max(self.recorded, int(slots[keep].max()) + 1)
 
-    def _part(self, weights: torch.Tensor, values: torch.Tensor, total: torch.Tensor, shared: bool) -> torch.Tensor:
+    def _part(self, weights: torch.Tensor, values: torch.Tensor, total: Callable[[], torch.Tensor],
+              shared: bool) -> torch.Tensor:
         """``[m, t, b*pos*d]``: ``sum_k weights[m, t, k] * values[k]`` with ``values`` ``[k, ...]`` (``shared``: one
-        for every mask) or ``[m, k, ...]``; ``total`` is ``sum_k values[k]`` (for the complement form)."""
+        for every mask) or ``[m, k, ...]``; ``total()`` is ``sum_k values[k]``, computed only for the complement
+        form."""
         m, t, k = weights.shape
         dropped, kept = weights.any(1).any(0), (~weights).any(1).any(0)  # per node: some target drops / keeps it
         use_complement = self.complement if self.complement is not None else int(kept.sum()) < int(dropped.sum())
@@ -94,14 +98,23 @@ class Deltas:
             n = len(which)
             w = w[:, :, which]
         if not n:
-            part = total.new_zeros(m, t, total[0].numel() if not shared else total.numel())
+            size = values[0, 0].numel() if not shared else values[0].numel()
+            part = values.new_zeros(m, t, size)
         elif shared:
             part = (w.reshape(m * t, -1) @ values[which].reshape(n, -1)).view(m, t, -1)
         else:
             part = torch.bmm(w, values[:, which].reshape(m, n, -1))
         if not use_complement:
             return part
-        return total.reshape(total.shape[0] if not shared else 1, 1, -1) - part
+        whole = total()
+        return whole.reshape(whole.shape[0] if not shared else 1, 1, -1) - part
+
+    def _total(self, k: int, shared: bool) -> Callable[[], torch.Tensor]:
+        """``sum`` of the first ``k`` differences of one part, for the complement form (built only when used)."""
+        if shared:  # all fixed nodes feed targets this forward computes; a shorter prefix sums its own
+            return lambda: self.fixed_sum if k == len(self.fixed_nodes) else self.fixed[:k].sum(0)
+        # the running sum may hold later nodes (a parallel block's heads before its MLP): take them out
+        return lambda: self.live_sum - self.live[:, k:self.recorded].sum(1) if self.recorded > k else self.live_sum
 
     def correction(self, dropped: torch.Tensor) -> torch.Tensor:
         """``C [masks, batch, n_t, pos, d] = sum_u dropped[m, t, u] * delta_u`` for ``dropped [masks, n_t, U_up]``."""
@@ -114,9 +127,5 @@ class Deltas:
             if not k:
                 continue
             weights = dropped[:, :, nodes[:k].to(dropped.device)]  # [m, t, k] bool
-            if shared:  # all fixed nodes feed targets this forward computes; a shorter prefix sums its own
-                total = self.fixed_sum if k == len(nodes) else values[:k].sum(0)
-            else:  # the running sum may hold later nodes (a parallel block's heads before its MLP): take them out
-                total = self.live_sum - self.live[:, k:self.recorded].sum(1) if self.recorded > k else self.live_sum
-            out += self._part(weights, values[:k] if shared else values[:, :k], total, shared)
+            out += self._part(weights, values[:k] if shared else values[:, :k], self._total(k, shared), shared)
         return out.view(m, t, b, pos, d).transpose(1, 2)
