@@ -33,12 +33,12 @@ import torch
 
 from lmscope.interventions.cache import Cache
 from lmscope.interventions.edit import Edit
-from lmscope.interventions.errors import UnsupportedArchitectureError
+from lmscope.interventions.errors import InputError, UnsupportedArchitectureError
 from lmscope.interventions.patch import Patch, to_token_coordinates
 from lmscope.interventions.tolerance import is_close, max_error
 
 from .dataset import DatasetAttribution, term_table
-from .request import as_prompts, query_columns, tokens_per_prompt
+from .request import as_prompts, positions_per_prompt, query_columns, tokens_per_prompt
 
 if TYPE_CHECKING:
     from lmscope.interventions import HookedModel
@@ -148,30 +148,48 @@ class Attribution:
 
 
 def attribute(model: HookedModel, prompt: Any, target: Any, contrast: Any = None, per_position: bool = True, *,
-              positions: int | Sequence[int] = -1) -> Any:
+              positions: int | Sequence[int] = -1, batch_size: int = 16) -> Any:
     """Direct logit attribution of ``target``'s logit (minus ``contrast``'s) at token ``positions`` (default: the
     last) of one prompt, or of each prompt of a dataset.
 
     ``prompt``: one string or token-id list -> an :class:`Attribution`; a list of strings or of token-id lists ->
     a :class:`~lmscope.probes.attribution.dataset.DatasetAttribution` (every prompt's terms, and their mean ±
-    standard error), all prompts in one padded forward. ``target``/``contrast``: one single-token string or id
-    for every prompt, or a list with one per prompt. ``positions``: the token whose logit is decomposed, one index
-    for all or one per prompt, counted in each prompt's own tokens (negative from its end). ``per_position`` adds
-    ``head_positions`` (one extra forward for all prompts). See the module docstring for the decomposition.
+    standard error), ``batch_size`` prompts per padded forward (the forward caches every layer's sites at every
+    position, so the memory grows with it). ``target``/``contrast``: one single-token string or id for every
+    prompt, or a list with one per prompt. ``positions``: the token whose logit is decomposed, one index for all or
+    one per prompt, counted in each prompt's own tokens (negative from its end). ``per_position`` adds
+    ``head_positions`` (one extra forward per batch). See the module docstring for the decomposition.
     """
     prompts, single = as_prompts(prompt)
     n = len(prompts)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number of prompts (1 or more), got {batch_size!r}.")
     targets = [t for t in tokens_per_prompt(model, target, n, "target") if t is not None]  # (never None)
     contrasts = tokens_per_prompt(model, contrast, n, "contrast")
-    L = model.n_layers
+    wanted = positions_per_prompt(positions, n)
     notes: list[str] = []
     if per_position and "attn_pattern" not in model.available_kinds:
         per_position = False
         notes.append("per-position head terms need attn_pattern, which this architecture does not expose "
                      "(e.g. Falcon with ALiBi); the per-head terms are exact.")
+    items: list[Attribution] = []
+    for s in range(0, n, batch_size):
+        chunk = slice(s, s + batch_size)
+        items += _attribute_batch(model, prompts[chunk], targets[chunk], contrasts[chunk], wanted[chunk], s,
+                                  per_position, notes)
+    if single:
+        return items[0]
+    return DatasetAttribution(items, list(dict.fromkeys(note for a in items for note in a.notes)))
+
+
+def _attribute_batch(model: HookedModel, prompts: list[Any], targets: list[int], contrasts: list[int | None],
+                     positions: list[int], first: int, per_position: bool, notes: list[str]) -> list[Attribution]:
+    """Every prompt's :class:`Attribution` from one padded forward (and one more for ``per_position``); ``first``
+    is the dataset index of the first prompt."""
+    L, n = model.n_layers, len(prompts)
     sites = ["resid_pre.0", f"resid_post.{L - 1}", "attn_out.*", "mlp_out.*", "head_z.*"]
     res = model.run(prompts, [Cache(sites + (["attn_pattern.*"] if per_position else []))], padding_side="left")
-    queries = query_columns(res.batch, positions, n)
+    queries = query_columns(res.batch, positions, first)
     parts = [_decompose(model, res, i, queries[i], targets[i], contrasts[i], prompts[i], list(notes))
              for i in range(n)]
     items = [a for a, _, _ in parts]
@@ -180,9 +198,7 @@ def attribute(model: HookedModel, prompt: Any, target: Any, contrast: Any = None
         split = _head_positions(model, prompts, res, [(i, queries[i], parts[i][1], parts[i][2]) for i in ready])
         for i in ready:
             items[i].head_positions = split[i]
-    if single:
-        return items[0]
-    return DatasetAttribution(items, list(dict.fromkeys(note for a in items for note in a.notes)))
+    return items
 
 
 def _decompose(model: HookedModel, res: Any, i: int, q: int, t: int, c: int | None, prompt: Any,

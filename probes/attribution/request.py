@@ -56,19 +56,25 @@ def tokens_per_prompt(model: HookedModel, token: Any, n: int, what: str) -> list
     return [token_of(model, token)] * n
 
 
-def query_columns(batch: Batch, positions: int | Sequence[int], n: int) -> list[int]:
-    """Each prompt's decomposed token as a column of the left-padded ``batch``: ``positions`` is one token index for
-    every prompt or a list of ``n``, each counted in that prompt's own tokens (negative from its end)."""
+def positions_per_prompt(positions: int | Sequence[int], n: int) -> list[Any]:
+    """``positions`` as one token index per prompt: one index for every prompt, or a list of ``n``."""
     wanted = list(positions) if isinstance(positions, (list, tuple)) else [positions] * n
     if len(wanted) != n:
         raise InputError(f"positions is a list of {len(wanted)} but there are {n} prompts; give one token index per "
                          "prompt, or one for all (-1: each prompt's last token).")
+    return wanted
+
+
+def query_columns(batch: Batch, wanted: list[Any], first: int = 0) -> list[int]:
+    """Each prompt's decomposed token as a column of the left-padded ``batch``: ``wanted`` holds one token index
+    per prompt (:func:`positions_per_prompt`), each counted in that prompt's own tokens (negative from its end);
+    ``first``: the dataset index of the batch's first prompt (for the error message)."""
     lengths = [int(x) for x in batch.attention_mask.sum(1).tolist()]
     width = int(batch.input_ids.shape[1])
     out = []
     for i, (p, length) in enumerate(zip(wanted, lengths)):
         if isinstance(p, bool) or not isinstance(p, int) or not -length <= p < length:
-            raise InputError(f"Position {p!r} is outside prompt {i}'s {length} tokens (valid 0..{length - 1}, or "
-                             f"-{length}..-1 from its end).")
+            raise InputError(f"Position {p!r} is outside prompt {first + i}'s {length} tokens (valid "
+                             f"0..{length - 1}, or -{length}..-1 from its end).")
         out.append(width - length + p % length)
     return out

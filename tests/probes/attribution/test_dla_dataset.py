@@ -97,7 +97,22 @@ def test_bad_dataset_requests(llama_tiny: HookedModel) -> None:
         attribute(llama_tiny, PROMPTS, [1, 2, 3])
     with pytest.raises(InputError, match="Position 4 is outside prompt 1's 2 tokens"):
         attribute(llama_tiny, PROMPTS, 1, positions=[0, 4, 0, 0])
+    with pytest.raises(InputError, match="Position 5 is outside prompt 3's 4 tokens"):  # counted over the dataset
+        attribute(llama_tiny, PROMPTS, 1, positions=[0, 0, 0, 5], batch_size=2)
+    with pytest.raises(InputError, match="batch_size must be a whole number of prompts"):
+        attribute(llama_tiny, PROMPTS, 1, batch_size=0)
     with pytest.raises(InputError, match="positions is a list of 2 but there are 4 prompts"):
         attribute(llama_tiny, PROMPTS, 1, positions=[0, 1])
     with pytest.raises(InputError, match="outside the vocabulary"):
         attribute(llama_tiny, PROMPTS, [1, 2, 3, 10_000])
+
+
+def test_batches_of_prompts_give_each_prompt_its_own_terms(llama_tiny: HookedModel) -> None:
+    """batch_size only bounds the memory: each prompt's terms (and per-position split) are those of one batch."""
+    whole = attribute(llama_tiny, PROMPTS, TARGETS, CONTRASTS, positions=[2, 0, -3, 1])
+    parts = attribute(llama_tiny, PROMPTS, TARGETS, CONTRASTS, positions=[2, 0, -3, 1], batch_size=3)
+    assert parts.n_prompts == whole.n_prompts == len(PROMPTS)
+    for a, b in zip(parts.per_prompt, whole.per_prompt):
+        _same(a, b)
+        assert a.position == b.position and a.head_positions is not None and b.head_positions is not None
+        torch.testing.assert_close(a.head_positions, b.head_positions, rtol=1e-4, atol=2e-5)
